@@ -1,0 +1,1 @@
+"""Inputs: BIDS datasets, participant tables, NIfTI I/O, the MNI152 template and the train/test split."""

@@ -1,0 +1,87 @@
+"""The MNI152 template, brain mask and tissue priors on FSL's MNI grids, from nilearn's bundled files (no download).
+
+nilearn ships the ICBM152 2009a nonlinear symmetric template at 1 mm on its own
+197 x 233 x 189 grid. The FlowLet models work on FSL's grids (2 mm: 91 x 109 x 91,
+1 mm: 182 x 218 x 182), so everything here is resampled onto those.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import nibabel as nib
+import numpy as np
+
+from flowlet.errors import FlowletError
+
+TEMPLATE_NAME = "MNI152NLin2009aSym"
+
+# FSL's MNI152 grids: radiological voxel order (x flipped), origin at the AC.
+MNI_GRIDS: dict[int, tuple[tuple[int, int, int], np.ndarray]] = {
+    2: ((91, 109, 91), np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])),
+    1: ((182, 218, 182), np.array([[-1.0, 0, 0, 90], [0, 1.0, 0, -126], [0, 0, 1.0, -72], [0, 0, 0, 1]])),
+}
+
+
+def mni_grid(resolution_mm: int = 2) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of FSL's MNI152 grid at 1 or 2 mm."""
+    if resolution_mm not in MNI_GRIDS:
+        raise FlowletError(f"MNI resolution must be 1 or 2 mm, got {resolution_mm}")
+    shape, affine = MNI_GRIDS[resolution_mm]
+    return shape, affine.copy()
+
+
+def _resample_to_grid(image: nib.Nifti1Image, resolution_mm: int, interpolation: str) -> np.ndarray:
+    from nilearn.image import resample_img
+
+    shape, affine = mni_grid(resolution_mm)
+    as_float = nib.Nifti1Image(np.asarray(image.get_fdata(), dtype=np.float32), image.affine)
+    with warnings.catch_warnings():
+        # The binary mask is resampled continuously on purpose: the result is its
+        # fractional coverage per voxel, thresholded at one half by the caller.
+        warnings.filterwarnings("ignore", message="Resampling binary images")
+        resampled = resample_img(
+            as_float,
+            target_affine=affine,
+            target_shape=shape,
+            interpolation=interpolation,
+            force_resample=True,
+            copy_header=False,
+        )
+    return np.asarray(resampled.get_fdata(), dtype=np.float32)
+
+
+@lru_cache(maxsize=4)
+def template_t1(resolution_mm: int = 2) -> nib.Nifti1Image:
+    """The skull-stripped MNI152 T1 template (intensities as nilearn ships them) on FSL's grid."""
+    from nilearn.datasets import load_mni152_template
+
+    data = _resample_to_grid(load_mni152_template(resolution=1), resolution_mm, "continuous")
+    return nib.Nifti1Image(np.clip(data, 0, None), mni_grid(resolution_mm)[1])
+
+
+@lru_cache(maxsize=4)
+def template_brain_mask(resolution_mm: int = 2) -> nib.Nifti1Image:
+    """Binary brain mask of the template on FSL's grid (grey + white matter + CSF inside the brain)."""
+    from nilearn.datasets import load_mni152_brain_mask
+
+    data = _resample_to_grid(load_mni152_brain_mask(resolution=1), resolution_mm, "continuous")
+    return nib.Nifti1Image((data >= 0.5).astype(np.uint8), mni_grid(resolution_mm)[1])
+
+
+@lru_cache(maxsize=4)
+def template_tissue_priors(resolution_mm: int = 2) -> dict[str, nib.Nifti1Image]:
+    """Grey- and white-matter probability maps of the template, and CSF as the rest of the brain mask."""
+    from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template
+
+    affine = mni_grid(resolution_mm)[1]
+    grey = np.clip(_resample_to_grid(load_mni152_gm_template(resolution=1), resolution_mm, "continuous"), 0, 1)
+    white = np.clip(_resample_to_grid(load_mni152_wm_template(resolution=1), resolution_mm, "continuous"), 0, 1)
+    mask = template_brain_mask(resolution_mm).get_fdata() > 0
+    csf = np.where(mask, np.clip(1.0 - grey - white, 0, 1), 0.0).astype(np.float32)
+    return {
+        "grey": nib.Nifti1Image(grey, affine),
+        "white": nib.Nifti1Image(white, affine),
+        "csf": nib.Nifti1Image(csf, affine),
+    }
