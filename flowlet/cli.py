@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("flowlet.brainage.plan_cli", "decide how many synthetic subjects each age bin gets"),
     "brainage": ("flowlet.brainage.cli", "train and evaluate brain-age regressors with and without synthetic data"),
     "regions": ("flowlet.regions.cli", "regional anatomy of real and synthetic brains"),
+    "synthetic-grid": ("flowlet.report.grid_cli", "draw synthetic brains per age bin"),
     "report": ("flowlet.report.cli", "write the study summary and environment record"),
 }
 

@@ -1,0 +1,68 @@
+"""Study configuration: schema validation with defaults, plus the checks a schema cannot express."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from flowlet.errors import FlowletError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        for name, subschema in properties.items():
+            if isinstance(instance, dict) and "default" in subschema:
+                instance.setdefault(name, subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate_config(config: dict) -> dict:
+    """Fill defaults and validate; the error names the offending key and what is wrong with it."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
+    if errors:
+        lines = []
+        for error in errors:
+            key = ".".join(map(str, error.absolute_path)) or "(top level)"
+            lines.append(f"{key}: {error.message}")
+        raise FlowletError("invalid config:\n  " + "\n  ".join(lines))
+    check_config(config)
+    return config
+
+
+def check_config(config: dict) -> None:
+    """Rules that span keys: increasing bin edges, target settings that match the chosen target."""
+    edges = config["split"]["bin_edges"]
+    if any(high <= low for low, high in zip(edges, edges[1:])):
+        raise FlowletError(f"split.bin_edges: must be strictly increasing, got {edges}")
+    plan = config["plan_synthetic"]
+    if plan["target"] == "fixed" and plan["target_count"] is None:
+        raise FlowletError("plan_synthetic.target_count: required when plan_synthetic.target is 'fixed'")
+    if plan["target"] == "ratio" and plan["target_ratio"] is None:
+        raise FlowletError("plan_synthetic.target_ratio: required when plan_synthetic.target is 'ratio'")
+    bids_dir = config["data"]["bids_dir"]
+    if bids_dir and not Path(bids_dir).is_dir():
+        raise FlowletError(f"data.bids_dir: {bids_dir} is not a directory")
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> dict:
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise FlowletError(f"{path}: cannot read the config ({error})") from error
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    return validate_config(config)

@@ -1,0 +1,84 @@
+"""Age bins and the subject-level split into real training and held-out real test sets, stratified by age bin."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from flowlet.errors import FlowletError
+
+
+def check_bin_edges(edges: Sequence[float]) -> np.ndarray:
+    edges = np.asarray(edges, dtype=float)
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise FlowletError(f"age bin edges must be at least two strictly increasing numbers, got {list(edges)}")
+    return edges
+
+
+def bin_labels(edges: Sequence[float]) -> list[str]:
+    """Labels like '20-30' for [20, 30); the last bin is closed on the right."""
+    edges = check_bin_edges(edges)
+    return [f"{low:g}-{high:g}" for low, high in zip(edges[:-1], edges[1:])]
+
+
+def assign_bins(ages: pd.Series, edges: Sequence[float], ids: pd.Series | None = None) -> pd.Series:
+    """The bin label of every age; NaN ages stay NaN; an age outside every bin is an error naming the subject."""
+    edges = check_bin_edges(edges)
+    labels = bin_labels(edges)
+    index = np.searchsorted(edges, ages.to_numpy(dtype=float), side="right") - 1
+    index = np.where(ages.to_numpy() == edges[-1], len(labels) - 1, index)
+    known = ages.notna().to_numpy()
+    outside = known & ((index < 0) | (index >= len(labels)))
+    if outside.any():
+        names = ids[outside] if ids is not None else ages.index[outside]
+        listing = ", ".join(f"{name} ({age:g})" for name, age in zip(names, ages[outside]))
+        raise FlowletError(f"ages outside the bins {edges[0]:g}-{edges[-1]:g}: {listing}; widen the bin edges in the config")
+    result = pd.Series([labels[i] if ok else np.nan for i, ok in zip(index, known)], index=ages.index, dtype=object)
+    return result
+
+
+def stratified_split(
+    participants: pd.DataFrame,
+    edges: Sequence[float],
+    test_fraction: float,
+    seed: int,
+    failed: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Assign each participant to train, test or excluded (with the reason).
+
+    Within every age bin, round(test_fraction * n) subjects go to test, at least one where the bin has
+    two or more, so that every populated bin can be evaluated; a single-subject bin stays in training.
+    Subjects without age or whose preprocessing failed are excluded, never silently dropped.
+    """
+    if not 0 < test_fraction < 1:
+        raise FlowletError(f"split.test_fraction must lie between 0 and 1, got {test_fraction}")
+    failed = failed or {}
+    table = participants.copy()
+    table["age_bin"] = assign_bins(table["age"], edges, table["participant_id"])
+    table["split"] = "train"
+    table["reason"] = ""
+    no_age = table["age"].isna()
+    table.loc[no_age, ["split", "reason"]] = ["excluded", "no age"]
+    failed_mask = table["participant_id"].isin(list(failed))
+    table.loc[failed_mask, "split"] = "excluded"
+    table.loc[failed_mask, "reason"] = table.loc[failed_mask, "participant_id"].map(failed)
+
+    rng = np.random.default_rng(seed)
+    usable = table["split"] == "train"
+    for label in bin_labels(edges):
+        members = table.index[usable & (table["age_bin"] == label)].to_numpy()
+        if len(members) < 2:
+            continue
+        n_test = min(len(members) - 1, max(1, int(round(test_fraction * len(members)))))
+        chosen = rng.choice(np.sort(members), size=n_test, replace=False)
+        table.loc[chosen, "split"] = "test"
+
+    counts = table["split"].value_counts()
+    if counts.get("train", 0) < 2 or counts.get("test", 0) < 1:
+        raise FlowletError(
+            f"too few usable subjects to split: {counts.get('train', 0)} for training and {counts.get('test', 0)} for testing "
+            f"out of {len(table)} ({int(no_age.sum())} without age, {int(failed_mask.sum())} failed preprocessing)"
+        )
+    return table

@@ -1,0 +1,1 @@
+"""The study's report: summary tables, methods text, environment record, runtime table and figures."""

@@ -1,0 +1,56 @@
+"""`flowlet synthetic-grid`: one row of synthetic brains per age bin, three views each, for a quick look."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from flowlet.data.nifti import load_nifti  # noqa: E402
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifests", nargs="+", required=True, type=Path, help="per-bin manifests from 'flowlet generate'")
+    parser.add_argument("--per-bin", type=int, default=4, help="synthetic subjects shown per age bin")
+    parser.add_argument("--output", required=True, type=Path, help="PNG to write")
+
+
+def _views(volume: np.ndarray) -> list[np.ndarray]:
+    x, y, z = (size // 2 for size in volume.shape)
+    return [np.rot90(volume[:, :, z]), np.rot90(volume[:, y, :]), np.rot90(volume[x, :, :])]
+
+
+def run(args: argparse.Namespace) -> int:
+    bins = []
+    for manifest in args.manifests:
+        table = pd.read_csv(manifest, sep="\t")
+        label = manifest.parent.name.removeprefix("bin-")
+        bins.append((label, table.sort_values("age").head(args.per_bin)))
+    columns = max(1, max(len(table) for _, table in bins)) * 3
+    figure, axes = plt.subplots(len(bins), columns, figsize=(1.6 * columns, 1.9 * len(bins)), squeeze=False)
+    for row, (label, table) in enumerate(bins):
+        for axis in axes[row]:
+            axis.axis("off")
+        if table.empty:
+            axes[row][0].text(0, 0.5, f"{label}: no synthetic subjects planned", fontsize=9, va="center")
+            continue
+        for index, item in enumerate(table.itertuples()):
+            volume = load_nifti(item.image, "synthetic volume").get_fdata()
+            limits = np.percentile(volume[volume != 0], [1, 99]) if np.any(volume) else (0, 1)
+            for view, image in enumerate(_views(volume)):
+                axis = axes[row][index * 3 + view]
+                axis.imshow(image, cmap="gray", vmin=limits[0], vmax=limits[1])
+                if view == 0:
+                    axis.set_title(f"{label}: age {item.age:.1f}", fontsize=8, loc="left")
+    figure.suptitle("Synthetic brains per age bin (axial, coronal, sagittal mid-slices)", fontsize=10)
+    figure.tight_layout()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.output, dpi=110)
+    plt.close(figure)
+    return 0

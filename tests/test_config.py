@@ -1,0 +1,59 @@
+"""The shipped config and every test config validate; bad configs are rejected naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flowlet.config import SCHEMA_PATH, load_config, validate_config
+from flowlet.errors import FlowletError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = [REPO / "config" / "config.yaml", *sorted((REPO / "tests" / "configs").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: path.name)
+def test_shipped_and_test_configs_validate(path):
+    config = load_config(path, {"data": {"bids_dir": ""}})
+    assert config["split"]["bin_edges"] == sorted(config["split"]["bin_edges"])
+
+
+def test_every_schema_key_has_a_default_and_a_description():
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+
+    def walk(node, trail):
+        for name, sub in node.get("properties", {}).items():
+            assert "description" in sub, f"{'.'.join(trail + [name])} lacks a description"
+            assert "default" in sub, f"{'.'.join(trail + [name])} lacks a default"
+            walk(sub, trail + [name])
+
+    walk(schema, [])
+
+
+def test_empty_config_gets_all_defaults():
+    config = validate_config({})
+    assert config["preprocess"]["skullstrip"] == "deepbet"
+    assert config["generate"]["num_flow_steps"] == 10
+    assert config["data"]["bids_dir"] == ""
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"preprocess": {"skulstrip": "deepbet"}}, "preprocess"),
+        ({"unknown_section": {}}, "(top level)"),
+        ({"split": {"test_fraction": "a quarter"}}, "split.test_fraction"),
+        ({"split": {"test_fraction": 1.5}}, "split.test_fraction"),
+        ({"preprocess": {"resolution": 3}}, "preprocess.resolution"),
+        ({"train_generator": {"steps": 0}}, "train_generator.steps"),
+        ({"split": {"bin_edges": [30, 20, 40]}}, "split.bin_edges"),
+        ({"plan_synthetic": {"target": "fixed", "target_count": None}}, "plan_synthetic.target_count"),
+        ({"data": {"bids_dir": "/no/such/dataset"}}, "data.bids_dir"),
+    ],
+)
+def test_bad_configs_are_rejected_naming_the_key(overrides, key):
+    with pytest.raises(FlowletError) as error:
+        load_config(REPO / "config" / "config.yaml", overrides)
+    assert key in str(error.value)

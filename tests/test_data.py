@@ -1,0 +1,126 @@
+"""Participant tables and the split: bad input is rejected naming the file and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowlet.cli import main as flowlet
+from flowlet.data.bids import ColumnNames, check_image_header, participant_table, read_participants
+from flowlet.data.nifti import load_nifti
+from flowlet.data.split import assign_bins, bin_labels, stratified_split
+from flowlet.errors import FlowletError
+
+
+def make_bids(root: Path, ages: dict[str, str], images: list[str] | None = None, age_column: str = "age") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [f"participant_id\t{age_column}\tsex"] + [f"{pid}\t{age}\tF" for pid, age in ages.items()]
+    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
+    for pid in ages if images is None else images:
+        anat = root / pid / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)).to_filename(anat / f"{pid}_T1w.nii.gz")
+    return root
+
+
+def test_ixi_table_keeps_subjects_without_age_and_names_them(ixi_dir, caplog):
+    table = participant_table(ixi_dir)
+    assert len(table) == 84
+    without_age = table.loc[table["age"].isna(), "participant_id"].tolist()
+    assert len(without_age) == 4
+    assert all(Path(image).exists() for image in table["image"])
+    assert set(table["sex"]) <= {"M", "F", ""}
+
+
+def test_missing_participants_tsv(tmp_path):
+    (tmp_path / "sub-01" / "anat").mkdir(parents=True)
+    with pytest.raises(FlowletError, match="participants.tsv is missing"):
+        participant_table(tmp_path)
+
+
+def test_missing_age_column_names_the_column_and_lists_the_ones_present(tmp_path):
+    make_bids(tmp_path, {"sub-01": "30"}, age_column="years")
+    with pytest.raises(FlowletError, match=r"no age column 'age' \(columns: participant_id, years, sex\)"):
+        participant_table(tmp_path)
+    assert participant_table(tmp_path, ColumnNames(age="years"))["age"].tolist() == [30.0]
+
+
+def test_listed_subject_without_image_is_named(tmp_path):
+    make_bids(tmp_path, {"sub-01": "30", "sub-02": "40"}, images=["sub-01"])
+    with pytest.raises(FlowletError, match="without a T1w image.*sub-02"):
+        participant_table(tmp_path)
+
+
+def test_non_numeric_age_names_subject_and_value(tmp_path):
+    make_bids(tmp_path, {"sub-01": "30", "sub-02": "forty"})
+    with pytest.raises(FlowletError, match="non-numeric ages: sub-02 \\('forty'\\)"):
+        read_participants(tmp_path)
+
+
+def test_missing_age_markers_become_nan(tmp_path):
+    make_bids(tmp_path, {"sub-01": "n/a", "sub-02": "", "sub-03": "55.5"})
+    assert read_participants(tmp_path)["age"].isna().tolist() == [True, True, False]
+
+
+def test_unreadable_nifti_is_named(tmp_path):
+    bad = tmp_path / "sub-01_T1w.nii.gz"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(FlowletError, match="sub-01.*not a readable NIfTI"):
+        check_image_header(bad, "sub-01")
+    with pytest.raises(FlowletError, match="not a readable NIfTI"):
+        load_nifti(bad, "sub-01 T1w")
+
+
+def test_truncated_gzip_is_named(tmp_path, ixi_dir):
+    source = next(ixi_dir.glob("sub-*/anat/*_T1w.nii.gz")).read_bytes()
+    truncated = tmp_path / "truncated_T1w.nii.gz"
+    truncated.write_bytes(source[: len(source) // 2])
+    with pytest.raises(FlowletError, match="truncated_T1w.nii.gz is not a readable NIfTI"):
+        load_nifti(truncated)
+
+
+def test_participants_cli_writes_table_and_fails_cleanly(tmp_path, capsys):
+    bids = make_bids(tmp_path / "bids", {"sub-01": "30", "sub-02": "n/a"})
+    output = tmp_path / "participants.tsv"
+    assert flowlet(["participants", "--bids-dir", str(bids), "--output", str(output)]) == 0
+    table = pd.read_csv(output, sep="\t", na_values=["n/a"], keep_default_na=False)
+    assert table["participant_id"].tolist() == ["sub-01", "sub-02"]
+    assert np.isnan(table["age"][1])
+
+    (bids / "participants.tsv").unlink()
+    assert flowlet(["participants", "--bids-dir", str(bids), "--output", str(output)]) == 1
+    assert "participants.tsv is missing" in capsys.readouterr().err
+
+
+def test_bins_and_out_of_range_ages():
+    assert bin_labels([20, 30, 40]) == ["20-30", "30-40"]
+    ages = pd.Series([20.0, 29.9, 30.0, 40.0, np.nan])
+    assert assign_bins(ages, [20, 30, 40]).tolist()[:4] == ["20-30", "20-30", "30-40", "30-40"]
+    with pytest.raises(FlowletError, match="sub-x \\(95\\)"):
+        assign_bins(pd.Series([95.0]), [20, 30, 40], pd.Series(["sub-x"]))
+
+
+def test_split_is_stratified_deterministic_and_excludes_with_reasons():
+    rng = np.random.default_rng(0)
+    ages = np.concatenate([rng.uniform(20, 40, 30), rng.uniform(60, 80, 4), [np.nan]])
+    participants = pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(len(ages))], "age": ages, "sex": "F"})
+    edges = [20, 40, 60, 80]
+    first = stratified_split(participants, edges, 0.25, seed=3, failed={"sub-00": "preprocessing failed: empty mask"})
+    again = stratified_split(participants, edges, 0.25, seed=3, failed={"sub-00": "preprocessing failed: empty mask"})
+    pd.testing.assert_frame_equal(first, again)
+    assert first.loc[first["participant_id"] == "sub-34", "reason"].item() == "no age"
+    assert first.loc[first["participant_id"] == "sub-00", "split"].item() == "excluded"
+    for label, group in first[first["split"] != "excluded"].groupby("age_bin"):
+        assert (group["split"] == "test").sum() >= 1, label
+        assert (group["split"] == "train").sum() >= 1, label
+    assert (first[first["age_bin"] == "60-80"]["split"] == "test").sum() == 1
+
+
+def test_split_with_too_few_subjects_says_so():
+    participants = pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "age": [25.0, np.nan], "sex": ""})
+    with pytest.raises(FlowletError, match="too few usable subjects"):
+        stratified_split(participants, [20, 30], 0.25, seed=0)

@@ -1,0 +1,44 @@
+# Brain-age regressors trained on real only, real plus synthetic, and synthetic only data,
+# all evaluated on the same held-out real test subjects.
+
+
+rule brainage:
+    input:
+        split=rules.split.output[0],
+        synthetic=synthetic_manifests(),
+    output:
+        metrics=report(
+            f"{RESULTS}/brainage/metrics.tsv",
+            caption="../report/brainage_metrics.rst",
+            category="Brain age",
+        ),
+        predictions=f"{RESULTS}/brainage/predictions.tsv",
+        mae_per_bin=report(
+            f"{RESULTS}/brainage/mae_per_bin.png",
+            caption="../report/brainage_mae_per_bin.rst",
+            category="Brain age",
+        ),
+        pred_vs_true=report(
+            f"{RESULTS}/brainage/pred_vs_true.png",
+            caption="../report/brainage_pred_vs_true.rst",
+            category="Brain age",
+        ),
+        model=f"{RESULTS}/brainage/model_real.joblib",
+    log:
+        f"{LOGS}/brainage.log",
+    benchmark:
+        f"{BENCHMARKS}/brainage.tsv"
+    params:
+        flags=cli_flags("brainage"),
+        bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
+        output_dir=f"{RESULTS}/brainage",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1 if config["brainage"]["device"] == "cuda" else 0,
+    conda:
+        f"{ENVS}/analysis.yaml"
+    shell:
+        "{FLOWLET} brainage --split {input.split} --synthetic {input.synthetic} --bin-edges {params.bin_edges} "
+        "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"

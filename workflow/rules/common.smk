@@ -1,0 +1,91 @@
+# Shared by every stage: config validation, the subject list, output paths, and config-to-flag mapping.
+
+import shlex
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(workflow.basedir).parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from flowlet.config import validate_config  # noqa: E402
+from flowlet.data.bids import ColumnNames, ages_missing_note, participant_table  # noqa: E402
+from flowlet.data.split import bin_labels  # noqa: E402
+
+# The schema in ../schemas/config.schema.yaml fills defaults and rejects unknown keys, wrong types and
+# impossible values before any job runs, naming the key.
+validate_config(config)
+
+# Every rule calls the package through the interpreter of its environment; PYTHONPATH makes the
+# checkout importable inside per-rule conda environments without installing it there.
+FLOWLET = f"PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}} python -m flowlet"
+
+RESULTS = config["results_dir"].rstrip("/")
+LOGS = config["logs_dir"].rstrip("/")
+BENCHMARKS = f"{RESULTS}/benchmarks"
+ENVS = "../../envs"
+TEMPLATE = "MNI152NLin2009aSym"
+RESOLUTION = config["preprocess"]["resolution"]
+DEMO = not config["data"]["bids_dir"]
+BIDS_DIR = f"{RESULTS}/demo/bids" if DEMO else config["data"]["bids_dir"]
+AGE_BINS = bin_labels(config["split"]["bin_edges"])
+
+
+def demo_subjects():
+    return [f"sub-demo{index:03d}" for index in range(1, config["phantoms"]["n_subjects"] + 1)]
+
+
+def dataset_subjects():
+    table = participant_table(
+        BIDS_DIR,
+        ColumnNames(config["data"]["age_column"], config["data"]["sex_column"]),
+        config["data"]["exclude_subjects"],
+    )
+    note = ages_missing_note(table)
+    if note:
+        logger.info(f"Note: {note}")
+    return dict(zip(table["participant_id"], table["image"]))
+
+
+if DEMO:
+    SUBJECTS = demo_subjects()
+    T1W = {subject: f"{BIDS_DIR}/{subject}/anat/{subject}_T1w.nii.gz" for subject in SUBJECTS}
+else:
+    T1W = dataset_subjects()
+    SUBJECTS = list(T1W)
+
+
+wildcard_constraints:
+    subject="sub-[A-Za-z0-9]+",
+    age_bin="[0-9.]+-[0-9.]+",
+
+
+def cli_flags(section, skip=()):
+    """A config section as command-line flags: snake_case keys become --kebab-case flags."""
+    parts = []
+    for key, value in config[section].items():
+        if key in skip or value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            if value:
+                parts.append(flag + " " + " ".join(shlex.quote(str(item)) for item in value))
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+def preprocessed(subject):
+    base = f"{RESULTS}/preprocess/{subject}/anat/{subject}"
+    return {
+        "image": f"{base}_space-{TEMPLATE}_res-{RESOLUTION}_desc-preproc_T1w.nii.gz",
+        "mask": f"{base}_desc-brain_mask.nii.gz",
+        "transform": f"{base}_from-T1w_to-{TEMPLATE}_mode-image_xfm.mat",
+        "qc_png": f"{RESULTS}/preprocess/{subject}/figures/{subject}_desc-qc_T1w.png",
+        "qc_tsv": f"{RESULTS}/preprocess/{subject}/{subject}_desc-qc_metrics.tsv",
+    }
+
+
+def synthetic_manifests():
+    return expand(f"{RESULTS}/synthetic/bin-{{age_bin}}/manifest.tsv", age_bin=AGE_BINS)

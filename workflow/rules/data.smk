@@ -1,0 +1,66 @@
+# Inputs: the demo cohort (when no BIDS directory is configured), the participant table and the split.
+
+if DEMO:
+
+    rule phantoms:
+        output:
+            participants=f"{BIDS_DIR}/participants.tsv",
+            images=[T1W[subject] for subject in SUBJECTS],
+        log:
+            f"{LOGS}/phantoms.log",
+        benchmark:
+            f"{BENCHMARKS}/phantoms.tsv"
+        params:
+            flags=cli_flags("phantoms"),
+            bids_dir=BIDS_DIR,
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=20,
+        conda:
+            f"{ENVS}/preprocess.yaml"
+        shell:
+            "{FLOWLET} phantoms --output-dir {params.bids_dir} {params.flags} --threads {threads} > {log} 2>&1"
+
+
+rule participants:
+    input:
+        participants=f"{BIDS_DIR}/participants.tsv",
+        images=[T1W[subject] for subject in SUBJECTS],
+    output:
+        f"{RESULTS}/data/participants.tsv",
+    log:
+        f"{LOGS}/participants.log",
+    params:
+        bids_dir=BIDS_DIR,
+        flags=cli_flags("data", skip=("bids_dir", "on_error")),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        f"{ENVS}/preprocess.yaml"
+    shell:
+        "{FLOWLET} participants --bids-dir {params.bids_dir} {params.flags} --output {output} > {log} 2>&1"
+
+
+rule split:
+    input:
+        participants=rules.participants.output[0],
+        qc=f"{RESULTS}/qc/qc.tsv",
+    output:
+        f"{RESULTS}/data/split.tsv",
+    log:
+        f"{LOGS}/split.log",
+    params:
+        flags=cli_flags("split"),
+        image_pattern=preprocessed("{participant_id}")["image"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        f"{ENVS}/analysis.yaml"
+    shell:
+        "{FLOWLET} split --participants {input.participants} --qc {input.qc} "
+        "--image-pattern '{params.image_pattern}' {params.flags} --output {output} > {log} 2>&1"

@@ -1,0 +1,25 @@
+# Cohort-level QC: one table of every subject's metrics, outliers flagged and listed first.
+
+
+rule qc_table:
+    input:
+        [preprocessed(subject)["qc_tsv"] for subject in SUBJECTS],
+    output:
+        report(
+            f"{RESULTS}/qc/qc.tsv",
+            caption="../report/qc_table.rst",
+            category="Preprocessing QC",
+            subcategory="Cohort",
+        ),
+    log:
+        f"{LOGS}/qc_table.log",
+    params:
+        flags=cli_flags("qc"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        f"{ENVS}/preprocess.yaml"
+    shell:
+        "{FLOWLET} qc --inputs {input} --output {output} {params.flags} > {log} 2>&1"
