@@ -31,7 +31,7 @@ rule brainage:
     params:
         flags=cli_flags("brainage"),
         bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
-        output_dir=f"{RESULTS}/brainage",
+        output_dir=lambda wildcards, output: Path(output.metrics).parent,
     threads: 2
     resources:
         mem_mb=8000,
@@ -40,5 +40,5 @@ rule brainage:
     conda:
         f"{ENVS}/analysis.yaml"
     shell:
-        "{FLOWLET} brainage --split {input.split} --synthetic {input.synthetic} --bin-edges {params.bin_edges} "
+        "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} --bin-edges {params.bin_edges} "
         "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"

@@ -1,5 +1,6 @@
 # Shared by every stage: config validation, the subject list, output paths, and config-to-flag mapping.
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -15,9 +16,10 @@ from flowlet.data.split import bin_labels  # noqa: E402
 # impossible values before any job runs, naming the key.
 validate_config(config)
 
-# Every rule calls the package through the interpreter of its environment; PYTHONPATH makes the
-# checkout importable inside per-rule conda environments without installing it there.
-FLOWLET = f"PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}} python -m flowlet"
+# Every rule calls `python -m flowlet` with the interpreter of its environment; jobs inherit this
+# PYTHONPATH, which makes the checkout importable inside per-rule conda environments too.
+inherited_path = dict(os.environ).get("PYTHONPATH")
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), inherited_path])))
 
 RESULTS = config["results_dir"].rstrip("/")
 LOGS = config["logs_dir"].rstrip("/")
@@ -65,14 +67,14 @@ def cli_flags(section, skip=()):
     for key, value in config[section].items():
         if key in skip or value is None:
             continue
-        flag = "--" + key.replace("_", "-")
+        name = key.replace("_", "-")
         if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + key.replace("_", "-"))
+            parts.append(f"--{name}" if value else f"--no-{name}")
         elif isinstance(value, list):
             if value:
-                parts.append(flag + " " + " ".join(shlex.quote(str(item)) for item in value))
+                parts.append(f"--{name} {' '.join(shlex.quote(str(item)) for item in value)}")
         else:
-            parts.append(f"{flag} {shlex.quote(str(value))}")
+            parts.append(f"--{name} {shlex.quote(str(value))}")
     return " ".join(parts)
 
 

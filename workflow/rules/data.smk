@@ -12,7 +12,7 @@ if DEMO:
             f"{BENCHMARKS}/phantoms.tsv"
         params:
             flags=cli_flags("phantoms"),
-            bids_dir=BIDS_DIR,
+            bids_dir=lambda wildcards, output: Path(output.participants).parent,
         threads: 2
         resources:
             mem_mb=4000,
@@ -20,7 +20,7 @@ if DEMO:
         conda:
             f"{ENVS}/preprocess.yaml"
         shell:
-            "{FLOWLET} phantoms --output-dir {params.bids_dir} {params.flags} --threads {threads} > {log} 2>&1"
+            "python -m flowlet phantoms --output-dir {params.bids_dir} {params.flags} --threads {threads} > {log} 2>&1"
 
 
 rule participants:
@@ -32,7 +32,7 @@ rule participants:
     log:
         f"{LOGS}/participants.log",
     params:
-        bids_dir=BIDS_DIR,
+        bids_dir=lambda wildcards, input: Path(input.participants).parent,
         flags=cli_flags("data", skip=("bids_dir", "on_error")),
     threads: 1
     resources:
@@ -41,7 +41,7 @@ rule participants:
     conda:
         f"{ENVS}/preprocess.yaml"
     shell:
-        "{FLOWLET} participants --bids-dir {params.bids_dir} {params.flags} --output {output} > {log} 2>&1"
+        "python -m flowlet participants --bids-dir {params.bids_dir} {params.flags} --output {output} > {log} 2>&1"
 
 
 rule split:
@@ -54,7 +54,7 @@ rule split:
         f"{LOGS}/split.log",
     params:
         flags=cli_flags("split"),
-        image_pattern=preprocessed("{participant_id}")["image"],
+        image_pattern=lambda wildcards: preprocessed("{participant_id}")["image"],
     threads: 1
     resources:
         mem_mb=1000,
@@ -62,5 +62,5 @@ rule split:
     conda:
         f"{ENVS}/analysis.yaml"
     shell:
-        "{FLOWLET} split --participants {input.participants} --qc {input.qc} "
+        "python -m flowlet split --participants {input.participants} --qc {input.qc} "
         "--image-pattern '{params.image_pattern}' {params.flags} --output {output} > {log} 2>&1"

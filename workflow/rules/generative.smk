@@ -22,7 +22,7 @@ rule train:
         f"{BENCHMARKS}/train_generator.tsv"
     params:
         flags=cli_flags("train_generator"),
-        output_dir=f"{RESULTS}/generator",
+        output_dir=lambda wildcards, output: Path(output.checkpoint).parent,
     threads: 2
     resources:
         mem_mb=16000,
@@ -31,7 +31,7 @@ rule train:
     conda:
         f"{ENVS}/generative.yaml"
     shell:
-        "{FLOWLET} train --split {input.split} --output-dir {params.output_dir} {params.flags} "
+        "python -m flowlet train --split {input.split} --output-dir {params.output_dir} {params.flags} "
         "--threads {threads} > {log} 2>&1"
 
 
@@ -50,7 +50,7 @@ rule plan_synthetic:
     params:
         flags=cli_flags("plan_synthetic"),
         bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
-        ages_dir=f"{RESULTS}/synthetic/ages",
+        ages_dir=lambda wildcards, output: Path(output.ages[0]).parent,
     threads: 1
     resources:
         mem_mb=1000,
@@ -58,7 +58,7 @@ rule plan_synthetic:
     conda:
         f"{ENVS}/analysis.yaml"
     shell:
-        "{FLOWLET} plan --split {input.split} --bin-edges {params.bin_edges} {params.flags} "
+        "python -m flowlet plan --split {input.split} --bin-edges {params.bin_edges} {params.flags} "
         "--output {output.plan} --ages-dir {params.ages_dir} > {log} 2>&1"
 
 
@@ -76,7 +76,7 @@ rule generate:
         f"{BENCHMARKS}/generate/bin-{{age_bin}}.tsv"
     params:
         flags=cli_flags("generate"),
-        output_dir=f"{RESULTS}/synthetic/bin-{{age_bin}}",
+        output_dir=lambda wildcards, output: Path(output.manifest).parent,
     threads: 2
     resources:
         mem_mb=8000,
@@ -85,7 +85,7 @@ rule generate:
     conda:
         f"{ENVS}/generative.yaml"
     shell:
-        "{FLOWLET} generate --checkpoint_path {input.checkpoint} --config_path {input.config} "
+        "python -m flowlet generate --checkpoint_path {input.checkpoint} --config_path {input.config} "
         "--condition_ranges_path {input.ranges} --ages-tsv {input.ages} --output_dir {params.output_dir} "
         "--manifest {output.manifest} --age-bin {wildcards.age_bin} {params.flags} --threads {threads} > {log} 2>&1"
 
@@ -108,4 +108,4 @@ rule synthetic_grid:
     conda:
         f"{ENVS}/analysis.yaml"
     shell:
-        "{FLOWLET} synthetic-grid --manifests {input.manifests} --output {output} > {log} 2>&1"
+        "python -m flowlet synthetic-grid --manifests {input.manifests} --output {output} > {log} 2>&1"

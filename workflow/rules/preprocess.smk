@@ -30,7 +30,7 @@ rule preprocess:
     conda:
         f"{ENVS}/preprocess.yaml"
     shell:
-        "{FLOWLET} preprocess {input.t1w} --subject {wildcards.subject} "
+        "python -m flowlet preprocess {input.t1w} --subject {wildcards.subject} "
         "--brain-mask {output.mask} --output {output.image} --transform {output.transform} "
         "--qc-png {output.qc_png} --qc-tsv {output.qc_tsv} --on-error {params.on_error} "
         "{params.flags} --threads {threads} > {log} 2>&1"

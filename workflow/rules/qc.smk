@@ -22,4 +22,4 @@ rule qc_table:
     conda:
         f"{ENVS}/preprocess.yaml"
     shell:
-        "{FLOWLET} qc --inputs {input} --output {output} {params.flags} > {log} 2>&1"
+        "python -m flowlet qc --inputs {input} --output {output} {params.flags} > {log} 2>&1"

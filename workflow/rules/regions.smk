@@ -25,7 +25,7 @@ rule regions:
         f"{BENCHMARKS}/regions.tsv"
     params:
         flags=cli_flags("regions"),
-        output_dir=f"{RESULTS}/regions",
+        output_dir=lambda wildcards, output: Path(output.table).parent,
     threads: 2
     resources:
         mem_mb=8000,
@@ -33,5 +33,5 @@ rule regions:
     conda:
         f"{ENVS}/analysis.yaml"
     shell:
-        "{FLOWLET} regions --split {input.split} --synthetic {input.synthetic} --brainage-model {input.model} "
+        "python -m flowlet regions --split {input.split} --synthetic {input.synthetic} --brainage-model {input.model} "
         "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"

@@ -49,7 +49,7 @@ rule report_summary:
     log:
         f"{LOGS}/report.log",
     params:
-        results=RESULTS,
+        results=lambda wildcards, input: Path(input.split).parents[1],
         benchmarks=BENCHMARKS,
     threads: 1
     resources:
@@ -58,6 +58,6 @@ rule report_summary:
     conda:
         f"{ENVS}/analysis.yaml"
     shell:
-        "{FLOWLET} report --results-dir {params.results} --benchmarks-dir {params.benchmarks} "
+        "python -m flowlet report --results-dir {params.results} --benchmarks-dir {params.benchmarks} "
         "--config {input.config} --output {output.summary} --environment {output.environment} "
         "--runtime {output.runtime} > {log} 2>&1"

@@ -1,0 +1,118 @@
+"""The Snakemake workflow: dry runs list every stage, lint is clean, and the tiny study runs end to end."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+STAGES = ["phantoms", "participants", "preprocess", "qc_table", "split", "train", "plan_synthetic",
+          "generate", "synthetic_grid", "brainage", "regions", "report_summary"]
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path = TINY, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+               "--directory", str(workdir), "--configfile", str(configfile), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from the 'Job stats' table of a dry run."""
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("total")[0]
+    counts = {}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_lists_every_stage(tmp_path):
+    jobs = planned_jobs(snakemake(tmp_path, "-n"))
+    assert set(STAGES) <= set(jobs)
+    assert jobs["preprocess"] == 12
+    assert jobs["generate"] == 3
+
+
+def test_lint_reports_nothing(tmp_path):
+    result = snakemake(tmp_path, "--lint")
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_ixi_by_one_key_names_subjects_without_age(tmp_path, ixi_dir):
+    result = snakemake(tmp_path, "-n", "--config", f"data={{'bids_dir': '{ixi_dir}'}}")
+    jobs = planned_jobs(result)
+    assert jobs["preprocess"] == 84 and "phantoms" not in jobs
+    text = result.stdout + result.stderr
+    assert "4 subject(s) without age" in text
+    for subject in pd.read_csv(ixi_dir / "participants.tsv", sep="\t").query("age != age or age == 'n/a'")["participant_id"]:
+        assert subject in text
+
+
+def test_bad_dataset_is_rejected_before_any_job(tmp_path):
+    bids = tmp_path / "bids"
+    (bids / "sub-01" / "anat").mkdir(parents=True)
+    result = snakemake(tmp_path, "-n", "--config", f"data={{'bids_dir': '{bids}'}}", check=False)
+    assert result.returncode != 0
+    assert "participants.tsv is missing" in result.stdout + result.stderr
+
+
+def test_bad_config_is_rejected_naming_the_key(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(TINY.read_text().replace("test_fraction: 0.25", "test_fraction: 2"))
+    result = snakemake(tmp_path, "-n", configfile=config, check=False)
+    assert result.returncode != 0
+    assert "split.test_fraction" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+@pytest.mark.slow
+def test_tiny_study_produces_every_result(tiny_study):
+    results = tiny_study / "results"
+    for path in ["qc/qc.tsv", "data/split.tsv", "generator/loss.png", "synthetic/plan.tsv", "synthetic/grid.png",
+                 "brainage/metrics.tsv", "brainage/mae_per_bin.png", "regions/paired_region_summary.tsv",
+                 "report/summary.md", "report/runtime.tsv", "report/environment.tsv"]:
+        assert (results / path).stat().st_size > 0, path
+    metrics = pd.read_csv(results / "brainage" / "metrics.tsv", sep="\t")
+    split = pd.read_csv(results / "data" / "split.tsv", sep="\t")
+    tested_bins = set(split.loc[split["split"] == "test", "age_bin"])
+    assert tested_bins <= set(metrics["age_bin"])
+    assert {"real", "real+synthetic"} <= set(metrics["arm"])
+    summary = (results / "report" / "summary.md").read_text()
+    assert "## Methods" in summary and "N4" in summary
+
+
+@pytest.mark.slow
+def test_completed_study_does_nothing_when_repeated_and_reruns_only_dependents(tiny_study):
+    assert planned_jobs(snakemake(tiny_study, "-n")) == {}
+    image = next((tiny_study / "results" / "preprocess").glob("sub-demo003/anat/*desc-preproc_T1w.nii.gz"))
+    image.unlink()
+    jobs = planned_jobs(snakemake(tiny_study, "-n"))
+    assert jobs.get("preprocess") == 1
+    assert "phantoms" not in jobs and "participants" not in jobs
+
+
+@pytest.mark.slow
+def test_html_report_builds(tiny_study):
+    snakemake(tiny_study, "--report", "report.html")
+    html = (tiny_study / "report.html").read_text(errors="replace")
+    for category in ["Preprocessing QC", "Generator", "Synthetic cohorts", "Brain age", "Regions"]:
+        assert category in html
