@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jsonschema
@@ -66,3 +67,48 @@ def load_config(path: str | Path, overrides: dict | None = None) -> dict:
         else:
             config[section] = values
     return validate_config(config)
+
+
+def reference_markdown() -> str:
+    """config/README.md, generated from the schema so that the documentation cannot drift from it."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    lines = [
+        "# Configuration reference",
+        "",
+        "`config/config.yaml` has one section per rule. Every key below is validated against",
+        "`workflow/schemas/config.schema.yaml` before any job runs: unknown keys, wrong types and impossible",
+        "values are rejected with a message naming the key. Keys you leave out take the default shown.",
+        "Override single keys on the command line, e.g. `snakemake --cores 2 --config data='{\"bids_dir\": \"/data/bids\"}'`.",
+        "Threads and memory are not configured here: they are set per rule and in `workflow/profiles/`.",
+        "",
+        "Regenerate this file with `python -m flowlet.config > config/README.md` after changing the schema.",
+        "",
+    ]
+    top_level = {name: sub for name, sub in schema["properties"].items() if sub.get("type") != "object"}
+    if top_level:
+        lines += ["## Top level", "", "| key | type | default | description |", "|---|---|---|---|"]
+        lines += [_row(name, sub) for name, sub in top_level.items()] + [""]
+    for name, section in schema["properties"].items():
+        if section.get("type") != "object":
+            continue
+        lines += [f"## `{name}`", "", section.get("description", ""), ""]
+        if section.get("properties"):
+            lines += ["| key | type | default | description |", "|---|---|---|---|"]
+            lines += [_row(key, sub) for key, sub in section["properties"].items()]
+        else:
+            lines += ["No settings yet."]
+        lines += [""]
+    return "\n".join(lines)
+
+
+def _row(name: str, schema: dict) -> str:
+    kind = schema.get("type", "")
+    kind = " or ".join(kind) if isinstance(kind, list) else kind
+    if "enum" in schema:
+        kind += ": " + ", ".join(f"`{value}`" for value in schema["enum"])
+    default = json.dumps(schema.get("default"))
+    return f"| `{name}` | {kind} | `{default}` | {schema.get('description', '')} |"
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -57,3 +57,11 @@ def test_bad_configs_are_rejected_naming_the_key(overrides, key):
     with pytest.raises(FlowletError) as error:
         load_config(REPO / "config" / "config.yaml", overrides)
     assert key in str(error.value)
+
+
+def test_config_readme_documents_every_key_as_the_schema_says():
+    from flowlet.config import reference_markdown
+
+    assert (REPO / "config" / "README.md").read_text().strip() == reference_markdown().strip(), (
+        "config/README.md is out of date: run python -m flowlet.config > config/README.md"
+    )
