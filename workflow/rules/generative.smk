@@ -1,5 +1,7 @@
 # The wavelet flow-matching generator: training on the real training split, the per-bin synthetic
 # plan, generation as one job per age bin (so bins run in parallel on a cluster), and a preview grid.
+# checkpoint_last.pth is deliberately not a declared output: Snakemake deletes declared outputs of a
+# failed or interrupted job, and training resumes from that file.
 
 
 rule train:
@@ -7,7 +9,6 @@ rule train:
         split=rules.split.output[0],
     output:
         checkpoint=f"{RESULTS}/generator/checkpoint_best.pth",
-        last=f"{RESULTS}/generator/checkpoint_last.pth",
         config=f"{RESULTS}/generator/config.json",
         ranges=f"{RESULTS}/generator/condition_ranges.json",
         losses=f"{RESULTS}/generator/loss.tsv",

@@ -10,8 +10,6 @@ rule effective_config:
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        f"{ENVS}/analysis.yaml"
     run:
         # The merged config (files plus --config overrides) is what ran; the report hashes and cites it.
         import yaml
