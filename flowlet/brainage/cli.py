@@ -1,0 +1,105 @@
+"""`flowlet brainage`: train brain-age regressors with and without synthetic subjects and evaluate them on real test subjects."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from flowlet.brainage.bins import AgeBins
+from flowlet.brainage.cnn import CNN_ARCHITECTURES, DEFAULT_SFCN_CHANNELS, CNNSettings
+from flowlet.brainage.experiment import ARMS, REGRESSORS, Settings, run_experiment
+from flowlet.brainage.figures import mae_per_bin, pred_vs_true
+from flowlet.brainage.plan_cli import DEFAULT_BIN_EDGES
+from flowlet.brainage.predict import save_model
+
+log = logging.getLogger(__name__)
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, split, image)")
+    parser.add_argument("--synthetic", type=Path, nargs="*", default=[], help="synthetic manifests (image, age, sex, age_bin[, qc_pass])")
+    parser.add_argument("--external-split", type=Path, default=None, help="a second dataset's table, used only for evaluation")
+    parser.add_argument("--regional-features", type=Path, default=None, help="regional-volume table (participant_id/image + region columns)")
+    parser.add_argument("--output-dir", required=True, type=Path, help="folder for metrics.tsv, predictions.tsv, figures, model")
+    parser.add_argument("--regressors", nargs="+", choices=REGRESSORS, default=["ridge", "svr", "gpr"], help="regressors to train")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="training sets to compare")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="repetitions (CV shuffles, CNN initialisation)")
+    parser.add_argument("--bin-edges", type=float, nargs="+", default=DEFAULT_BIN_EDGES, help="age bin edges in years")
+    parser.add_argument("--downsample", type=int, default=2, help="block-averaging factor applied to the MNI volumes")
+    parser.add_argument("--pca-components", type=int, nargs="+", default=[10, 25, 50], help="PCA sizes searched by cross-validation")
+    parser.add_argument("--cv-folds", type=int, default=5, help="folds for hyper-parameter search and the out-of-sample bias-correction fit")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test subjects")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
+    parser.add_argument("--cnn-arch", choices=CNN_ARCHITECTURES, default="sfcn", help="CNN architecture when 'cnn' is among --regressors")
+    parser.add_argument("--cnn-channels", type=int, nargs="+", default=list(DEFAULT_SFCN_CHANNELS), help="SFCN block widths (paper: 32 64 128 256 256 64)")
+    parser.add_argument("--cnn-epochs", type=int, default=30, help="CNN training epochs")
+    parser.add_argument("--cnn-batch-size", type=int, default=16, help="CNN batch size")
+    parser.add_argument("--cnn-learning-rate", type=float, default=0.01, help="CNN SGD learning rate (cosine warm restarts, T0 17, T_mult 2)")
+    parser.add_argument("--densenet-growth", type=int, default=32, help="DenseNet-121 growth rate")
+    parser.add_argument("--densenet-blocks", type=int, nargs="+", default=[6, 12, 24, 16], help="DenseNet layers per dense block")
+    parser.add_argument("--densenet-init-features", type=int, default=64, help="DenseNet stem width")
+    parser.add_argument("--device", default="auto", help="torch device for the CNN: auto, cpu, cuda, cuda:1")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        regressors=list(args.regressors),
+        arms=list(args.arms),
+        seeds=list(args.seeds),
+        bin_edges=list(args.bin_edges),
+        downsample=args.downsample,
+        pca_components=list(args.pca_components),
+        cv_folds=args.cv_folds,
+        bootstrap=args.bootstrap,
+        bootstrap_seed=args.bootstrap_seed,
+        cnn=CNNSettings(
+            architecture=args.cnn_arch,
+            channels=tuple(args.cnn_channels),
+            densenet_growth=args.densenet_growth,
+            densenet_blocks=tuple(args.densenet_blocks),
+            densenet_init_features=args.densenet_init_features,
+            epochs=args.cnn_epochs,
+            batch_size=args.cnn_batch_size,
+            learning_rate=args.cnn_learning_rate,
+            device=args.device,
+        ),
+    )
+
+
+def bin_labels(settings: Settings) -> list[str]:
+    return AgeBins.from_edges(settings.bin_edges).labels
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    results = run_experiment(args.split, list(args.synthetic), settings, args.external_split, args.regional_features)
+    output = args.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    results.metrics.to_csv(output / "metrics.tsv", sep="\t", index=False, float_format="%.4f")
+    results.predictions.to_csv(output / "predictions.tsv", sep="\t", index=False, float_format="%.4f")
+    results.models.to_csv(output / "models.tsv", sep="\t", index=False, float_format="%.4f")
+    mae_per_bin(results.metrics, bin_labels(settings), output / "mae_per_bin.png")
+    pred_vs_true(results.predictions, output / "pred_vs_true.png")
+    best = results.best_real_model
+    if best is not None:
+        save_model(
+            output / "model_real.joblib",
+            best.estimator,
+            best.regressor,
+            settings.downsample,
+            results.voxels.resolution_mm,
+            best.correction.slope,
+            best.correction.intercept,
+            best.correction.usable,
+            best.cv_mae,
+        )
+        results.notes.append(
+            f"model_real.joblib: {best.regressor} on voxels, seed {best.seed} ({best.choice}), cross-validated MAE {best.cv_mae:.2f} years"
+        )
+    (output / "notes.txt").write_text("".join(f"{note}\n" for note in results.notes))
+    overall = results.metrics[(results.metrics["age_bin"] == "all") & (results.metrics["correction"] == "raw") & (results.metrics["test_set"] == "internal")]
+    for row in overall.itertuples(index=False):
+        log.info("%s/%s %s: MAE %.2f [%.2f, %.2f] years on %d test subjects", row.feature_set, row.regressor, row.arm, row.mae, row.mae_ci_low, row.mae_ci_high, row.n_test)
+    log.info("wrote %s", output)
+    return 0

@@ -1,0 +1,459 @@
+"""The augmentation experiment: regressors x arms x seeds, all evaluated on the same held-out real test subjects.
+
+Arms: ``real`` (real training subjects only), ``real+synthetic`` (the same plus every
+synthetic volume that passed QC) and ``synthetic`` (synthetic only: a diagnostic of
+what the generator learned about age).
+
+Age-bias correction: for every fitted model, the linear fit predicted-on-true age is
+made on *out-of-sample* predictions of the real training subjects, never on test
+subjects. For the ``real`` and ``real+synthetic`` arms these come from K-fold
+cross-validation over the real training subjects (the chosen hyper-parameters refitted
+on each fold's remaining training data, synthetic volumes always kept in training);
+in-sample training predictions would be nearly perfect and give a useless slope.
+The ``synthetic`` arm never sees real training subjects, so its plain predictions of
+them are already out-of-sample.
+
+Uncertainty: per-subject absolute errors are first averaged over seeds; the bootstrap
+then resamples test subjects (within the bin, for per-bin rows) with the same
+resamples for every arm and regressor, so the interval of MAE(augmented) - MAE(real)
+is paired.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import KFold
+
+from flowlet.brainage.bins import AgeBins
+from flowlet.brainage.cnn import CNNRegressor, CNNSettings
+from flowlet.brainage.features import VoxelFeatures, load_voxel_features, read_regional_features, regional_matrix
+from flowlet.brainage.metrics import (
+    BiasCorrection,
+    bootstrap_indices,
+    bootstrap_mae,
+    bootstrap_mae_difference,
+    regression_metrics,
+)
+from flowlet.brainage.regressors import (
+    BASELINE,
+    CLASSICAL_REGRESSORS,
+    best_unfitted,
+    cross_validated_mae,
+    describe_choice,
+    fit_quietly,
+    make_search,
+)
+from flowlet.brainage.tables import SyntheticSet, read_split, read_synthetic
+from flowlet.errors import FlowletError
+
+log = logging.getLogger(__name__)
+
+ARMS = ("real", "real+synthetic", "synthetic")
+REGRESSORS = (*CLASSICAL_REGRESSORS, "cnn")
+MIN_TEST_SUBJECTS = 3
+
+
+@dataclass
+class Settings:
+    regressors: list[str] = field(default_factory=lambda: ["ridge", "svr", "gpr"])
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    bin_edges: list[float] = field(default_factory=lambda: [20, 30, 40, 50, 60, 70, 80, 90])
+    downsample: int = 2
+    pca_components: list[int] = field(default_factory=lambda: [10, 25, 50])
+    cv_folds: int = 5
+    bootstrap: int = 2000
+    bootstrap_seed: int = 0
+    cnn: CNNSettings = field(default_factory=CNNSettings)
+
+    def validate(self) -> None:
+        unknown = [name for name in self.regressors if name not in REGRESSORS]
+        if unknown or not self.regressors:
+            raise FlowletError(f"--regressors: unknown {unknown or 'empty list'}; choose from {', '.join(REGRESSORS)}")
+        unknown = [arm for arm in self.arms if arm not in ARMS]
+        if unknown or not self.arms:
+            raise FlowletError(f"--arms: unknown {unknown or 'empty list'}; choose from {', '.join(ARMS)}")
+        if not self.seeds:
+            raise FlowletError("--seeds: give at least one seed")
+
+
+@dataclass
+class Cohort:
+    """Everyone the experiment uses, with bins assigned; ``test_sets`` maps a test-set name to its subjects."""
+
+    train: pd.DataFrame
+    test_sets: dict[str, pd.DataFrame]
+    synthetic: SyntheticSet
+    bins: AgeBins
+    notes: list[str]
+
+
+def _with_bins(table: pd.DataFrame, bins: AgeBins, what: str, id_column: str = "participant_id") -> pd.DataFrame:
+    return table.assign(age_bin=bins.assign(table["age"].to_numpy(), table[id_column].tolist(), what=what))
+
+
+def load_cohort(
+    split_path: Path,
+    synthetic_paths: list[Path],
+    settings: Settings,
+    external_split_path: Path | None = None,
+) -> Cohort:
+    bins = AgeBins.from_edges(settings.bin_edges)
+    split = _with_bins(read_split(split_path), bins, f"split table {split_path}")
+    train = split[split["split"] == "train"].reset_index(drop=True)
+    test = split[split["split"] == "test"].reset_index(drop=True)
+    notes: list[str] = []
+    if len(test) < MIN_TEST_SUBJECTS:
+        raise FlowletError(f"split table {split_path}: {len(test)} test subject(s); at least {MIN_TEST_SUBJECTS} are needed to evaluate")
+    real_arms = [arm for arm in settings.arms if arm != "synthetic"]
+    if real_arms and len(train) < 2 * settings.cv_folds:
+        raise FlowletError(
+            f"split table {split_path}: {len(train)} real training subject(s) are too few for arms {', '.join(real_arms)} "
+            f"with {settings.cv_folds}-fold cross-validation (need at least {2 * settings.cv_folds})"
+        )
+    test_sets = {"internal": test}
+    if external_split_path is not None:
+        external = read_split(external_split_path, what="external test table")
+        test_sets["external"] = _with_bins(external, bins, f"external test table {external_split_path}").reset_index(drop=True)
+        notes.append(f"external test set {external_split_path}: all {len(external)} subjects used for evaluation only")
+    synthetic = read_synthetic(synthetic_paths)
+    notes += synthetic.notes
+    synthetic_arms = [arm for arm in settings.arms if arm != "real"]
+    if synthetic_arms and synthetic.table.empty:
+        given = ", ".join(map(str, synthetic_paths)) or "none given"
+        raise FlowletError(
+            f"arms {', '.join(synthetic_arms)} need synthetic volumes, but the synthetic manifests ({given}) list none that passed QC; "
+            "pass --synthetic MANIFEST.tsv or run only --arms real"
+        )
+    if not synthetic.table.empty:
+        synthetic.table = _with_bins(synthetic.table, bins, "synthetic manifests", id_column="image")
+        if "synthetic" in settings.arms and len(synthetic.table) < 2 * settings.cv_folds:
+            raise FlowletError(
+                f"synthetic manifests: {len(synthetic.table)} volume(s) are too few for the synthetic-only arm "
+                f"with {settings.cv_folds}-fold cross-validation (need at least {2 * settings.cv_folds})"
+            )
+    for label in bins.labels:
+        if not (test["age_bin"] == label).any():
+            notes.append(f"age bin {label}: no real test subjects, so no per-bin metrics for it")
+    return Cohort(train=train, test_sets=test_sets, synthetic=synthetic, bins=bins, notes=notes)
+
+
+@dataclass
+class FeatureSet:
+    """One way of describing subjects: a row of features per subject group (None where unavailable)."""
+
+    name: str
+    train: np.ndarray
+    synthetic: np.ndarray | None
+    tests: dict[str, np.ndarray]
+    volumetric: bool
+
+
+def voxel_feature_set(cohort: Cohort, settings: Settings) -> tuple[FeatureSet, VoxelFeatures]:
+    groups = [cohort.train["image"].tolist(), cohort.synthetic.table["image"].tolist()]
+    groups += [table["image"].tolist() for table in cohort.test_sets.values()]
+    unique = list(dict.fromkeys(image for group in groups for image in group))
+    voxels = load_voxel_features(unique, downsample=settings.downsample)
+    volumes = voxels.volumes
+
+    def rows(images: list[str]) -> np.ndarray:
+        return volumes[voxels.rows(images)]
+
+    feature_set = FeatureSet(
+        name="voxels",
+        train=rows(groups[0]),
+        synthetic=rows(groups[1]) if groups[1] else None,
+        tests={name: rows(table["image"].tolist()) for name, table in cohort.test_sets.items()},
+        volumetric=True,
+    )
+    return feature_set, voxels
+
+
+def regional_feature_set(cohort: Cohort, path: Path) -> FeatureSet:
+    table = read_regional_features(path)
+
+    def matched(subjects: pd.DataFrame, what: str, required: bool) -> np.ndarray | None:
+        matrix, found = regional_matrix(table, subjects)
+        if found.all():
+            return matrix
+        missing = subjects.loc[~found, "participant_id"].tolist()
+        if required:
+            raise FlowletError(f"regional features {path}: no row for {len(missing)} {what} subject(s): {', '.join(map(str, missing[:10]))}")
+        cohort.notes.append(f"regional features {path}: {len(missing)} {what} volume(s) have no row; arms with synthetic data skipped for regional features")
+        return None
+
+    return FeatureSet(
+        name="regional",
+        train=matched(cohort.train, "real training", True),
+        synthetic=matched(cohort.synthetic.table, "synthetic", False) if not cohort.synthetic.table.empty else None,
+        tests={name: matched(subjects, f"{name} test", True) for name, subjects in cohort.test_sets.items()},
+        volumetric=False,
+    )
+
+
+def _flatten(features: np.ndarray, volumetric: bool, mask: np.ndarray | None) -> np.ndarray:
+    return features[:, mask] if volumetric else features
+
+
+@dataclass
+class FittedModel:
+    feature_set: str
+    regressor: str
+    arm: str
+    seed: int
+    n_train_real: int
+    n_train_synthetic: int
+    estimator: object
+    correction: BiasCorrection
+    choice: str
+    cv_mae: float
+    predictions: dict[str, np.ndarray]
+
+
+def _new_estimator(regressor: str, n_train: int, n_features: int, settings: Settings, seed: int):
+    if regressor == "cnn":
+        return CNNRegressor(settings.cnn, seed)
+    return make_search(regressor, n_train, n_features, settings.pca_components, settings.cv_folds, seed)
+
+
+def _refit_copy(estimator, settings: Settings, seed: int):
+    if isinstance(estimator, CNNRegressor):
+        return CNNRegressor(settings.cnn, seed)
+    return best_unfitted(estimator)
+
+
+def _out_of_sample_training_predictions(
+    estimator, train_real: np.ndarray, ages_real: np.ndarray, synthetic: np.ndarray | None, ages_synthetic: np.ndarray | None,
+    arm: str, settings: Settings, seed: int,
+) -> np.ndarray:
+    if arm == "synthetic":
+        return estimator.predict(train_real)
+    predictions = np.zeros(len(ages_real))
+    for fold_train, fold_held in KFold(settings.cv_folds, shuffle=True, random_state=seed).split(train_real):
+        features = train_real[fold_train]
+        ages = ages_real[fold_train]
+        if arm == "real+synthetic":
+            features = np.concatenate([features, synthetic])
+            ages = np.concatenate([ages, ages_synthetic])
+        model = fit_quietly(_refit_copy(estimator, settings, seed), features, ages)
+        predictions[fold_held] = model.predict(train_real[fold_held])
+    return predictions
+
+
+def fit_one(
+    features: FeatureSet, mask: np.ndarray | None, cohort: Cohort, regressor: str, arm: str, seed: int, settings: Settings
+) -> FittedModel:
+    uses_volumes = regressor == "cnn"
+    flat = (lambda array: array) if uses_volumes else (lambda array: _flatten(array, features.volumetric, mask))
+    train_real = flat(features.train)
+    ages_real = cohort.train["age"].to_numpy(dtype=float)
+    synthetic = flat(features.synthetic) if features.synthetic is not None else None
+    ages_synthetic = cohort.synthetic.table["age"].to_numpy(dtype=float)
+    if arm == "real":
+        train, ages, n_real, n_synthetic = train_real, ages_real, len(ages_real), 0
+    elif arm == "real+synthetic":
+        train = np.concatenate([train_real, synthetic])
+        ages = np.concatenate([ages_real, ages_synthetic])
+        n_real, n_synthetic = len(ages_real), len(ages_synthetic)
+    else:
+        train, ages, n_real, n_synthetic = synthetic, ages_synthetic, 0, len(ages_synthetic)
+    n_features = int(np.prod(train.shape[1:]))
+    estimator = fit_quietly(_new_estimator(regressor, len(ages), n_features, settings, seed), train, ages)
+    training_predictions = _out_of_sample_training_predictions(
+        estimator, train_real, ages_real, synthetic, ages_synthetic, arm, settings, seed
+    )
+    correction = BiasCorrection.fit(ages_real, training_predictions)
+    cv_mae = cross_validated_mae(estimator)
+    if cv_mae is None:
+        cv_mae = float(np.mean(np.abs(training_predictions - ages_real)))
+    return FittedModel(
+        feature_set=features.name,
+        regressor=regressor,
+        arm=arm,
+        seed=seed,
+        n_train_real=n_real,
+        n_train_synthetic=n_synthetic,
+        estimator=estimator,
+        correction=correction,
+        choice=describe_choice(estimator) if regressor != "cnn" else settings.cnn.architecture,
+        cv_mae=cv_mae,
+        predictions={name: estimator.predict(flat(test)) for name, test in features.tests.items()},
+    )
+
+
+@dataclass
+class Results:
+    metrics: pd.DataFrame
+    predictions: pd.DataFrame
+    models: pd.DataFrame
+    notes: list[str]
+    best_real_model: FittedModel | None
+    voxels: VoxelFeatures
+
+
+def _prediction_rows(model: FittedModel, cohort: Cohort, notes: list[str]) -> pd.DataFrame:
+    frames = []
+    for test_set, predicted in model.predictions.items():
+        subjects = cohort.test_sets[test_set]
+        if model.correction.usable:
+            corrected = model.correction.apply(predicted)
+        else:
+            corrected = predicted
+        frames.append(
+            pd.DataFrame(
+                {
+                    "feature_set": model.feature_set,
+                    "regressor": model.regressor,
+                    "arm": model.arm,
+                    "seed": model.seed,
+                    "test_set": test_set,
+                    "participant_id": subjects["participant_id"].to_numpy(),
+                    "age": subjects["age"].to_numpy(dtype=float),
+                    "age_bin": subjects["age_bin"].to_numpy(),
+                    "predicted": predicted,
+                    "corrected": corrected,
+                }
+            )
+        )
+    if not model.correction.usable:
+        reason = "the baseline predicts a constant" if model.regressor == BASELINE else f"training slope {model.correction.slope:.3f}"
+        notes.append(
+            f"{model.feature_set}/{model.regressor}/{model.arm}/seed {model.seed}: age-bias correction not applied ({reason}); "
+            "corrected = raw"
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, settings: Settings) -> pd.DataFrame:
+    """metrics.tsv: one row per feature set, regressor, arm, test set, age bin (and ``all``) and correction."""
+    rows = []
+    keys = ["feature_set", "regressor", "test_set"]
+    for (feature_set, regressor, test_set), group in predictions.groupby(keys, sort=False):
+        subjects = cohort.test_sets[test_set]
+        order = {participant: i for i, participant in enumerate(subjects["participant_id"])}
+        for correction in ("raw", "corrected"):
+            column = "predicted" if correction == "raw" else "corrected"
+            errors: dict[str, np.ndarray] = {}
+            predicted: dict[str, np.ndarray] = {}
+            for arm, arm_rows in group.groupby("arm", sort=False):
+                table = arm_rows.pivot(index="seed", columns="participant_id", values=column)
+                table = table[sorted(table.columns, key=order.__getitem__)]
+                predicted[arm] = table.to_numpy()
+                errors[arm] = np.abs(predicted[arm] - subjects["age"].to_numpy()[None, :]).mean(axis=0)
+            for age_bin in ["all", *cohort.bins.labels]:
+                chosen = np.ones(len(subjects), bool) if age_bin == "all" else subjects["age_bin"].to_numpy() == age_bin
+                if not chosen.any():
+                    continue
+                true_ages = subjects["age"].to_numpy(dtype=float)[chosen]
+                indices = bootstrap_indices(
+                    int(chosen.sum()), settings.bootstrap, seed=[settings.bootstrap_seed, zlib.crc32(f"{test_set}/{age_bin}".encode())]
+                )
+                for arm in predicted:
+                    per_seed = [regression_metrics(true_ages, seed_predictions[chosen]) for seed_predictions in predicted[arm]]
+                    model_rows = models[
+                        (models["feature_set"] == feature_set) & (models["regressor"] == regressor) & (models["arm"] == arm)
+                    ]
+                    mae_low, mae_high = bootstrap_mae(errors[arm][chosen], indices)
+                    row = {
+                        "feature_set": feature_set,
+                        "regressor": regressor,
+                        "arm": arm,
+                        "test_set": test_set,
+                        "age_bin": age_bin,
+                        "correction": correction,
+                        "n_test": int(chosen.sum()),
+                        "mae": float(errors[arm][chosen].mean()),
+                        "mae_ci_low": mae_low,
+                        "mae_ci_high": mae_high,
+                        "mae_seed_sd": float(np.std([m["mae"] for m in per_seed])),
+                        "rmse": float(np.mean([m["rmse"] for m in per_seed])),
+                        "r": float(np.mean([m["r"] for m in per_seed])),
+                        "r2": float(np.mean([m["r2"] for m in per_seed])),
+                        "mean_error": float((predicted[arm][:, chosen] - true_ages[None, :]).mean()),
+                        "delta_mae_vs_real": np.nan,
+                        "delta_ci_low": np.nan,
+                        "delta_ci_high": np.nan,
+                        "n_train_real": int(model_rows["n_train_real"].iloc[0]),
+                        "n_train_synthetic": int(model_rows["n_train_synthetic"].iloc[0]),
+                        "n_seeds": int(predicted[arm].shape[0]),
+                        "notes": "",
+                    }
+                    if arm != "real" and "real" in errors:
+                        row["delta_mae_vs_real"] = float(errors[arm][chosen].mean() - errors["real"][chosen].mean())
+                        row["delta_ci_low"], row["delta_ci_high"] = bootstrap_mae_difference(
+                            errors[arm][chosen], errors["real"][chosen], indices
+                        )
+                    row_notes = []
+                    if int(chosen.sum()) < MIN_TEST_SUBJECTS:
+                        row_notes.append(f"only {int(chosen.sum())} test subject(s): interval is rough")
+                    if np.isnan(row["r"]):
+                        row_notes.append("r undefined (constant predictions or ages)")
+                    if correction == "corrected" and not model_rows["correction_applied"].all():
+                        row_notes.append("correction not applied for some seeds (see notes.txt)")
+                    row["notes"] = "; ".join(row_notes)
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_experiment(
+    split_path: Path,
+    synthetic_paths: list[Path],
+    settings: Settings,
+    external_split_path: Path | None = None,
+    regional_features_path: Path | None = None,
+) -> Results:
+    settings.validate()
+    cohort = load_cohort(split_path, synthetic_paths, settings, external_split_path)
+    notes = cohort.notes
+    voxel_set, voxels = voxel_feature_set(cohort, settings)
+    feature_sets = [voxel_set]
+    if regional_features_path is not None:
+        feature_sets.append(regional_feature_set(cohort, regional_features_path))
+    fitted: list[FittedModel] = []
+    prediction_frames = []
+    for features in feature_sets:
+        regressors = [name for name in settings.regressors if features.volumetric or name != "cnn"] + [BASELINE]
+        if not features.volumetric and "cnn" in settings.regressors:
+            notes.append("the CNN runs on voxel volumes only, not on regional features")
+        for regressor in regressors:
+            for arm in settings.arms:
+                if arm != "real" and features.synthetic is None:
+                    continue
+                for seed in settings.seeds if regressor != BASELINE else settings.seeds[:1]:
+                    log.info("fitting %s/%s on arm %s, seed %d", features.name, regressor, arm, seed)
+                    model = fit_one(features, voxels.mask, cohort, regressor, arm, seed, settings)
+                    fitted.append(model)
+                    prediction_frames.append(_prediction_rows(model, cohort, notes))
+    predictions = pd.concat(prediction_frames, ignore_index=True)
+    models = pd.DataFrame(
+        [
+            {
+                "feature_set": model.feature_set,
+                "regressor": model.regressor,
+                "arm": model.arm,
+                "seed": model.seed,
+                "n_train_real": model.n_train_real,
+                "n_train_synthetic": model.n_train_synthetic,
+                "choice": model.choice,
+                "cv_mae": model.cv_mae,
+                "correction_slope": model.correction.slope,
+                "correction_intercept": model.correction.intercept,
+                "correction_applied": model.correction.usable,
+            }
+            for model in fitted
+        ]
+    )
+    metrics = summarise(predictions, models, cohort, settings)
+    candidates = [
+        model for model in fitted if model.arm == "real" and model.feature_set == "voxels" and model.regressor in CLASSICAL_REGRESSORS
+    ]
+    best = min(candidates, key=lambda model: model.cv_mae) if candidates else None
+    if best is None:
+        notes.append("no classical voxel regressor was trained on the real arm, so model_real.joblib is not written")
+    return Results(metrics=metrics, predictions=predictions, models=models, notes=notes, best_real_model=best, voxels=voxels)

@@ -1,0 +1,79 @@
+"""`flowlet plan`: how many synthetic subjects each age bin gets, and their conditioning ages and sexes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from flowlet.brainage.bins import AGE_SAMPLING_MODES, TARGET_MODES, AgeBins, make_plan
+from flowlet.brainage.tables import read_split
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BIN_EDGES = [20, 30, 40, 50, 60, 70, 80, 90]
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, split, image)")
+    parser.add_argument("--bin-edges", type=float, nargs="+", default=DEFAULT_BIN_EDGES, help="age bin edges in years")
+    parser.add_argument(
+        "--underrepresented-fraction",
+        type=float,
+        default=0.5,
+        help="a bin is under-represented when its real training count is below this fraction of the largest bin's",
+    )
+    parser.add_argument(
+        "--target",
+        choices=TARGET_MODES,
+        default="largest",
+        help="synthetic count per under-represented bin: up to the largest bin's count, a fixed number, or a ratio of the real count",
+    )
+    parser.add_argument("--target-count", type=int, default=None, help="synthetic subjects per under-represented bin (--target fixed)")
+    parser.add_argument("--target-ratio", type=float, default=None, help="synthetic / real count per under-represented bin (--target ratio)")
+    parser.add_argument("--max-per-bin", type=int, default=None, help="cap on synthetic subjects per bin (default: no cap)")
+    parser.add_argument(
+        "--age-sampling",
+        choices=AGE_SAMPLING_MODES,
+        default="uniform",
+        help="conditioning ages uniform in the bin, or from a kernel density of the real training ages restricted to the bin",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the age and sex draws")
+    parser.add_argument("--output", required=True, type=Path, help="plan table to write (TSV)")
+    parser.add_argument("--ages-dir", required=True, type=Path, help="folder for the per-bin tables bin-<label>_ages.tsv")
+
+
+def ages_file(ages_dir: Path, label: str) -> Path:
+    return ages_dir / f"bin-{label}_ages.tsv"
+
+
+def run(args: argparse.Namespace) -> int:
+    split = read_split(args.split)
+    bins = AgeBins.from_edges(args.bin_edges)
+    plan, ages_per_bin = make_plan(
+        split,
+        bins,
+        underrepresented_fraction=args.underrepresented_fraction,
+        target=args.target,
+        target_count=args.target_count,
+        target_ratio=args.target_ratio,
+        max_per_bin=args.max_per_bin,
+        age_sampling=args.age_sampling,
+        seed=args.seed,
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    plan.to_csv(args.output, sep="\t", index=False)
+    args.ages_dir.mkdir(parents=True, exist_ok=True)
+    for label, ages in ages_per_bin.items():
+        ages.to_csv(ages_file(args.ages_dir, label), sep="\t", index=False)
+    for row in plan.itertuples(index=False):
+        log.info(
+            "bin %s: %d train / %d test real, %s, %d synthetic",
+            row.age_bin,
+            row.n_train_real,
+            row.n_test_real,
+            "under-represented" if row.underrepresented else "not under-represented",
+            row.n_synthetic,
+        )
+    log.info("wrote %s and %d age tables in %s", args.output, len(ages_per_bin), args.ages_dir)
+    return 0

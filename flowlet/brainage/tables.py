@@ -1,0 +1,137 @@
+"""Reading the split table and the synthetic manifests, with errors that name the file, row and reason."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flowlet.errors import FlowletError
+
+log = logging.getLogger(__name__)
+
+SPLIT_COLUMNS = ("participant_id", "age", "split", "image")
+MANIFEST_COLUMNS = ("image", "age")
+
+
+def _read_tsv(path: str | Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FlowletError(f"{what}: {path} does not exist")
+    try:
+        return pd.read_csv(path, sep="\t", dtype={"participant_id": str, "sex": str, "image": str, "age_bin": str})
+    except pd.errors.EmptyDataError as error:
+        raise FlowletError(f"{what}: {path} is empty (not even a header line)") from error
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise FlowletError(f"{what}: {path} is not a readable TSV ({error})") from error
+
+
+def _require_columns(table: pd.DataFrame, columns: tuple[str, ...], path: Path, what: str) -> None:
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise FlowletError(f"{what}: {path} lacks the column(s) {', '.join(missing)} (has {', '.join(map(str, table.columns))})")
+
+
+def resolve_image_path(value: str, table_path: Path) -> Path:
+    """An image path from a table: absolute as is; relative to the working directory, else to the table's folder."""
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    beside_table = table_path.parent / path
+    return beside_table if beside_table.exists() else path
+
+
+def _numeric_ages(table: pd.DataFrame, path: Path, what: str, id_column: str) -> np.ndarray:
+    ages = pd.to_numeric(table["age"], errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isfinite(ages))
+    if len(bad):
+        names = ", ".join(str(table[id_column].iloc[i]) for i in bad[:10])
+        raise FlowletError(f"{what}: {path} has {len(bad)} row(s) without a numeric age: {names}")
+    return ages
+
+
+def read_split(path: str | Path, what: str = "split table") -> pd.DataFrame:
+    """The split table with image paths resolved; every image must exist."""
+    path = Path(path)
+    table = _read_tsv(path, what)
+    _require_columns(table, SPLIT_COLUMNS, path, what)
+    if table.empty:
+        raise FlowletError(f"{what}: {path} has a header but no subjects")
+    duplicated = table["participant_id"][table["participant_id"].duplicated()].unique()
+    if len(duplicated):
+        raise FlowletError(f"{what}: {path} lists participant(s) more than once: {', '.join(map(str, duplicated[:10]))}")
+    table["age"] = _numeric_ages(table, path, what, "participant_id")
+    table["split"] = table["split"].astype(str).str.strip().str.lower()
+    unknown = table.loc[~table["split"].isin(["train", "test"]), "participant_id"].tolist()
+    if unknown:
+        raise FlowletError(f"{what}: {path}: split must be 'train' or 'test'; not so for {', '.join(unknown[:10])}")
+    if "sex" not in table.columns:
+        table["sex"] = ""
+    table["sex"] = table["sex"].fillna("").astype(str)
+    table["image"] = [str(resolve_image_path(value, path)) for value in table["image"].astype(str)]
+    _require_existing(table["image"], table["participant_id"], path, what)
+    return table
+
+
+def _require_existing(images: pd.Series, names: pd.Series, path: Path, what: str) -> None:
+    missing = [f"{name} ({image})" for name, image in zip(names, images) if not Path(image).exists()]
+    if missing:
+        raise FlowletError(f"{what}: {path}: {len(missing)} image(s) do not exist: {', '.join(missing[:10])}")
+
+
+@dataclass
+class SyntheticSet:
+    """The synthetic subjects that passed QC, and what was dropped on the way."""
+
+    table: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    n_qc_dropped: int = 0
+
+
+def _as_bool(values: pd.Series, path: Path) -> np.ndarray:
+    mapping = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    text = values.astype(str).str.strip().str.lower()
+    unknown = sorted(set(text) - set(mapping))
+    if unknown:
+        raise FlowletError(f"synthetic manifest {path}: qc_pass must be true/false, found {', '.join(unknown[:5])}")
+    return text.map(mapping).to_numpy(dtype=bool)
+
+
+def read_synthetic(paths: list[str | Path]) -> SyntheticSet:
+    """All synthetic manifests together, with rows failing QC (``qc_pass`` false) dropped and counted.
+
+    A manifest with a header and no rows is allowed (a bin that needed no synthetic
+    subjects); the caller decides whether an empty total is an error.
+    """
+    frames = []
+    notes = []
+    n_dropped = 0
+    for path in map(Path, paths):
+        table = _read_tsv(path, "synthetic manifest")
+        _require_columns(table, MANIFEST_COLUMNS, path, "synthetic manifest")
+        if table.empty:
+            notes.append(f"synthetic manifest {path} lists no volumes")
+            continue
+        table["image"] = [str(resolve_image_path(value, path)) for value in table["image"].astype(str)]
+        table["age"] = _numeric_ages(table, path, "synthetic manifest", "image")
+        if "qc_pass" in table.columns:
+            passed = _as_bool(table["qc_pass"], path)
+            if (~passed).any():
+                n_dropped += int((~passed).sum())
+                notes.append(f"synthetic QC gate: dropped {int((~passed).sum())} of {len(table)} volume(s) listed in {path}")
+            table = table[passed]
+        _require_existing(table["image"], table["image"], path, "synthetic manifest")
+        table = table.assign(manifest=str(path))
+        frames.append(table)
+    if frames:
+        combined = pd.concat(frames, ignore_index=True)
+    else:
+        combined = pd.DataFrame(columns=["image", "age", "sex", "manifest"])
+    if "sex" not in combined.columns:
+        combined["sex"] = ""
+    combined["sex"] = combined["sex"].fillna("").astype(str)
+    combined["participant_id"] = [f"synthetic:{Path(image).name.split('.')[0]}:{i}" for i, image in enumerate(combined["image"])]
+    return SyntheticSet(table=combined.reset_index(drop=True), notes=notes, n_qc_dropped=n_dropped)

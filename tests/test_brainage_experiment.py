@@ -1,0 +1,233 @@
+"""End-to-end `flowlet brainage` on a tiny cohort of age-structured volumes, and its bad-input errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowlet.brainage.bins import AgeBins
+from flowlet.brainage.experiment import Cohort, FeatureSet, Settings, fit_one, run_experiment
+from flowlet.brainage.predict import predict_ages
+from flowlet.brainage.tables import SyntheticSet
+from flowlet.cli import main
+from flowlet.data.nifti import save_nifti
+from flowlet.data.templates import mni_grid, template_brain_mask
+from flowlet.errors import FlowletError
+
+EDGES = ["20", "40", "60", "80", "100"]
+
+
+def age_volume(age: float, rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """Noise inside the brain mask with a dark central 'ventricle' whose radius grows with age."""
+    grid = np.indices(mask.shape).transpose(1, 2, 3, 0)
+    distance = np.sqrt(((grid - np.array([45, 60, 45])) ** 2).sum(-1))
+    volume = 1.0 + 0.3 * rng.standard_normal(mask.shape)
+    volume[distance < 4 + 0.15 * age] -= 1.5
+    return (volume * mask).astype(np.float32)
+
+
+def write_volumes(folder: Path, ages: np.ndarray, prefix: str, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    mask = template_brain_mask(2).get_fdata() > 0
+    affine = mni_grid(2)[1]
+    return [str(save_nifti(age_volume(age, rng, mask), affine, folder / f"{prefix}{i:03d}.nii.gz")) for i, age in enumerate(ages)]
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory) -> Path:
+    """36 real subjects aged 20-80 (none of 80-100; the 60-80 bin thin) and synthetic ones for 60-80, two failing QC."""
+    root = tmp_path_factory.mktemp("brainage_cohort")
+    rng = np.random.default_rng(0)
+    ages = np.concatenate([rng.uniform(20, 40, 14), rng.uniform(40, 60, 14), rng.uniform(60, 80, 8)])
+    images = write_volumes(root / "real", ages, "sub-", 1)
+    split = ["test" if i % 3 == 0 else "train" for i in range(len(ages))]
+    pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:03d}" for i in range(len(ages))],
+            "age": ages.round(2),
+            "sex": ["F", "M"] * (len(ages) // 2),
+            "split": split,
+            "image": images,
+        }
+    ).to_csv(root / "split.tsv", sep="\t", index=False)
+    synthetic_ages = rng.uniform(60, 80, 12)
+    synthetic_images = write_volumes(root / "synthetic", synthetic_ages, "synth_bin-60-80_", 2)
+    pd.DataFrame(
+        {
+            "image": [str(Path(path).relative_to(root)) for path in synthetic_images],
+            "age": synthetic_ages.round(2),
+            "sex": "",
+            "age_bin": "60-80",
+            "qc_pass": [True] * 10 + [False] * 2,
+        }
+    ).to_csv(root / "synthetic_60-80.tsv", sep="\t", index=False)
+    pd.DataFrame(columns=["image", "age", "sex", "age_bin"]).to_csv(root / "synthetic_empty.tsv", sep="\t", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def brainage_run(cohort_dir: Path) -> Path:
+    output = cohort_dir / "results"
+    code = main(
+        [
+            "brainage",
+            "--split", str(cohort_dir / "split.tsv"),
+            "--synthetic", str(cohort_dir / "synthetic_60-80.tsv"), str(cohort_dir / "synthetic_empty.tsv"),
+            "--output-dir", str(output),
+            "--regressors", "ridge", "svr", "gpr", "cnn",
+            "--seeds", "0", "1",
+            "--bin-edges", *EDGES,
+            "--downsample", "4",
+            "--pca-components", "5", "10",
+            "--cv-folds", "3",
+            "--bootstrap", "300",
+            "--cnn-epochs", "2",
+            "--cnn-channels", "4", "8", "8",
+            "--cnn-batch-size", "8",
+            "--device", "cpu",
+        ]
+    )
+    assert code == 0
+    return output
+
+
+@pytest.mark.slow
+def test_metrics_table_has_every_bin_with_test_subjects_and_finite_intervals(brainage_run: Path):
+    metrics = pd.read_csv(brainage_run / "metrics.tsv", sep="\t")
+    for column in ["regressor", "arm", "age_bin", "correction", "n_test", "mae", "mae_ci_low", "mae_ci_high", "rmse", "r", "r2",
+                   "delta_mae_vs_real", "delta_ci_low", "delta_ci_high", "n_train_real", "n_train_synthetic", "n_seeds"]:
+        assert column in metrics.columns
+    assert set(metrics["regressor"]) == {"ridge", "svr", "gpr", "cnn", "mean_baseline"}
+    assert set(metrics["arm"]) == {"real", "real+synthetic", "synthetic"}
+    for (regressor, arm, correction), rows in metrics.groupby(["regressor", "arm", "correction"]):
+        assert set(rows["age_bin"]) == {"all", "20-40", "40-60", "60-80"}, (regressor, arm, correction)
+    assert "80-100" not in set(metrics["age_bin"])
+    assert np.isfinite(metrics[["mae", "mae_ci_low", "mae_ci_high"]].to_numpy()).all()
+    assert (metrics["mae_ci_low"] <= metrics["mae"] + 1e-9).all() and (metrics["mae"] <= metrics["mae_ci_high"] + 1e-9).all()
+    augmented = metrics[metrics["arm"] != "real"]
+    assert np.isfinite(augmented[["delta_mae_vs_real", "delta_ci_low", "delta_ci_high"]].to_numpy()).all()
+    assert metrics.loc[metrics["arm"] == "real", "delta_mae_vs_real"].isna().all()
+    overall = metrics[(metrics["age_bin"] == "all")]
+    assert (overall["n_test"] == 12).all()
+    assert (metrics.loc[metrics["arm"] == "real+synthetic", "n_train_synthetic"] == 10).all()
+    assert (metrics.loc[metrics["arm"] == "synthetic", "n_train_real"] == 0).all()
+    ridge_real = overall[(overall["regressor"] == "ridge") & (overall["arm"] == "real") & (overall["correction"] == "raw")]
+    baseline_real = overall[(overall["regressor"] == "mean_baseline") & (overall["arm"] == "real") & (overall["correction"] == "raw")]
+    assert ridge_real["mae"].iloc[0] < 0.5 * baseline_real["mae"].iloc[0]
+
+
+@pytest.mark.slow
+def test_predictions_notes_figures_and_saved_model(brainage_run: Path, cohort_dir: Path):
+    predictions = pd.read_csv(brainage_run / "predictions.tsv", sep="\t")
+    # 4 regressors x 3 arms x 2 seeds, plus the deterministic baseline once per arm, each on 12 test subjects.
+    assert len(predictions) == (4 * 3 * 2 + 3) * 12
+    assert np.isfinite(predictions[["predicted", "corrected"]].to_numpy()).all()
+    notes = (brainage_run / "notes.txt").read_text()
+    assert "dropped 2 of 12" in notes
+    assert "80-100: no real test subjects" in notes
+    assert "lists no volumes" in notes
+    for figure in ("mae_per_bin.png", "pred_vs_true.png"):
+        assert (brainage_run / figure).stat().st_size > 10_000
+    split = pd.read_csv(cohort_dir / "split.tsv", sep="\t")
+    test = split[split["split"] == "test"]
+    models = pd.read_csv(brainage_run / "models.tsv", sep="\t")
+    saved = models[(models["arm"] == "real") & models["regressor"].isin(["ridge", "svr", "gpr"])].sort_values("cv_mae").iloc[0]
+    ages = predict_ages(brainage_run / "model_real.joblib", test["image"].tolist())
+    expected = predictions[
+        (predictions["regressor"] == saved["regressor"]) & (predictions["arm"] == "real") & (predictions["seed"] == saved["seed"])
+    ].set_index("participant_id").loc[test["participant_id"], "predicted"]
+    np.testing.assert_allclose(ages, expected.to_numpy(), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_corrected_predictions_follow_the_training_fit(brainage_run: Path):
+    predictions = pd.read_csv(brainage_run / "predictions.tsv", sep="\t")
+    models = pd.read_csv(brainage_run / "models.tsv", sep="\t")
+    merged = predictions.merge(models, on=["feature_set", "regressor", "arm", "seed"])
+    applied = merged[merged["correction_applied"]]
+    assert len(applied) > 0
+    expected = (applied["predicted"] - applied["correction_intercept"]) / applied["correction_slope"]
+    np.testing.assert_allclose(applied["corrected"], expected, rtol=1e-3)
+    baseline = merged[merged["regressor"] == "mean_baseline"]
+    assert not baseline["correction_applied"].any()
+    np.testing.assert_allclose(baseline["corrected"], baseline["predicted"])
+
+
+def _table_cohort(n_train: int, test_ages: np.ndarray, rng: np.random.Generator) -> tuple[Cohort, FeatureSet]:
+    """A cohort described by a few regional-like features linear in age, without images."""
+    train_ages = rng.uniform(20, 80, n_train)
+
+    def features(ages):
+        return np.column_stack([ages + rng.normal(0, 4, len(ages)), rng.normal(size=(len(ages), 3))])
+
+    def subjects(ages, prefix):
+        return pd.DataFrame({"participant_id": [f"{prefix}{i}" for i in range(len(ages))], "age": ages, "image": "", "age_bin": "all"})
+
+    bins = AgeBins.from_edges([20, 80])
+    cohort = Cohort(
+        train=subjects(train_ages, "train"),
+        test_sets={"internal": subjects(test_ages, "test")},
+        synthetic=SyntheticSet(table=pd.DataFrame(columns=["image", "age"])),
+        bins=bins,
+        notes=[],
+    )
+    feature_set = FeatureSet("regional", features(train_ages), None, {"internal": features(test_ages)}, volumetric=False)
+    return cohort, feature_set
+
+
+def test_bias_correction_is_fitted_on_training_subjects_only():
+    settings = Settings(pca_components=[2], cv_folds=3)
+    cohort, feature_set = _table_cohort(40, np.full(6, 50.0), np.random.default_rng(3))
+    first = fit_one(feature_set, None, cohort, "ridge", "real", 0, settings)
+    cohort.test_sets["internal"]["age"] = np.array([21.0, 30, 45, 60, 70, 79])
+    second = fit_one(feature_set, None, cohort, "ridge", "real", 0, settings)
+    assert first.correction == second.correction
+    # Out-of-sample training predictions regress toward the mean: the fitted slope is below one.
+    assert 0.3 < first.correction.slope < 1.0
+
+
+def test_empty_synthetic_manifests_are_an_error_for_synthetic_arms(cohort_dir: Path):
+    with pytest.raises(FlowletError, match="need synthetic volumes"):
+        run_experiment(cohort_dir / "split.tsv", [cohort_dir / "synthetic_empty.tsv"], Settings(bin_edges=[20, 40, 60, 80, 100]))
+
+
+def test_missing_image_and_age_outside_bins_are_named(cohort_dir: Path, tmp_path: Path):
+    split = pd.read_csv(cohort_dir / "split.tsv", sep="\t")
+    broken = split.copy()
+    broken.loc[3, "image"] = str(tmp_path / "gone.nii.gz")
+    broken.to_csv(tmp_path / "missing.tsv", sep="\t", index=False)
+    with pytest.raises(FlowletError, match="sub-003"):
+        run_experiment(tmp_path / "missing.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100]))
+    with pytest.raises(FlowletError, match=r"sub-\d+ \(age"):
+        run_experiment(cohort_dir / "split.tsv", [], Settings(arms=["real"], bin_edges=[30, 60, 90]))
+
+
+def test_too_few_test_or_training_subjects(cohort_dir: Path, tmp_path: Path):
+    split = pd.read_csv(cohort_dir / "split.tsv", sep="\t")
+    few_test = split.assign(split=["test" if i < 2 else "train" for i in range(len(split))])
+    few_test.to_csv(tmp_path / "few_test.tsv", sep="\t", index=False)
+    with pytest.raises(FlowletError, match="2 test subject"):
+        run_experiment(tmp_path / "few_test.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100]))
+    few_train = split.assign(split=["train" if i < 6 else "test" for i in range(len(split))])
+    few_train.to_csv(tmp_path / "few_train.tsv", sep="\t", index=False)
+    with pytest.raises(FlowletError, match="too few"):
+        run_experiment(tmp_path / "few_train.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100], cv_folds=5))
+
+
+def test_regional_features_match_subjects_by_id_or_image_name(tmp_path: Path):
+    from flowlet.brainage.features import read_regional_features, regional_matrix
+
+    pd.DataFrame(
+        {"participant_id": ["sub-1", "", ""], "image": ["", "/data/synth_a.nii.gz", "/data/synth_b.nii.gz"], "ventricles": [1.0, 2.0, 3.0], "hippocampus": [4.0, 5.0, 6.0]}
+    ).to_csv(tmp_path / "regions.tsv", sep="\t", index=False)
+    table = read_regional_features(tmp_path / "regions.tsv")
+    subjects = pd.DataFrame({"participant_id": ["synthetic:x:0", "sub-1", "sub-9"], "image": ["/elsewhere/synth_b.nii.gz", "/real/sub-1.nii.gz", "/real/sub-9.nii.gz"]})
+    matrix, found = regional_matrix(table, subjects)
+    assert list(found) == [True, True, False]
+    np.testing.assert_array_equal(matrix[:2], [[3.0, 6.0], [1.0, 4.0]])
+    pd.DataFrame({"participant_id": ["sub-1"], "label": ["x"]}).to_csv(tmp_path / "bad.tsv", sep="\t", index=False)
+    with pytest.raises(FlowletError, match="no numeric region columns"):
+        read_regional_features(tmp_path / "bad.tsv")

@@ -1,0 +1,84 @@
+"""Brain-age metrics against hand-computed values, the age-bias correction, and the paired bootstrap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flowlet.brainage.metrics import (
+    BiasCorrection,
+    bootstrap_indices,
+    bootstrap_mae,
+    bootstrap_mae_difference,
+    regression_metrics,
+)
+from flowlet.errors import FlowletError
+
+
+def test_metrics_match_hand_computed_values():
+    true = np.array([20.0, 30.0, 40.0, 50.0])
+    predicted = np.array([22.0, 27.0, 40.0, 55.0])
+    result = regression_metrics(true, predicted)
+    # errors 2, -3, 0, 5
+    assert result["mae"] == pytest.approx(2.5)
+    assert result["rmse"] == pytest.approx(np.sqrt((4 + 9 + 0 + 25) / 4))
+    assert result["r2"] == pytest.approx(1 - 38 / 500)
+    assert result["r"] == pytest.approx(np.corrcoef(true, predicted)[0, 1])
+
+
+def test_metrics_of_a_constant_prediction():
+    result = regression_metrics(np.array([20.0, 40.0]), np.array([30.0, 30.0]))
+    assert result["mae"] == 10 and np.isnan(result["r"]) and result["r2"] == pytest.approx(0.0)
+    with pytest.raises(FlowletError):
+        regression_metrics(np.array([]), np.array([]))
+
+
+def test_bias_correction_removes_a_known_linear_bias():
+    rng = np.random.default_rng(0)
+    train_ages = rng.uniform(20, 80, 300)
+    # Regression to the mean: predictions = 0.6 * age + 20 (+ noise).
+    train_predicted = 0.6 * train_ages + 20 + rng.normal(0, 1, 300)
+    correction = BiasCorrection.fit(train_ages, train_predicted)
+    assert correction.slope == pytest.approx(0.6, abs=0.02)
+    assert correction.intercept == pytest.approx(20, abs=1.0)
+    test_ages = np.array([25.0, 50.0, 75.0])
+    corrected = correction.apply(0.6 * test_ages + 20)
+    np.testing.assert_allclose(corrected, test_ages, atol=1.0)
+    assert correction.usable
+    assert not BiasCorrection.fit(train_ages, np.full(300, 47.0) + rng.normal(0, 0.1, 300)).usable
+
+
+def test_bootstrap_interval_covers_a_known_difference():
+    rng = np.random.default_rng(1)
+    covered = 0
+    trials = 40
+    for trial in range(trials):
+        n = 60
+        reference = np.abs(rng.normal(0, 6, n))
+        augmented = reference - 1.0 + rng.normal(0, 1.0, n)  # true MAE difference: -1
+        indices = bootstrap_indices(n, 1000, seed=trial)
+        low, high = bootstrap_mae_difference(augmented, reference, indices)
+        assert np.isfinite([low, high]).all() and low < high
+        covered += low <= -1.0 <= high
+    # Nominal 95%: allow for Monte Carlo error across 40 trials.
+    assert covered >= 33
+
+
+def test_paired_bootstrap_is_narrower_than_unpaired_and_mae_interval_brackets_the_mean():
+    rng = np.random.default_rng(2)
+    reference = np.abs(rng.normal(0, 6, 80))
+    augmented = reference + 0.5 + rng.normal(0, 0.2, 80)
+    indices = bootstrap_indices(80, 2000, seed=0)
+    low, high = bootstrap_mae_difference(augmented, reference, indices)
+    assert low > 0  # a consistent improvement of 0.5 is detected when the comparison is paired
+    other = bootstrap_indices(80, 2000, seed=1)
+    unpaired = augmented[indices].mean(axis=1) - reference[other].mean(axis=1)
+    assert high - low < np.percentile(unpaired, 97.5) - np.percentile(unpaired, 2.5)
+    mae_low, mae_high = bootstrap_mae(reference, indices)
+    assert mae_low < reference.mean() < mae_high
+
+
+def test_bootstrap_indices_are_reproducible_and_validated():
+    np.testing.assert_array_equal(bootstrap_indices(5, 10, 3), bootstrap_indices(5, 10, 3))
+    with pytest.raises(FlowletError):
+        bootstrap_indices(0, 10, 0)
