@@ -57,7 +57,7 @@ def template_t1(resolution_mm: int = 2) -> nib.Nifti1Image:
     """The skull-stripped MNI152 T1 template (intensities as nilearn ships them) on FSL's grid."""
     from nilearn.datasets import load_mni152_template
 
-    data = _resample_to_grid(load_mni152_template(resolution=1), resolution_mm, "continuous")
+    data = _resample_to_grid(load_mni152_template(resolution=1), resolution_mm, "linear")
     return nib.Nifti1Image(np.clip(data, 0, None), mni_grid(resolution_mm)[1])
 
 
@@ -66,7 +66,7 @@ def template_brain_mask(resolution_mm: int = 2) -> nib.Nifti1Image:
     """Binary brain mask of the template on FSL's grid (grey + white matter + CSF inside the brain)."""
     from nilearn.datasets import load_mni152_brain_mask
 
-    data = _resample_to_grid(load_mni152_brain_mask(resolution=1), resolution_mm, "continuous")
+    data = _resample_to_grid(load_mni152_brain_mask(resolution=1), resolution_mm, "linear")
     return nib.Nifti1Image((data >= 0.5).astype(np.uint8), mni_grid(resolution_mm)[1])
 
 
@@ -76,8 +76,8 @@ def template_tissue_priors(resolution_mm: int = 2) -> dict[str, nib.Nifti1Image]
     from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template
 
     affine = mni_grid(resolution_mm)[1]
-    grey = np.clip(_resample_to_grid(load_mni152_gm_template(resolution=1), resolution_mm, "continuous"), 0, 1)
-    white = np.clip(_resample_to_grid(load_mni152_wm_template(resolution=1), resolution_mm, "continuous"), 0, 1)
+    grey = np.clip(_resample_to_grid(load_mni152_gm_template(resolution=1), resolution_mm, "linear"), 0, 1)
+    white = np.clip(_resample_to_grid(load_mni152_wm_template(resolution=1), resolution_mm, "linear"), 0, 1)
     mask = template_brain_mask(resolution_mm).get_fdata() > 0
     csf = np.where(mask, np.clip(1.0 - grey - white, 0, 1), 0.0).astype(np.float32)
     return {
