@@ -1,0 +1,219 @@
+"""Registration of the brain to the MNI152 template, the saved transform, and carrying images along it.
+
+A transform is saved as ANTs files: the affine (or rigid) part as an ITK ``.mat``
+and, for SyN, a forward and an inverse displacement field. ``--transform`` names
+either the ``.mat`` path (warps go beside it as ``<stem>_warp.nii.gz`` and
+``<stem>_invwarp.nii.gz``) or a prefix (``<prefix>affine.mat``, ``<prefix>warp.nii.gz``,
+``<prefix>invwarp.nii.gz``). `apply_to_mni` and `apply_to_native` read either form.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from flowlet.data.nifti import load_nifti
+from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
+from flowlet.errors import FlowletError
+from flowlet.preprocess.antsio import to_ants
+
+METHODS = ("rigid", "affine", "syn")
+BACKENDS = ("ants", "fsl")
+_ANTS_TYPE = {"rigid": "Rigid", "affine": "Affine", "syn": "SyN"}
+INTERPOLATIONS = {
+    "linear": "linear",
+    "nearest": "nearestNeighbor",
+    "label": "genericLabel",
+    "bspline": "bSpline",
+}
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    method: str = "affine"
+    backend: str = "ants"
+    # Multi-resolution schedule of the linear stage (2 mm input: 8, 4, 2 mm levels).
+    iterations: tuple[int, ...] = (100, 50, 10)
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
+    syn_iterations: tuple[int, ...] = (40, 20, 0)
+
+
+@dataclass(frozen=True)
+class TransformFiles:
+    affine: Path
+    warp: Path
+    inverse_warp: Path
+
+    @classmethod
+    def from_spec(cls, spec: str | Path) -> "TransformFiles":
+        spec = str(spec)
+        if spec.endswith(".mat"):
+            stem = spec[: -len(".mat")]
+            return cls(Path(spec), Path(f"{stem}_warp.nii.gz"), Path(f"{stem}_invwarp.nii.gz"))
+        return cls(Path(f"{spec}affine.mat"), Path(f"{spec}warp.nii.gz"), Path(f"{spec}invwarp.nii.gz"))
+
+    def check(self) -> None:
+        if not self.affine.exists():
+            raise FlowletError(f"transform: {self.affine} does not exist")
+
+    @property
+    def has_warp(self) -> bool:
+        return self.warp.exists() and self.inverse_warp.exists()
+
+    def to_mni_list(self) -> tuple[list[str], list[bool]]:
+        self.check()
+        if self.has_warp:
+            return [str(self.warp), str(self.affine)], [False, False]
+        return [str(self.affine)], [False]
+
+    def to_native_list(self) -> tuple[list[str], list[bool]]:
+        self.check()
+        if self.has_warp:
+            return [str(self.affine), str(self.inverse_warp)], [True, False]
+        return [str(self.affine)], [True]
+
+
+@dataclass
+class Registration:
+    """A computed registration whose files live in a temporary folder until the caller copies them."""
+
+    workdir: Path
+    files: TransformFiles
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _template_brain(resolution_mm: int):
+    template = template_t1(resolution_mm)
+    mask = template_brain_mask(resolution_mm).get_fdata(dtype=np.float32)
+    return to_ants(template.get_fdata(dtype=np.float32) * mask, template.affine)
+
+
+def register_to_mni(
+    brain: np.ndarray, affine: np.ndarray, settings: RegistrationSettings, resolution_mm: int = 2
+) -> Registration:
+    """Register a skull-stripped brain (background 0) to the skull-stripped MNI152 template."""
+    if settings.method not in METHODS:
+        raise FlowletError(f"unknown registration '{settings.method}'; choose one of {', '.join(METHODS)}")
+    if settings.backend == "fsl":
+        return _register_flirt(brain, affine, settings, resolution_mm)
+    if settings.backend != "ants":
+        raise FlowletError(f"unknown registration backend '{settings.backend}'; choose one of {', '.join(BACKENDS)}")
+    import ants
+
+    workdir = Path(tempfile.mkdtemp(prefix="flowlet-reg-"))
+    try:
+        result = ants.registration(
+            fixed=_template_brain(resolution_mm),
+            moving=to_ants(brain, affine),
+            type_of_transform=_ANTS_TYPE[settings.method],
+            outprefix=str(workdir / "reg_"),
+            aff_iterations=tuple(int(i) for i in settings.iterations),
+            aff_shrink_factors=tuple(int(s) for s in settings.shrink_factors),
+            aff_smoothing_sigmas=tuple(float(s) for s in settings.smoothing_sigmas),
+            reg_iterations=tuple(int(i) for i in settings.syn_iterations),
+        )
+    except Exception:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    files = TransformFiles.from_spec(workdir / "out_")
+    affine_file = next(Path(p) for p in result["fwdtransforms"] if p.endswith(".mat"))
+    shutil.move(affine_file, files.affine)
+    warps = [Path(p) for p in result["fwdtransforms"] if p.endswith("Warp.nii.gz")]
+    inverse_warps = [Path(p) for p in result["invtransforms"] if p.endswith("InverseWarp.nii.gz")]
+    if warps and inverse_warps:
+        shutil.move(warps[0], files.warp)
+        shutil.move(inverse_warps[0], files.inverse_warp)
+    return Registration(workdir, files)
+
+
+def _register_flirt(brain: np.ndarray, affine: np.ndarray, settings: RegistrationSettings, resolution_mm: int):
+    """FSL FLIRT, saved as the equivalent ANTs affine so every later stage reads one format."""
+    from flowlet.preprocess.skullstrip import require_fsl
+
+    require_fsl("flirt")
+    if settings.method == "syn":
+        raise FlowletError("the fsl registration backend is linear only (rigid or affine); use --registration-backend ants for syn")
+    import ants
+    from fsl.data.image import Image
+    from fsl.transform.flirt import fromFlirt, readFlirt
+    from fsl.wrappers import flirt
+
+    workdir = Path(tempfile.mkdtemp(prefix="flowlet-flirt-"))
+    moving_path, fixed_path, matrix_path = workdir / "brain.nii.gz", workdir / "template.nii.gz", workdir / "flirt.mat"
+    nib.Nifti1Image(brain.astype(np.float32), affine).to_filename(str(moving_path))
+    template = template_t1(resolution_mm)
+    mask = template_brain_mask(resolution_mm).get_fdata(dtype=np.float32)
+    nib.Nifti1Image(template.get_fdata(dtype=np.float32) * mask, template.affine).to_filename(str(fixed_path))
+    flirt(str(moving_path), str(fixed_path), omat=str(matrix_path), dof=6 if settings.method == "rigid" else 12)
+    native_to_mni = fromFlirt(readFlirt(str(matrix_path)), Image(str(moving_path)), Image(str(fixed_path)), "world", "world")
+    # ANTs transforms map fixed (MNI) points to moving (native) points, in LPS coordinates.
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    mni_to_native_lps = flip @ np.linalg.inv(native_to_mni) @ flip
+    transform = ants.create_ants_transform(
+        transform_type="AffineTransform",
+        dimension=3,
+        matrix=mni_to_native_lps[:3, :3],
+        translation=mni_to_native_lps[:3, 3],
+        center=np.zeros(3),
+    )
+    files = TransformFiles.from_spec(workdir / "out_")
+    ants.write_transform(transform, str(files.affine))
+    return Registration(workdir, files)
+
+
+def _as_image(image_or_path, what: str) -> nib.Nifti1Image:
+    if isinstance(image_or_path, nib.spatialimages.SpatialImage):
+        return image_or_path
+    return load_nifti(image_or_path, what=what)
+
+
+def _apply(moving_image: nib.Nifti1Image, fixed, transforms: list[str], invert: list[bool], interpolation: str):
+    import ants
+
+    if interpolation not in INTERPOLATIONS:
+        raise FlowletError(f"unknown interpolation '{interpolation}'; choose one of {', '.join(INTERPOLATIONS)}")
+    data = np.asanyarray(moving_image.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise FlowletError(f"only 3D images can be carried between spaces; got shape {data.shape}")
+    moved = ants.apply_transforms(
+        fixed=fixed,
+        moving=to_ants(np.asarray(data, dtype=np.float32), moving_image.affine),
+        transformlist=transforms,
+        whichtoinvert=invert,
+        interpolator=INTERPOLATIONS[interpolation],
+    )
+    return moved.numpy()
+
+
+def apply_to_mni(image_or_path, transform, interpolation: str = "linear", resolution: int = 2) -> nib.Nifti1Image:
+    """Carry a native-space image of the subject (T1w, mask, label map) onto the FSL MNI grid.
+
+    ``transform``: the saved transform's spec (``.mat`` path or prefix) or TransformFiles.
+    Label maps: interpolation "label" (or "nearest"); masks: "linear" and threshold at 0.5.
+    """
+    files = transform if isinstance(transform, TransformFiles) else TransformFiles.from_spec(transform)
+    shape, grid_affine = mni_grid(resolution)
+    fixed = to_ants(np.zeros(shape, dtype=np.float32), grid_affine)
+    transforms, invert = files.to_mni_list()
+    moved = _apply(_as_image(image_or_path, "image to carry to MNI"), fixed, transforms, invert, interpolation)
+    return nib.Nifti1Image(moved.astype(np.float32), grid_affine)
+
+
+def apply_to_native(image_or_path, transform, reference, interpolation: str = "linear") -> nib.Nifti1Image:
+    """Carry an MNI-space image back onto the subject's native grid, given by ``reference`` (its T1w or mask)."""
+    files = transform if isinstance(transform, TransformFiles) else TransformFiles.from_spec(transform)
+    reference_image = _as_image(reference, "native reference image")
+    fixed = to_ants(np.zeros(reference_image.shape[:3], dtype=np.float32), reference_image.affine)
+    transforms, invert = files.to_native_list()
+    moved = _apply(_as_image(image_or_path, "image to carry to native space"), fixed, transforms, invert, interpolation)
+    return nib.Nifti1Image(moved.astype(np.float32), reference_image.affine)

@@ -1,0 +1,138 @@
+"""Preprocessing on real IXI scans: brain-mask accuracy against DLMUSE, MNI transfer, transform round trip,
+orientation invariance and the QC picture. The scans are preprocessed once per module."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from flowlet.data.templates import template_brain_mask
+from flowlet.preprocess import apply_to_mni, apply_to_native
+from flowlet.preprocess.pipeline import PreprocessSettings, run_and_write
+from flowlet.preprocess.qc import QC_COLUMNS, dice
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = PreprocessSettings(threads=2)
+OLDEST = 4
+YOUNGEST = 1
+
+
+def _t1w(ixi_dir, subject):
+    return ixi_dir / subject / "anat" / f"{subject}_T1w.nii.gz"
+
+
+def _reference(ixi_dir, subject) -> nib.Nifti1Image:
+    return nib.load(str(ixi_dir / "derivatives" / "dlmuse" / subject / "anat" / f"{subject}_dseg.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def subjects(ixi_dir) -> list[str]:
+    participants = pd.read_csv(ixi_dir / "participants.tsv", sep="\t").dropna(subset=["age"])
+    by_age = participants.sort_values("age", ascending=False)["participant_id"].tolist()
+    return by_age[:OLDEST] + by_age[-YOUNGEST:]
+
+
+@pytest.fixture(scope="module")
+def preprocessed(ixi_dir, subjects, tmp_path_factory):
+    out = tmp_path_factory.mktemp("preprocessed")
+    runs = {}
+    for subject in subjects:
+        paths = {
+            "brain_mask_path": out / f"{subject}_mask.nii.gz",
+            "output_path": out / f"{subject}_mni.nii.gz",
+            "transform": out / f"{subject}_xfm.mat",
+            "qc_png": out / f"{subject}_qc.png",
+            "qc_tsv": out / f"{subject}_qc.tsv",
+        }
+        result = run_and_write(_t1w(ixi_dir, subject), subject, SETTINGS, **paths)
+        runs[subject] = (paths, result)
+    return runs
+
+
+def test_brain_masks_match_dlmuse_including_the_oldest(ixi_dir, preprocessed):
+    scores = {}
+    for subject, (paths, _) in preprocessed.items():
+        mask_image = nib.load(str(paths["brain_mask_path"]))
+        t1w = nib.load(str(_t1w(ixi_dir, subject)))
+        assert mask_image.shape == t1w.shape and np.allclose(mask_image.affine, t1w.affine, atol=1e-4)
+        reference = np.asarray(_reference(ixi_dir, subject).dataobj) > 0
+        scores[subject] = dice(np.asarray(mask_image.dataobj) > 0, reference)
+    assert min(scores.values()) >= 0.97, scores
+    assert float(np.median(list(scores.values()))) >= 0.975, scores
+
+
+def test_reference_mask_carried_to_mni_overlaps_the_template(ixi_dir, preprocessed):
+    template = template_brain_mask(2).get_fdata() > 0
+    scores = {}
+    for subject, (paths, _) in preprocessed.items():
+        reference = _reference(ixi_dir, subject)
+        as_float = nib.Nifti1Image((np.asarray(reference.dataobj) > 0).astype(np.float32), reference.affine)
+        carried = apply_to_mni(as_float, paths["transform"], "linear", 2).get_fdata() >= 0.5
+        scores[subject] = dice(carried, template)
+    assert min(scores.values()) >= 0.93, scores
+
+
+def test_outputs_are_on_the_mni_grid_and_z_scored(preprocessed):
+    for paths, result in preprocessed.values():
+        image = nib.load(str(paths["output_path"]))
+        assert image.shape == (91, 109, 91)
+        assert np.allclose(image.affine, [[-2, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])
+        data = image.get_fdata()
+        inside = data[result.mni_mask]
+        assert abs(inside.mean()) < 1e-3 and abs(inside.std() - 1) < 1e-3
+        assert np.all(data[~result.mni_mask] == 0)
+
+
+def test_qc_outputs(preprocessed):
+    for subject, (paths, _) in preprocessed.items():
+        row = pd.read_csv(paths["qc_tsv"], sep="\t")
+        assert list(row.columns) == list(QC_COLUMNS) and row.loc[0, "subject"] == subject
+        assert 0.9 < row.loc[0, "dice_template"] <= 1 and 0.3 < row.loc[0, "ncc_template"] <= 1
+        assert 900 < row.loc[0, "mask_volume_ml"] < 2100
+        assert paths["qc_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_label_map_round_trip_through_mni(ixi_dir, subjects, preprocessed):
+    subject = subjects[0]
+    paths, _ = preprocessed[subject]
+    reference = _reference(ixi_dir, subject)
+    labels = np.asarray(reference.dataobj)
+    in_mni = apply_to_mni(reference, paths["transform"], "label", 2)
+    assert set(np.unique(in_mni.get_fdata())) <= set(np.unique(labels))
+    # The MNI grid is as fine as the native one, so a label map survives the round trip nearly intact.
+    back = apply_to_native(in_mni, paths["transform"], paths["brain_mask_path"], "label").get_fdata()
+    assert dice(back > 0, labels > 0) > 0.95
+    assert np.mean(back[labels > 0] == labels[labels > 0]) > 0.6
+
+
+def _reoriented_copies(ixi_dir, subject, tmp_path):
+    image = nib.load(str(_t1w(ixi_dir, subject)))
+    canonical = nib.as_closest_canonical(image)
+    ras_path = tmp_path / "ras.nii.gz"
+    nib.Nifti1Image(np.asarray(canonical.dataobj), canonical.affine).to_filename(str(ras_path))
+    # The same voxels under an oblique affine: the head tilted 12 degrees about x and 8 about z
+    # around the image centre, as a scanner's oblique acquisition would store it.
+    tilt = nib.eulerangles.euler2mat(z=np.deg2rad(8), x=np.deg2rad(12))
+    centre = image.affine @ np.r_[(np.array(image.shape) - 1) / 2, 1]
+    rotation = np.eye(4)
+    rotation[:3, :3] = tilt
+    rotation[:3, 3] = centre[:3] - tilt @ centre[:3]
+    oblique_path = tmp_path / "oblique.nii.gz"
+    nib.Nifti1Image(np.asarray(image.dataobj), rotation @ image.affine).to_filename(str(oblique_path))
+    return ras_path, oblique_path
+
+
+def test_reoriented_and_oblique_inputs_give_the_same_mni_output(ixi_dir, subjects, preprocessed, tmp_path):
+    subject = subjects[-1]
+    _, baseline = preprocessed[subject]
+    for path in _reoriented_copies(ixi_dir, subject, tmp_path):
+        out = tmp_path / path.name.split(".")[0]
+        result = run_and_write(path, subject, SETTINGS, brain_mask_path=out / "mask.nii.gz",
+                               output_path=out / "mni.nii.gz")
+        assert dice(result.mni_mask, baseline.mni_mask) > 0.95, path.name
+        both = result.mni_mask & baseline.mni_mask
+        correlation = np.corrcoef(result.mni_image[both], baseline.mni_image[both])[0, 1]
+        assert correlation > 0.9, (path.name, correlation)
