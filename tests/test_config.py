@@ -34,7 +34,7 @@ def test_every_schema_key_has_a_default_and_a_description():
 
 def test_empty_config_gets_all_defaults():
     config = validate_config({})
-    assert config["preprocess"]["skullstrip"] == "deepbet"
+    assert config["preprocess"]["skullstrip_backend"] == "deepbet"
     assert config["generate"]["num_flow_steps"] == 10
     assert config["data"]["bids_dir"] == ""
 
@@ -42,7 +42,7 @@ def test_empty_config_gets_all_defaults():
 @pytest.mark.parametrize(
     "overrides, key",
     [
-        ({"preprocess": {"skulstrip": "deepbet"}}, "preprocess"),
+        ({"preprocess": {"skullstrip": "deepbet"}}, "preprocess"),
         ({"unknown_section": {}}, "(top level)"),
         ({"split": {"test_fraction": "a quarter"}}, "split.test_fraction"),
         ({"split": {"test_fraction": 1.5}}, "split.test_fraction"),

@@ -28,6 +28,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, choices=(1, 2), default=defaults.resolution_mm,
                         help="MNI grid: 2 mm (91x109x91) or 1 mm (182x218x182)")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="ITK and torch threads")
+    parser.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                        help="stop: fail with the reason; skip: record the reason in the QC outputs, leave the image "
+                             "outputs empty and exit 0 so the study goes on without this subject")
     group = parser.add_argument_group("N4 bias-field correction")
     group.add_argument("--n4-shrink-factor", type=int, default=n4.shrink_factor, help="N4 image shrink factor")
     group.add_argument("--n4-iterations", type=int, nargs="+", default=list(n4.iterations),
@@ -117,15 +120,44 @@ def run(args: argparse.Namespace) -> int:
     if len(lengths) != 1:
         raise FlowletError("--registration-iterations, --registration-shrink-factors and "
                            "--registration-smoothing-sigmas need one value per level each")
-    run_and_write(
-        args.t1w,
-        args.subject or subject_from_path(args.t1w),
-        settings,
-        brain_mask_path=args.brain_mask,
-        output_path=args.output,
-        transform=args.transform,
-        qc_png=args.qc_png,
-        qc_tsv=args.qc_tsv,
-        bias_corrected_path=args.bias_corrected_output,
-    )
+    subject = args.subject or subject_from_path(args.t1w)
+    try:
+        run_and_write(
+            args.t1w,
+            subject,
+            settings,
+            brain_mask_path=args.brain_mask,
+            output_path=args.output,
+            transform=args.transform,
+            qc_png=args.qc_png,
+            qc_tsv=args.qc_tsv,
+            bias_corrected_path=args.bias_corrected_output,
+        )
+    except FlowletError as error:
+        if args.on_error == "stop":
+            raise
+        record_skipped_subject(args, subject, str(error))
     return 0
+
+
+def record_skipped_subject(args: argparse.Namespace, subject: str, reason: str) -> None:
+    """Under on_error=skip: the QC row and picture say why; the image outputs exist but are empty.
+
+    Snakemake needs every declared output to exist; downstream stages read the QC status and leave the
+    subject out, and an empty file fails loudly anywhere that would read it regardless.
+    """
+    import logging
+
+    from flowlet.preprocess import qc
+
+    logging.getLogger(__name__).warning("%s skipped: %s", subject, reason)
+    for path in (args.brain_mask, args.output, args.transform, args.bias_corrected_output):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_bytes(b"")
+    if args.qc_tsv:
+        Path(args.qc_tsv).parent.mkdir(parents=True, exist_ok=True)
+        qc.write_qc_row(args.qc_tsv, {"subject": subject}, status=f"failed: {reason}")
+    if args.qc_png:
+        qc.save_failure_png(args.qc_png, subject, reason)
+

@@ -62,11 +62,16 @@ def aggregate_qc(tables: list[pd.DataFrame], threshold: float = 3.0, failed: pd.
     missing = [c for c in QC_COLUMNS if c not in table.columns]
     if missing:
         raise FlowletError(f"QC tables lack the columns {', '.join(missing)}")
-    reasons: list[list[str]] = [[] for _ in range(len(table))]
+    table["status"] = table["status"].fillna("ok") if "status" in table.columns else "ok"
+    succeeded = (table["status"] == "ok").to_numpy()
+    reasons: list[list[str]] = [[] if ok else [f"preprocessing {status}"] for ok, status in zip(succeeded, table["status"])]
     for metric in OUTLIER_METRICS:
         values = pd.to_numeric(table[metric], errors="coerce")
-        z = robust_z(values) if len(values) else values
+        # Subjects that failed have no metrics; the cohort's spread is that of the ones that succeeded.
+        z = robust_z(values[succeeded]).reindex(values.index) if succeeded.any() else values
         for i, (value, score) in enumerate(zip(values, z)):
+            if not succeeded[i]:
+                continue
             if pd.isna(value):
                 reasons[i].append(f"{metric} missing")
             elif abs(score) > threshold:
@@ -74,7 +79,8 @@ def aggregate_qc(tables: list[pd.DataFrame], threshold: float = 3.0, failed: pd.
     table["outlier"] = [bool(r) for r in reasons]
     table["outlier_reasons"] = ["; ".join(r) for r in reasons]
     if failed is not None and len(failed):
-        failed_rows = pd.DataFrame({"subject": failed["subject"], "outlier": True,
+        failed_rows = pd.DataFrame({"subject": failed["subject"], "status": "failed: " + failed["reason"].astype(str),
+                                    "outlier": True,
                                     "outlier_reasons": "preprocessing failed: " + failed["reason"].astype(str)})
         table = pd.concat([failed_rows, table], ignore_index=True)
     table = table.sort_values(["outlier", "subject"], ascending=[False, True], kind="stable").reset_index(drop=True)
@@ -146,5 +152,21 @@ def save_qc_png(
     plt.close(figure)
 
 
-def write_qc_row(path: str | Path, metrics: dict) -> None:
-    pd.DataFrame([{key: metrics[key] for key in QC_COLUMNS}]).to_csv(path, sep="\t", index=False, float_format="%.6g")
+def write_qc_row(path: str | Path, metrics: dict, status: str = "ok") -> None:
+    row = {key: metrics.get(key, np.nan) for key in QC_COLUMNS}
+    row["status"] = status
+    pd.DataFrame([row]).to_csv(path, sep="\t", index=False, float_format="%.6g")
+
+
+def save_failure_png(path: str | Path, subject: str, reason: str) -> None:
+    """The QC picture of a subject that could not be preprocessed: the reason, where the images would be."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(9, 2), facecolor="black")
+    figure.text(0.02, 0.5, f"{subject}: preprocessing failed\n{reason}", color="tomato", fontsize=10, va="center", wrap=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(str(path), dpi=80, facecolor="black")
+    plt.close(figure)

@@ -40,7 +40,7 @@ def methods_paragraph(config: dict, environment: dict[str, str], n_subjects: int
         f"We analysed {n_subjects} T1-weighted scans from {dataset} with the FlowLet workflow "
         f"(flowlet {version('flowlet')}, Snakemake {version('snakemake')} [snakemake]). "
         f"Images were bias-corrected with N4 [n4] (ANTsPy {version('antspyx')}, shrink factor {pre.get('n4_shrink_factor')}), "
-        f"skull-stripped with {pre.get('skullstrip')}" + (" [deepbet]" if pre.get("skullstrip") == "deepbet" else "") + ", "
+        f"skull-stripped with {pre.get('skullstrip_backend')}" + (" [deepbet]" if pre.get("skullstrip_backend") == "deepbet" else "") + ", "
         f"registered ({pre.get('registration')}) to the MNI152 2009a template [mni] with ANTs [ants] and resampled to the "
         f"{pre.get('resolution')} mm FSL grid, and z-scored inside the brain mask. "
         f"Subjects were split by age bin (edges {', '.join(f'{edge:g}' for edge in edges)} years; "
