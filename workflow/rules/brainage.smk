@@ -41,4 +41,4 @@ rule brainage:
         f"{ENVS}/analysis.yaml"
     shell:
         "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} --bin-edges {params.bin_edges} "
-        "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"
+        "--output-dir {params.output_dir} {params.flags} > {log} 2>&1"

@@ -1,0 +1,297 @@
+"""`flowlet regions` end to end on a small simulated cohort whose ageing is known.
+
+The cohort is made from the MNI template: each subject gets its own smooth deformation, bias field and
+noise, and ventricles enlarged by a number of voxels that grows with age (brain tissue turning into CSF),
+so the true ventricle growth per year is known. One "synthetic" image is a shifted copy of a training
+subject, which the memorisation check must flag.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from flowlet.cli import main
+from flowlet.data.nifti import save_nifti
+from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
+from flowlet.regions.atlas import load_atlas
+from flowlet.regions.trajectories import ols_slope
+
+pytestmark = pytest.mark.slow
+
+TRAIN_AGES = (20, 32, 44, 56, 68, 80)
+TEST_AGES = (26, 50, 74)
+SYNTHETIC_AGES = (38, 77)
+VOXEL_ML = 0.008
+TABLES = (
+    "atlas_regions.tsv",
+    "regional_measures.tsv",
+    "regional_volumes.tsv",
+    "paired_pairs.tsv",
+    "paired_region_summary.tsv",
+    "paired_global.tsv",
+    "slopes.tsv",
+    "slope_agreement.tsv",
+    "fidelity.tsv",
+    "realism.tsv",
+    "memorisation.tsv",
+    "memorisation_summary.tsv",
+)
+
+
+def _ventricle_growth(age: float) -> int:
+    """Voxels by which the lateral ventricles grow outward at this age: 0 at 20, 2 at 80."""
+    return int(round((age - 20) / 30))
+
+
+class Simulator:
+    def __init__(self):
+        self.shape, self.affine = mni_grid(2)
+        self.t1 = np.asarray(template_t1(2).get_fdata(), dtype=np.float32)
+        self.brain = template_brain_mask(2).get_fdata() > 0
+        atlas = load_atlas(2)
+        lateral = np.isin(atlas.labels, [r.labels[0] for r in atlas.atlas_regions if "Lateral-Ventricle" in r.name])
+        csf_level = np.percentile(self.t1[self.brain], 10)
+        self.ventricles = lateral & (self.t1 < np.percentile(self.t1[lateral], 60))
+        self.csf_value = float(min(csf_level, self.t1[self.ventricles].mean()))
+        # Expected CSF fraction of each template voxel (linear partial-volume model between CSF and white matter),
+        # so that the true CSF gained by growth counts only the part of a voxel that was not CSF already.
+        white_level = np.percentile(self.t1[self.brain], 90)
+        self.csf_fraction = np.clip((white_level - self.t1) / (white_level - self.csf_value), 0, 1)
+        white = np.isin(atlas.labels, [r.labels[0] for r in atlas.atlas_regions if "Cerebral-White-Matter" in r.name])
+        self.growable = white | lateral
+
+    def ventricle_mask(self, age: float) -> np.ndarray:
+        steps = _ventricle_growth(age)
+        if steps == 0:
+            return self.ventricles
+        return self.ventricles | (ndimage.binary_dilation(self.ventricles, iterations=steps) & self.growable)
+
+    def csf_gain_ml(self, age: float) -> float:
+        grown = self.ventricle_mask(age) & ~self.ventricles
+        return float((1 - self.csf_fraction[grown]).sum() * VOXEL_ML)
+
+    def _smooth_field(self, rng: np.random.Generator, coarse: tuple[int, int, int]) -> np.ndarray:
+        """A smooth random field with unit SD, made on a coarse grid and interpolated (fast)."""
+        factors = [target / size for target, size in zip(self.shape, coarse)]
+        field = ndimage.zoom(rng.normal(size=coarse), factors, order=3)[: self.shape[0], : self.shape[1], : self.shape[2]]
+        return (field / field.std()).astype(np.float32)
+
+    def subject(self, age: float, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        image = self.t1.copy()
+        image[self.ventricle_mask(age)] = self.csf_value
+        displacement = np.stack([0.8 * self._smooth_field(rng, (8, 9, 8)) for _ in range(3)])
+        coordinates = np.indices(self.shape, dtype=np.float32) + displacement
+        image = ndimage.map_coordinates(image, coordinates, order=1)
+        brain = ndimage.map_coordinates(self.brain.astype(np.float32), coordinates, order=1) > 0.5
+        image = image * (1 + 0.05 * self._smooth_field(rng, (5, 6, 5))) + rng.normal(0, 0.02 * self.t1.max(), self.shape)
+        inside = image[brain]
+        return np.where(brain, (image - inside.mean()) / inside.std(), 0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("regions_cohort")
+    simulator = Simulator()
+    rows = []
+    for index, (age, split) in enumerate([(a, "train") for a in TRAIN_AGES] + [(a, "test") for a in TEST_AGES]):
+        name = f"sub-{index:02d}"
+        path = save_nifti(simulator.subject(age, index), simulator.affine, folder / "mni" / f"{name}.nii.gz")
+        rows.append(
+            {
+                "participant_id": name,
+                "age": age,
+                "sex": "F" if index % 2 else "M",
+                "age_bin": f"{age // 10 * 10}s",
+                "split": split,
+                "image": str(path),
+                "native_volume_factor": 0.8 + 0.01 * index,
+            }
+        )
+    rows.append({"participant_id": "sub-99", "age": None, "sex": "F", "age_bin": None, "split": "excluded", "image": "missing.nii.gz", "native_volume_factor": None})
+    pd.DataFrame(rows).to_csv(folder / "split.tsv", sep="\t", index=False)
+    synthetic = []
+    for index, age in enumerate(SYNTHETIC_AGES):
+        path = save_nifti(simulator.subject(age, 100 + index), simulator.affine, folder / "synthetic" / f"Age_{age}" / "brain_0.nii.gz")
+        synthetic.append({"image": str(path.relative_to(folder)), "age": age, "sex": "F", "age_bin": f"{age // 10 * 10}s"})
+    # A copy of training subject sub-03, displaced by 2 mm: memorised, not generated.
+    copy = np.roll(simulator.subject(TRAIN_AGES[3], 3), 1, axis=1)
+    save_nifti(copy, simulator.affine, folder / "synthetic" / "copy.nii.gz")
+    synthetic.append({"image": "synthetic/copy.nii.gz", "age": TRAIN_AGES[3], "sex": "M", "age_bin": "50s"})
+    pd.DataFrame(synthetic).to_csv(folder / "synthetic.tsv", sep="\t", index=False)
+    pd.DataFrame(columns=["image", "age", "sex", "age_bin"]).to_csv(folder / "empty.tsv", sep="\t", index=False)
+    gains = [simulator.csf_gain_ml(age) for age in TRAIN_AGES + TEST_AGES]
+    truth = ols_slope(np.array(TRAIN_AGES + TEST_AGES, float), np.array(gains))["slope"]
+    (folder / "true_ventricle_slope.txt").write_text(str(truth))
+    model = _real_only_brainage_model([r["image"] for r in rows if r["split"] == "train"], list(TRAIN_AGES), folder / "brainage.joblib")
+    return {"folder": folder, "split": folder / "split.tsv", "synthetic": folder / "synthetic.tsv", "empty": folder / "empty.tsv", "model": model}
+
+
+def _real_only_brainage_model(images: list[str], ages: list[float], path: Path) -> Path:
+    """A ridge regression on downsampled voxels, saved the way `flowlet brainage` saves its real-only model."""
+    from sklearn.linear_model import Ridge
+
+    from flowlet.brainage.features import load_voxel_features
+    from flowlet.brainage.predict import save_model
+
+    features = load_voxel_features(images, downsample=2)
+    estimator = Ridge(alpha=1.0).fit(features.matrix, np.asarray(ages, float))
+    return save_model(path, estimator, "ridge", 2, 2, slope=1.0, intercept=0.0, applied=False, cv_mae=float("nan"))
+
+
+@pytest.fixture(scope="module")
+def full_run(cohort) -> Path:
+    output = cohort["folder"] / "out"
+    status = main(
+        [
+            "regions",
+            "--split", str(cohort["split"]),
+            "--synthetic", str(cohort["synthetic"]),
+            "--output-dir", str(output),
+            "--msssim-pairs", "3",
+            "--brainage-model", str(cohort["model"]),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    return output
+
+
+def _read(folder: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(folder / name, sep="\t")
+
+
+def test_every_table_figure_and_caption_is_written(full_run):
+    for name in TABLES:
+        assert len(_read(full_run, name)) > 0, name
+    captions = json.loads((full_run / "captions.json").read_text())
+    for figure in ("paired_dice.png", "trajectories.png", "slope_difference_map.png", "slope_correlation.png", "memorisation.png"):
+        path = full_run / "figures" / figure
+        assert path.stat().st_size > 5000, figure
+        assert len(captions["figures"][f"figures/{figure}"]) > 100
+    assert set(TABLES) <= set(captions["tables"])
+    measures = _read(full_run, "regional_measures.tsv")
+    assert set(measures["group"]) == {"train", "test", "synthetic"}
+    assert measures["image_id"].nunique() == len(TRAIN_AGES) + len(TEST_AGES) + len(SYNTHETIC_AGES) + 1
+    assert "sub-99" not in set(measures["image_id"])
+    # Native volumes: MNI volumes scaled by each real subject's factor from the split table; none for synthetic images.
+    sub01 = measures[(measures["image_id"] == "sub-01") & (measures["region"] == "cortex")].iloc[0]
+    assert sub01["native_volume_ml"] == pytest.approx(sub01["volume_ml"] * 0.81, rel=1e-4)
+    assert measures.loc[measures["group"] == "synthetic", "native_volume_ml"].isna().all()
+    slopes = _read(full_run, "slopes.tsv")
+    native = slopes[slopes["measure"] == "native_volume_ml"]
+    assert len(native) == measures["region"].nunique() and native["synthetic_slope"].isna().all()
+    volumes = _read(full_run, "regional_volumes.tsv")
+    assert {"participant_id", "image", "ventricles", "cortex"} <= set(volumes.columns)
+
+
+def test_segmentation_volumes_are_anatomically_sensible(full_run):
+    measures = _read(full_run, "regional_measures.tsv").set_index(["image_id", "region"])
+    young = measures.loc["sub-00"]
+    assert 900 < young.loc["brain", "volume_ml"] < 1800
+    assert young.loc["Left-Cerebral-White-Matter", "white_ml"] > young.loc["Left-Cerebral-White-Matter", "grey_ml"]
+    assert young.loc["cortex", "grey_ml"] > young.loc["cortex", "white_ml"]
+    assert young.loc["Left-Lateral-Ventricle", "csf_ml"] > young.loc["Left-Lateral-Ventricle", "white_ml"]
+    # White matter is bright and CSF dark in a T1w image.
+    assert young.loc["Left-Cerebral-White-Matter", "mean_intensity"] > young.loc["cortex", "mean_intensity"] > young.loc["Left-Lateral-Ventricle", "mean_intensity"]
+
+
+def test_real_slopes_recover_the_simulated_ventricle_growth(full_run, cohort):
+    truth = float((cohort["folder"] / "true_ventricle_slope.txt").read_text())
+    table = _read(full_run, "slopes.tsv")
+    slopes = table[table["measure"] == "volume_ml"].set_index("region")
+    measured = slopes.loc["ventricles", "real_slope"]
+    assert truth > 0
+    # Right sign and order of magnitude: the deformation, noise and the template priors blur some of the gain.
+    assert 0.4 * truth < measured < 1.5 * truth
+    assert slopes.loc["ventricles", "real_ci_low"] > 0
+    # The enlarged ventricles take their space from the surrounding tissue.
+    measures = _read(full_run, "regional_measures.tsv")
+    ventricles = measures[(measures["region"] == "ventricles") & (measures["group"] != "synthetic")]
+    tissue = ols_slope(ventricles["age"].to_numpy(), (ventricles["grey_ml"] + ventricles["white_ml"]).to_numpy())
+    assert tissue["ci_high"] < 0
+    assert slopes.loc["ventricles", "synthetic_slope"] > 0
+
+
+def test_paired_analysis_has_synthetic_and_real_floor_rows(full_run):
+    overall = _read(full_run, "paired_global.tsv").set_index("comparison")
+    assert list(overall.index) == ["synthetic-vs-train", "test-vs-train"]
+    assert overall.loc["synthetic-vs-train", "n_pairs"] == len(SYNTHETIC_AGES) + 1
+    assert overall.loc["test-vs-train", "n_pairs"] == len(TEST_AGES)
+    for comparison in overall.index:
+        assert 0.3 < overall.loc[comparison, "dice_mean"] < 1.0
+        assert overall.loc[comparison, "kl_union_mean"] > 0
+    pairs = _read(full_run, "paired_pairs.tsv")
+    copy_pairs = pairs[pairs["compared_id"].str.endswith("copy.nii.gz")]
+    assert set(copy_pairs["reference_age"]) == {TRAIN_AGES[3]}
+
+
+def test_memorisation_flags_the_shifted_copy_only(full_run):
+    table = _read(full_run, "memorisation.tsv")
+    synthetic = table[table["group"] == "synthetic"].set_index("image_id")
+    copy = [name for name in synthetic.index if name.endswith("copy.nii.gz")][0]
+    assert bool(synthetic.loc[copy, "flagged"])
+    assert synthetic.loc[copy, "nearest_training_id"] == "sub-03"
+    assert synthetic.loc[copy, "max_similarity"] > 0.98
+    assert synthetic["flagged"].sum() == 1
+    summary = _read(full_run, "memorisation_summary.tsv")
+    assert summary.loc[0, "n_flagged"] == 1
+
+
+def test_realism_reports_each_value_beside_its_real_floor(full_run):
+    table = _read(full_run, "realism.tsv")
+    assert list(table["metric"]) == ["frechet_distance", "mmd2_rbf_median", "ms_ssim", "ms_ssim"]
+    assert table[["value", "real_vs_real"]].notna().all().all()
+    ms_ssim = table[table["metric"] == "ms_ssim"]
+    assert ((ms_ssim["value"] > 0) & (ms_ssim["value"] < 1)).all()
+
+
+def test_age_fidelity_compares_predicted_with_requested_age_per_bin(full_run):
+    fidelity = _read(full_run, "fidelity.tsv")
+    synthetic = fidelity[fidelity["set"].str.startswith("synthetic")].set_index("age_bin")
+    assert synthetic.loc["all", "n"] == len(SYNTHETIC_AGES) + 1
+    assert set(synthetic.index) == {"all", "30s", "50s", "70s"}
+    assert (synthetic["mae"] >= 0).all()
+    real = fidelity[fidelity["set"].str.startswith("real test")].set_index("age_bin")
+    assert real.loc["all", "n"] == len(TEST_AGES)
+    images = _read(full_run, "fidelity_images.tsv")
+    np.testing.assert_allclose(images["error"], images["predicted_age"] - images["age"], atol=1e-3)
+    assert (full_run / "figures" / "fidelity.png").stat().st_size > 5000
+
+
+def test_without_synthetic_images_the_synthetic_parts_are_explicit_notes(cohort):
+    output = cohort["folder"] / "out_real_only"
+    split = _read(cohort["folder"], "split.tsv")
+    small = split[split["participant_id"].isin(["sub-00", "sub-03", "sub-05", "sub-06", "sub-07"])]
+    small.to_csv(cohort["folder"] / "small_split.tsv", sep="\t", index=False)
+    status = main(["regions", "--split", str(cohort["folder"] / "small_split.tsv"), "--synthetic", str(cohort["empty"]), "--output-dir", str(output), "--msssim-pairs", "1"])
+    assert status == 0
+    for name in TABLES:
+        assert len(_read(output, name)) > 0, name
+    overall = _read(output, "paired_global.tsv").set_index("comparison")
+    assert "no synthetic images" in overall.loc["synthetic-vs-train", "note"]
+    assert np.isfinite(overall.loc["test-vs-train", "dice_mean"])
+    assert _read(output, "realism.tsv")["note"].str.contains("no synthetic images").any()
+    assert "no synthetic images" in _read(output, "memorisation_summary.tsv").loc[0, "note"]
+    assert _read(output, "slopes.tsv")["note"].str.contains("no synthetic images").all()
+    assert "no --brainage-model" in _read(output, "fidelity.tsv").loc[0, "note"]
+    assert (output / "figures" / "trajectories.png").exists()
+
+
+def test_user_errors_name_the_file_and_the_reason(cohort, tmp_path, capsys):
+    bad_split = tmp_path / "split.tsv"
+    pd.DataFrame({"participant_id": ["a"], "age": [30]}).to_csv(bad_split, sep="\t", index=False)
+    assert main(["regions", "--split", str(bad_split), "--output-dir", str(tmp_path / "out")]) == 1
+    assert "lacks the column(s) sex, age_bin, split, image" in capsys.readouterr().err
+    wrong_grid = tmp_path / "wrong.nii.gz"
+    save_nifti(np.ones((10, 10, 10)), np.eye(4), wrong_grid)
+    manifest = tmp_path / "manifest.tsv"
+    pd.DataFrame({"image": [str(wrong_grid)], "age": [50], "sex": ["F"], "age_bin": ["50s"]}).to_csv(manifest, sep="\t", index=False)
+    assert main(["regions", "--split", str(cohort["split"]), "--synthetic", str(manifest), "--output-dir", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert str(wrong_grid) in error and "not FSL's MNI grid" in error
