@@ -189,9 +189,14 @@ def test_bias_correction_is_fitted_on_training_subjects_only():
     assert 0.3 < first.correction.slope < 1.0
 
 
-def test_empty_synthetic_manifests_are_an_error_for_synthetic_arms(cohort_dir: Path):
-    with pytest.raises(FlowletError, match="need synthetic volumes"):
-        run_experiment(cohort_dir / "split.tsv", [cohort_dir / "synthetic_empty.tsv"], Settings(bin_edges=[20, 40, 60, 80, 100]))
+def test_empty_synthetic_manifests_leave_the_real_arm_with_a_note(cohort_dir: Path):
+    results = run_experiment(cohort_dir / "split.tsv", [cohort_dir / "synthetic_empty.tsv"],
+                             Settings(regressors=["ridge"], seeds=[0], bootstrap=100, bin_edges=[20, 40, 60, 80, 100]))
+    assert set(results.metrics["arm"]) == {"real"}
+    assert any("list no volume that passed QC" in note for note in results.notes)
+    with pytest.raises(FlowletError, match="no arm of synthetic can be trained"):
+        run_experiment(cohort_dir / "split.tsv", [cohort_dir / "synthetic_empty.tsv"],
+                       Settings(arms=["synthetic"], bin_edges=[20, 40, 60, 80, 100]))
 
 
 def test_missing_image_and_age_outside_bins_are_named(cohort_dir: Path, tmp_path: Path):

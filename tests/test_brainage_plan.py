@@ -89,7 +89,7 @@ def test_plan_counts_add_up_and_are_deterministic(tmp_path: Path):
         table = ages[row.age_bin]
         assert len(table) == row.n_synthetic
         assert ((table["age"] >= row.low) & (table["age"] < row.high)).all()
-        assert table["filename"].is_unique
+        assert table["file"].is_unique
     assert set(ages["50-60"]["sex"]) <= {"F", "M"}
     again_plan, again_ages = make_plan(split, bins, 0.5, "largest", age_sampling="kde", seed=5)
     pd.testing.assert_frame_equal(plan, again_plan)
@@ -123,7 +123,7 @@ def test_plan_command_writes_the_table_and_one_ages_file_per_bin(tmp_path: Path)
     assert list(plan["n_synthetic"]) == [0, 5, 0]
     assert len(pd.read_csv(tmp_path / "ages" / "bin-30-40_ages.tsv", sep="\t")) == 5
     empty = (tmp_path / "ages" / "bin-20-30_ages.tsv").read_text().splitlines()
-    assert empty == ["age\tsex\tfilename"]
+    assert empty == ["age\tsex\tage_bin\tfile"]
 
 
 def test_plan_command_names_subjects_outside_the_bins(tmp_path: Path, capsys):

@@ -68,7 +68,7 @@ def test_reference_naming_mni_affine_and_zscore_convention(trained_run, tmp_path
         assert data[mask].mean() == pytest.approx(0.0, abs=1e-4) and data[mask].std() == pytest.approx(1.0, abs=1e-3)
     with (output / "manifest.tsv").open() as stream:
         manifest = list(csv.DictReader(stream, delimiter="\t"))
-    assert [row["file"] for row in manifest] == [str(p.relative_to(output)) for p in expected]
+    assert [row["image"] for row in manifest] == [str(p.relative_to(output)) for p in expected]
     assert [float(row["age"]) for row in manifest] == [45.0, 45.0, 70.5, 70.5]
     assert len({row["seed"] for row in manifest}) == 4
 
@@ -99,7 +99,7 @@ def test_unit_intensity_ages_table_and_raw_weights(trained_run, tmp_path):
     assert first.min() >= 0.0 and first.max() <= 1.0
     assert (output / "bin" / "sub-synth02_T1w.nii.gz").is_file()
     with (output / "manifest.tsv").open() as stream:
-        assert [(r["file"], r["age"]) for r in csv.DictReader(stream, delimiter="\t")] == [
+        assert [(r["image"], r["age"]) for r in csv.DictReader(stream, delimiter="\t")] == [
             ("sub-synth01_T1w.nii.gz", "33.5"), ("bin/sub-synth02_T1w.nii.gz", "61"),
         ]
     raw = tmp_path / "raw"

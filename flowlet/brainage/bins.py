@@ -196,7 +196,7 @@ def make_plan(
     age_sampling: str = "uniform",
     seed: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """The plan table and, per bin label, the table of conditioning ages (age, sex, filename)."""
+    """The plan table and, per bin label, the table of conditioning ages (age, sex, age_bin, file)."""
     table = split_counts(split, bins)
     underrepresented, n_synthetic = synthetic_counts(
         table["n_train_real"].to_numpy(), underrepresented_fraction, target, target_count, target_ratio, max_per_bin
@@ -217,7 +217,8 @@ def make_plan(
             {
                 "age": ages,
                 "sex": sample_sexes(int(row.n_synthetic), train_sexes, rng),
-                "filename": [synthetic_filename(row.age_bin, i) for i in range(int(row.n_synthetic))],
+                "age_bin": row.age_bin,
+                "file": [synthetic_filename(row.age_bin, i) for i in range(int(row.n_synthetic))],
             }
         )
     return table, ages_per_bin

@@ -92,6 +92,7 @@ class Cohort:
     synthetic: SyntheticSet
     bins: AgeBins
     notes: list[str]
+    arms: list[str]
 
 
 def _with_bins(table: pd.DataFrame, bins: AgeBins, what: str, id_column: str = "participant_id") -> pd.DataFrame:
@@ -124,24 +125,28 @@ def load_cohort(
         notes.append(f"external test set {external_split_path}: all {len(external)} subjects used for evaluation only")
     synthetic = read_synthetic(synthetic_paths)
     notes += synthetic.notes
-    synthetic_arms = [arm for arm in settings.arms if arm != "real"]
+    # The plan may give no under-represented bin, or QC may drop every synthetic volume: the study then
+    # reports the real arm with a note rather than failing.
+    arms = list(settings.arms)
+    synthetic_arms = [arm for arm in arms if arm != "real"]
     if synthetic_arms and synthetic.table.empty:
         given = ", ".join(map(str, synthetic_paths)) or "none given"
-        raise FlowletError(
-            f"arms {', '.join(synthetic_arms)} need synthetic volumes, but the synthetic manifests ({given}) list none that passed QC; "
-            "pass --synthetic MANIFEST.tsv or run only --arms real"
-        )
+        notes.append(f"arms {', '.join(synthetic_arms)} skipped: the synthetic manifests ({given}) list no volume that passed QC")
+        arms = [arm for arm in arms if arm == "real"]
     if not synthetic.table.empty:
         synthetic.table = _with_bins(synthetic.table, bins, "synthetic manifests", id_column="image")
-        if "synthetic" in settings.arms and len(synthetic.table) < 2 * settings.cv_folds:
-            raise FlowletError(
-                f"synthetic manifests: {len(synthetic.table)} volume(s) are too few for the synthetic-only arm "
-                f"with {settings.cv_folds}-fold cross-validation (need at least {2 * settings.cv_folds})"
+        if "synthetic" in arms and len(synthetic.table) < 2 * settings.cv_folds:
+            notes.append(
+                f"arm synthetic skipped: {len(synthetic.table)} synthetic volume(s) are too few for "
+                f"{settings.cv_folds}-fold cross-validation (need at least {2 * settings.cv_folds})"
             )
+            arms.remove("synthetic")
+    if not arms:
+        raise FlowletError(f"no arm of {', '.join(settings.arms)} can be trained: {'; '.join(notes)}")
     for label in bins.labels:
         if not (test["age_bin"] == label).any():
             notes.append(f"age bin {label}: no real test subjects, so no per-bin metrics for it")
-    return Cohort(train=train, test_sets=test_sets, synthetic=synthetic, bins=bins, notes=notes)
+    return Cohort(train=train, test_sets=test_sets, synthetic=synthetic, bins=bins, notes=notes, arms=arms)
 
 
 @dataclass
@@ -422,7 +427,7 @@ def run_experiment(
         if not features.volumetric and "cnn" in settings.regressors:
             notes.append("the CNN runs on voxel volumes only, not on regional features")
         for regressor in regressors:
-            for arm in settings.arms:
+            for arm in cohort.arms:
                 if arm != "real" and features.synthetic is None:
                     continue
                 for seed in settings.seeds if regressor != BASELINE else settings.seeds[:1]:

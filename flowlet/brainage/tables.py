@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flowlet.data.paths import resolve_image_path
 from flowlet.errors import FlowletError
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,6 @@ def _require_columns(table: pd.DataFrame, columns: tuple[str, ...], path: Path, 
     missing = [column for column in columns if column not in table.columns]
     if missing:
         raise FlowletError(f"{what}: {path} lacks the column(s) {', '.join(missing)} (has {', '.join(map(str, table.columns))})")
-
-
-def resolve_image_path(value: str, table_path: Path) -> Path:
-    """An image path from a table: absolute as is; relative to the working directory, else to the table's folder."""
-    path = Path(value)
-    if path.is_absolute() or path.exists():
-        return path
-    beside_table = table_path.parent / path
-    return beside_table if beside_table.exists() else path
 
 
 def _numeric_ages(table: pd.DataFrame, path: Path, what: str, id_column: str) -> np.ndarray:

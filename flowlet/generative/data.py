@@ -25,6 +25,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from flowlet.data.nifti import load_nifti
+from flowlet.data.paths import resolve_image_path
 from flowlet.errors import FlowletError
 from flowlet.generative.conditions import ConditionRange, normalise_conditions
 from flowlet.generative.wavelets import pad_to_size
@@ -54,7 +55,10 @@ def _parse_sex(value: object, where: str) -> float:
 
 
 def read_training_table(path: str | Path, condition_vars: Sequence[str]) -> list[TrainingRecord]:
-    """Rows of a TSV with columns ``image`` (path, relative to the TSV's folder or absolute), ``age``, [``sex``]."""
+    """Rows of a TSV with columns ``image``, ``age``, [``sex``]; with a ``split`` column, only its ``train`` rows.
+
+    Relative image paths are taken from the working directory where they exist there, else from the TSV's folder.
+    """
     path = Path(path)
     if not path.is_file():
         raise FlowletError(f"training table {path} does not exist")
@@ -69,14 +73,15 @@ def read_training_table(path: str | Path, condition_vars: Sequence[str]) -> list
     missing = [column for column in needed if column not in table.columns]
     if missing:
         raise FlowletError(f"training table {path} lacks columns {missing} (has {list(table.columns)})")
+    if "split" in table.columns:
+        # The workflow's split table: the generator learns from the real training subjects only.
+        table = table[table["split"] == "train"]
     if table.empty:
-        raise FlowletError(f"training table {path} has no rows")
+        raise FlowletError(f"training table {path} has no training rows")
     records = []
     for row_number, row in enumerate(table.itertuples(index=False), start=2):
         where = f"{path} line {row_number}"
-        image = Path(row.image.strip())
-        if not image.is_absolute():
-            image = path.parent / image
+        image = resolve_image_path(row.image.strip(), path)
         values: dict[str, float] = {}
         for name in condition_vars:
             raw = getattr(row, CONDITION_COLUMNS[name])

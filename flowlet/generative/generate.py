@@ -47,6 +47,8 @@ class SampleRequest:
     conditions: dict[str, float]
     file: Path
     seed: int
+    # Columns of the ages table the model is not conditioned on (sex, age bin): carried into the manifest.
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,7 +170,9 @@ def requests_from_table(path: str | Path, seed: int, config: UNetConfig) -> list
         log.warning("ages table %s: columns %s are ignored; the model is conditioned on %s",
                     path, ignored, list(config.condition_vars))
     if table.empty:
-        raise FlowletError(f"ages table {path} has no rows")
+        # The workflow plans zero synthetic subjects for well-represented bins; that is not an error.
+        log.info("ages table %s has no rows: nothing to generate", path)
+        return []
     if table["file"].duplicated().any():
         raise FlowletError(f"ages table {path} names some output files twice: {sorted(set(table['file'][table['file'].duplicated()]))}")
     requests = []
@@ -189,7 +193,8 @@ def requests_from_table(path: str | Path, seed: int, config: UNetConfig) -> list
         file = Path(str(row["file"]).strip())
         if file.is_absolute() or ".." in file.parts or not file.name:
             raise FlowletError(f"{where}: file {file} must be a relative path inside the output folder")
-        requests.append(SampleRequest(conditions, file, derived_seed(seed, row_number, 0)))
+        metadata = {key: str(value) for key, value in row.items() if key not in needed}
+        requests.append(SampleRequest(conditions, file, derived_seed(seed, row_number, 0), metadata))
     return requests
 
 
@@ -260,7 +265,10 @@ def generate(
     save_size: Sequence[int] | None = None,
     intensity: str = "zscore",
 ) -> Path:
-    """Generate and save every request, then write ``manifest.tsv`` (file, conditions, seed); returns its path."""
+    """Generate and save every request, then write ``manifest.tsv`` (image, conditions, seed); returns its path.
+
+    Image paths in the manifest are relative to its folder.
+    """
     if batch_size < 1:
         raise FlowletError(f"--batch-size must be at least 1, got {batch_size}")
     if guidance_scale != 1.0 and generator.config.condition_dropout <= 0:
@@ -272,6 +280,10 @@ def generate(
     affine, resolution = mni_affine_for(save_size)
     brain_mask = np.asarray(template_brain_mask(resolution).dataobj) > 0
     names = list(generator.config.condition_vars)
+    manifest = output_dir / "manifest.tsv"
+    if not requests:
+        write_manifest(manifest, [], names)
+        return manifest
     log.info(
         "generating %d volumes (%s, %d steps, guidance %g, %s weights) into %s",
         len(requests), method, num_steps, guidance_scale, "EMA" if generator.uses_ema else "raw", output_dir,
@@ -293,10 +305,16 @@ def generate(
             save_nifti(apply_intensity_convention(volume, intensity, brain_mask), affine, output_dir / request.file)
         progress.update(len(chunk))
     progress.close()
-    manifest = output_dir / "manifest.tsv"
-    with manifest.open("w", newline="") as stream:
-        writer = csv.writer(stream, delimiter="\t", lineterminator="\n")
-        writer.writerow(["file"] + [CONDITION_COLUMNS[name] for name in names] + ["seed"])
-        for request in requests:
-            writer.writerow([request.file.as_posix()] + [f"{request.conditions[n]:g}" for n in names] + [request.seed])
+    write_manifest(manifest, requests, names)
     return manifest
+
+
+def write_manifest(path: Path, requests: list[SampleRequest], names: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream, delimiter="\t", lineterminator="\n")
+        extra = list(dict.fromkeys(key for request in requests for key in request.metadata))
+        writer.writerow(["image"] + [CONDITION_COLUMNS[name] for name in names] + ["seed"] + extra)
+        for request in requests:
+            writer.writerow([request.file.as_posix()] + [f"{request.conditions[n]:g}" for n in names] + [request.seed]
+                            + [request.metadata.get(key, "") for key in extra])

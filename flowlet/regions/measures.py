@@ -11,6 +11,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from flowlet.data.nifti import load_nifti
+from flowlet.data.paths import resolve_image_path
 from flowlet.data.templates import MNI_GRIDS
 from flowlet.errors import FlowletError
 from flowlet.regions.atlas import TISSUE_LABEL, TISSUES, Atlas, Region
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 REAL_GROUPS = ("train", "test")
 SYNTHETIC = "synthetic"
 SPLIT_COLUMNS = ("participant_id", "age", "sex", "age_bin", "split", "image")
-MANIFEST_COLUMNS = ("image", "age", "sex", "age_bin")
+MANIFEST_COLUMNS = ("image", "age")
 NATIVE_VOLUME_COLUMN = "native_volume_factor"
 
 
@@ -45,15 +46,6 @@ class MeasuredImage:
     entry: ImageEntry
     intensities: np.ndarray  # float32 on the grid
     labels: np.ndarray  # uint8 tissue labels (0 outside, then TISSUES order from 1)
-
-
-def _resolve(path_text: str, table_path: Path) -> Path:
-    """A path as written, or relative to the table's folder when it does not exist as written."""
-    path = Path(path_text)
-    if path.exists() or path.is_absolute():
-        return path
-    beside = table_path.parent / path
-    return beside if beside.exists() else path
 
 
 def _read_table(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
@@ -90,7 +82,7 @@ def read_split(path: str | Path) -> list[ImageEntry]:
         if bad.any():
             raise FlowletError(f"split table: {path} has a missing or non-positive {NATIVE_VOLUME_COLUMN} for {', '.join(kept['participant_id'][bad][:10])}")
     return [
-        ImageEntry(row.participant_id, row.split, float(row.age), str(row.sex), str(row.age_bin), _resolve(row.image, path), float(factor))
+        ImageEntry(row.participant_id, row.split, float(row.age), str(row.sex), str(row.age_bin), resolve_image_path(row.image, path), float(factor))
         for row, factor in zip(kept.itertuples(index=False), factors)
     ]
 
@@ -101,8 +93,10 @@ def read_manifests(paths: list[str | Path]) -> list[ImageEntry]:
     seen: set[str] = set()
     for manifest in map(Path, paths):
         table = _checked_ages(_read_table(manifest, MANIFEST_COLUMNS, "synthetic manifest"), manifest, "synthetic manifest")
+        # A manifest of a bin that needed no synthetic subjects has no metadata columns.
+        table = table.assign(**{column: table.get(column, pd.Series("", index=table.index)) for column in ("sex", "age_bin")})
         for row in table.itertuples(index=False):
-            path = _resolve(row.image, manifest)
+            path = resolve_image_path(row.image, manifest)
             image_id = str(path)
             if image_id in seen:
                 raise FlowletError(f"synthetic manifest: {manifest} lists {path} again (already in an earlier manifest or row)")

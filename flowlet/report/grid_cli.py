@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from flowlet.data.nifti import load_nifti  # noqa: E402
+from flowlet.data.paths import resolve_image_path  # noqa: E402
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +29,11 @@ def _views(volume: np.ndarray) -> list[np.ndarray]:
 
 def run(args: argparse.Namespace) -> int:
     bins = []
+    manifest_of = {}
     for manifest in args.manifests:
         table = pd.read_csv(manifest, sep="\t")
         label = manifest.parent.name.removeprefix("bin-")
+        manifest_of[label] = manifest
         bins.append((label, table.sort_values("age").head(args.per_bin)))
     columns = max(1, max(len(table) for _, table in bins)) * 3
     figure, axes = plt.subplots(len(bins), columns, figsize=(1.6 * columns, 1.9 * len(bins)), squeeze=False)
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             axes[row][0].text(0, 0.5, f"{label}: no synthetic subjects planned", fontsize=9, va="center")
             continue
         for index, item in enumerate(table.itertuples()):
-            volume = load_nifti(item.image, "synthetic volume").get_fdata()
+            volume = load_nifti(resolve_image_path(item.image, manifest_of[label]), "synthetic volume").get_fdata()
             limits = np.percentile(volume[volume != 0], [1, 99]) if np.any(volume) else (0, 1)
             for view, image in enumerate(_views(volume)):
                 axis = axes[row][index * 3 + view]

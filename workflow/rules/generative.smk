@@ -32,7 +32,7 @@ rule train:
     conda:
         f"{ENVS}/generative.yaml"
     shell:
-        "python -m flowlet train --split {input.split} --output-dir {params.output_dir} {params.flags} "
+        "python -m flowlet train {input.split} --output-dir {params.output_dir} {params.flags} "
         "--threads {threads} > {log} 2>&1"
 
 
@@ -88,7 +88,7 @@ rule generate:
     shell:
         "python -m flowlet generate --checkpoint_path {input.checkpoint} --config_path {input.config} "
         "--condition_ranges_path {input.ranges} --ages-tsv {input.ages} --output_dir {params.output_dir} "
-        "--manifest {output.manifest} --age-bin {wildcards.age_bin} {params.flags} --threads {threads} > {log} 2>&1"
+        "{params.flags} > {log} 2>&1"
 
 
 rule synthetic_grid:
