@@ -96,7 +96,9 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
         sections += ["## Synthetic cohort plan", "", markdown_table(plan), ""]
 
     if metrics is not None:
-        overall = metrics[(metrics["age_bin"] == "all")]
+        columns = [c for c in ["feature_set", "regressor", "arm", "correction", "n_test", "mae", "mae_ci_low", "mae_ci_high",
+                               "delta_mae_vs_real", "delta_ci_low", "delta_ci_high", "n_train_real", "n_train_synthetic"] if c in metrics]
+        overall = metrics.loc[metrics["age_bin"] == "all", columns]
         sections += ["## Brain age (held-out real test subjects)", "", markdown_table(overall), "",
                      "Per-bin rows are in `brainage/metrics.tsv`.", ""]
 

@@ -23,7 +23,8 @@ rule preprocess:
     params:
         flags=cli_flags("preprocess"),
         on_error=config["data"]["on_error"],
-    threads: 2
+    # One thread per subject: subjects are independent, so parallel jobs use the cores better than threads.
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=30,

@@ -19,6 +19,46 @@ rule regions:
             caption="../report/regions_slopes.rst",
             category="Regions",
         ),
+        realism=report(
+            f"{RESULTS}/regions/realism.tsv",
+            caption="../report/regions_realism.rst",
+            category="Regions",
+        ),
+        memorisation_summary=report(
+            f"{RESULTS}/regions/memorisation_summary.tsv",
+            caption="../report/regions_memorisation_summary.rst",
+            category="Regions",
+        ),
+        paired_dice=report(
+            f"{RESULTS}/regions/figures/paired_dice.png",
+            caption="../report/regions_paired_dice.rst",
+            category="Regions",
+        ),
+        trajectories=report(
+            f"{RESULTS}/regions/figures/trajectories.png",
+            caption="../report/regions_trajectories.rst",
+            category="Regions",
+        ),
+        slope_map=report(
+            f"{RESULTS}/regions/figures/slope_difference_map.png",
+            caption="../report/regions_slope_map.rst",
+            category="Regions",
+        ),
+        slope_correlation=report(
+            f"{RESULTS}/regions/figures/slope_correlation.png",
+            caption="../report/regions_slope_correlation.rst",
+            category="Regions",
+        ),
+        fidelity=report(
+            f"{RESULTS}/regions/figures/fidelity.png",
+            caption="../report/regions_fidelity.rst",
+            category="Regions",
+        ),
+        memorisation=report(
+            f"{RESULTS}/regions/figures/memorisation.png",
+            caption="../report/regions_memorisation.rst",
+            category="Regions",
+        ),
     log:
         f"{LOGS}/regions.log",
     benchmark:
