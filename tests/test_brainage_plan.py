@@ -119,7 +119,7 @@ def test_plan_command_writes_the_table_and_one_ages_file_per_bin(tmp_path: Path)
     )
     assert code == 0
     plan = pd.read_csv(tmp_path / "plan.tsv", sep="\t")
-    assert list(plan.columns) == ["age_bin", "low", "high", "n_train_real", "n_test_real", "underrepresented", "n_synthetic"]
+    assert list(plan.columns) == ["age_bin", "low", "high", "n_train_real", "n_test_real", "underrepresented", "n_synthetic", "note"]
     assert list(plan["n_synthetic"]) == [0, 5, 0]
     assert len(pd.read_csv(tmp_path / "ages" / "bin-30-40_ages.tsv", sep="\t")) == 5
     empty = (tmp_path / "ages" / "bin-20-30_ages.tsv").read_text().splitlines()
@@ -134,3 +134,14 @@ def test_plan_command_names_subjects_outside_the_bins(tmp_path: Path, capsys):
                  "--output", str(tmp_path / "plan.tsv"), "--ages-dir", str(tmp_path / "ages")])
     assert code == 1
     assert "sub-002 (age 95)" in capsys.readouterr().err
+
+
+def test_synthetic_ages_stay_inside_the_real_training_ages():
+    ages = [22, 24, 26, 28, 31, 33, 35, 37, 45, 62]
+    split = pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(len(ages))], "age": ages, "sex": "F", "split": "train"})
+    plan, ages_per_bin = make_plan(split, AgeBins.from_edges([20, 30, 40, 50, 60, 70, 80, 90]), 0.5, "fixed", target_count=4)
+    plan = plan.set_index("age_bin")
+    assert plan.loc["80-90", "n_synthetic"] == 0 and plan.loc["70-80", "n_synthetic"] == 0
+    assert "outside the real training ages (22.0-62.0)" in plan.loc["80-90", "note"]
+    assert plan.loc["60-70", "n_synthetic"] == 4
+    assert ages_per_bin["60-70"]["age"].between(60, 62).all()

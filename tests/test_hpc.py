@@ -17,6 +17,9 @@ import yaml
 
 from flowlet.data.split import bin_labels
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_dag import fake_bids  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
@@ -69,19 +72,6 @@ def workflow_rules() -> set[str]:
 def write_config(path: Path, **sections: dict) -> Path:
     path.write_text(yaml.safe_dump(sections))
     return path
-
-
-def fake_bids(root: Path, n_subjects: int) -> Path:
-    """A BIDS folder whose images are empty placeholders: dry runs check that inputs exist, not what they hold."""
-    rows = ["participant_id\tage\tsex"]
-    for index in range(1, n_subjects + 1):
-        subject = f"sub-{index:05d}"
-        anat = root / subject / "anat"
-        anat.mkdir(parents=True)
-        (anat / f"{subject}_T1w.nii.gz").touch()
-        rows.append(f"{subject}\t{20 + index % 70}\t{'MF'[index % 2]}")
-    (root / "participants.tsv").write_text("\n".join(rows) + "\n")
-    return root
 
 
 @pytest.fixture(scope="module")

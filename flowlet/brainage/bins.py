@@ -206,13 +206,20 @@ def make_plan(
     train = split[split["split"] == "train"]
     train_ages = train["age"].to_numpy(dtype=float)
     train_sexes = train["sex"] if "sex" in train.columns else pd.Series([], dtype=object)
+    # The generator is conditioned on ages normalised to the training range; asked for an age outside it,
+    # it can only clamp. So synthetic ages stay inside that range, and a bin entirely outside it gets none.
+    youngest, oldest = float(train_ages.min()), float(train_ages.max())
+    table["note"] = ""
+    outside = (table["n_synthetic"] > 0) & ((table["high"] <= youngest) | (table["low"] > oldest))
+    table.loc[outside, "note"] = f"no synthetic subjects: outside the real training ages ({youngest:.1f}-{oldest:.1f})"
+    table.loc[outside, "n_synthetic"] = 0
     ages_per_bin: dict[str, pd.DataFrame] = {}
     for row in table.itertuples(index=False):
         # One generator per bin, seeded by (seed, bin index), so a bin's ages do not change
         # when another bin's count does.
         bin_index = bins.labels.index(row.age_bin)
         rng = np.random.default_rng([seed, bin_index])
-        ages = sample_ages(int(row.n_synthetic), row.low, row.high, train_ages, age_sampling, rng)
+        ages = sample_ages(int(row.n_synthetic), max(row.low, youngest), min(row.high, oldest), train_ages, age_sampling, rng)
         ages_per_bin[row.age_bin] = pd.DataFrame(
             {
                 "age": ages,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flowlet.data.paths import resolve_image_path
+from flowlet.data.tables import resolve_image_path
 from flowlet.errors import FlowletError
 
 log = logging.getLogger(__name__)

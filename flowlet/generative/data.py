@@ -25,7 +25,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from flowlet.data.nifti import load_nifti
-from flowlet.data.paths import resolve_image_path
+from flowlet.data.tables import read_tsv, resolve_image_path
 from flowlet.errors import FlowletError
 from flowlet.generative.conditions import ConditionRange, normalise_conditions
 from flowlet.generative.wavelets import pad_to_size
@@ -60,12 +60,7 @@ def read_training_table(path: str | Path, condition_vars: Sequence[str]) -> list
     Relative image paths are taken from the working directory where they exist there, else from the TSV's folder.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FlowletError(f"training table {path} does not exist")
-    try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise FlowletError(f"training table {path} is not a readable TSV: {error}") from None
+    table = read_tsv(path, "training table", dtype=str, keep_default_na=False)
     unknown = [name for name in condition_vars if name not in CONDITION_COLUMNS]
     if unknown:
         raise FlowletError(f"unknown condition variables {unknown}; supported: {list(CONDITION_COLUMNS)}")

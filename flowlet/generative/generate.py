@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flowlet.data.nifti import save_nifti
+from flowlet.data.tables import read_tsv
 from flowlet.data.templates import MNI_GRIDS, template_brain_mask
 from flowlet.errors import FlowletError
 from flowlet.generative.checkpoint import load_checkpoint, read_checkpoint
@@ -155,12 +156,7 @@ def requests_from_conditions(
 def requests_from_table(path: str | Path, seed: int, config: UNetConfig) -> list[SampleRequest]:
     """One sample per row of a TSV with columns ``age`` [, ``sex``] and ``file`` (output path, relative to the output folder)."""
     path = Path(path)
-    if not path.is_file():
-        raise FlowletError(f"ages table {path} does not exist")
-    try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise FlowletError(f"ages table {path} is not a readable TSV: {error}") from None
+    table = read_tsv(path, "ages table", dtype=str, keep_default_na=False)
     needed = ["file"] + [CONDITION_COLUMNS[name] for name in config.condition_vars]
     missing = [column for column in needed if column not in table.columns]
     if missing:

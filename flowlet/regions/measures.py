@@ -11,7 +11,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from flowlet.data.nifti import load_nifti
-from flowlet.data.paths import resolve_image_path
+from flowlet.data.tables import resolve_image_path
 from flowlet.data.templates import MNI_GRIDS
 from flowlet.errors import FlowletError
 from flowlet.regions.atlas import TISSUE_LABEL, TISSUES, Atlas, Region

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from flowlet.data.nifti import load_nifti  # noqa: E402
-from flowlet.data.paths import resolve_image_path  # noqa: E402
+from flowlet.data.tables import resolve_image_path  # noqa: E402
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
