@@ -36,12 +36,15 @@ def run(args: argparse.Namespace) -> int:
         manifest_of[label] = manifest
         bins.append((label, table.sort_values("age").head(args.per_bin)))
     columns = max(1, max(len(table) for _, table in bins)) * 3
-    figure, axes = plt.subplots(len(bins), columns, figsize=(1.6 * columns, 1.9 * len(bins)), squeeze=False)
+    figure, axes = plt.subplots(len(bins), columns, figsize=(1.6 * columns, 1.9 * len(bins)), squeeze=False,
+                                gridspec_kw={"left": 0.01, "right": 0.99, "bottom": 0.01, "top": 0.93, "wspace": 0.05, "hspace": 0.3})
     for row, (label, table) in enumerate(bins):
         for axis in axes[row]:
             axis.axis("off")
         if table.empty:
-            axes[row][0].text(0, 0.5, f"{label}: no synthetic subjects planned", fontsize=9, va="center")
+            # Text in figure coordinates: text inside a tiny axis makes the layout shrink every image.
+            box = axes[row][0].get_position()
+            figure.text(box.x0, (box.y0 + box.y1) / 2, f"{label}: no synthetic subjects planned", fontsize=9, va="center")
             continue
         for index, item in enumerate(table.itertuples()):
             volume = load_nifti(resolve_image_path(item.image, manifest_of[label]), "synthetic volume").get_fdata()
@@ -52,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
                 if view == 0:
                     axis.set_title(f"{label}: age {item.age:.1f}", fontsize=8, loc="left")
     figure.suptitle("Synthetic brains per age bin (axial, coronal, sagittal mid-slices)", fontsize=10)
-    figure.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.output, dpi=110)
     plt.close(figure)
