@@ -34,7 +34,7 @@ TARGET_SECONDS = 60.0
 def fake_bids(root: Path, n_subjects: int) -> Path:
     rows = ["participant_id\tage\tsex"]
     for index in range(1, n_subjects + 1):
-        subject = f"sub-{index:06d}"
+        subject = f"sub-{index:05d}"
         anat = root / subject / "anat"
         anat.mkdir(parents=True)
         (anat / f"{subject}_T1w.nii.gz").touch()

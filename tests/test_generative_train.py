@@ -123,6 +123,9 @@ def test_augmentation_is_reproducible_for_a_seed_and_varies_between_seeds():
 def test_training_table_parses_sex_codes_and_reports_bad_rows(tmp_path):
     table = tmp_path / "train.tsv"
     table.write_text("image\tage\tsex\na.nii.gz\t30\tM\nsub/b.nii.gz\t40.5\t0\n")
+    (tmp_path / "sub").mkdir()
+    for name in ("a.nii.gz", "sub/b.nii.gz"):
+        (tmp_path / name).touch()
     records = read_training_table(table, ["Age", "Sex"])
     assert records[0].image == tmp_path / "a.nii.gz"
     assert [r.conditions for r in records] == [{"Age": 30.0, "Sex": 1.0}, {"Age": 40.5, "Sex": 0.0}]

@@ -89,7 +89,7 @@ def test_outputs_are_on_the_mni_grid_and_z_scored(preprocessed):
 def test_qc_outputs(preprocessed):
     for subject, (paths, _) in preprocessed.items():
         row = pd.read_csv(paths["qc_tsv"], sep="\t")
-        assert list(row.columns) == list(QC_COLUMNS) and row.loc[0, "subject"] == subject
+        assert list(row.columns) == [*QC_COLUMNS, "status"] and row.loc[0, "status"] == "ok" and row.loc[0, "subject"] == subject
         assert 0.9 < row.loc[0, "dice_template"] <= 1 and 0.3 < row.loc[0, "ncc_template"] <= 1
         assert 900 < row.loc[0, "mask_volume_ml"] < 2100
         assert paths["qc_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -92,7 +92,7 @@ class Cohort:
     synthetic: SyntheticSet
     bins: AgeBins
     notes: list[str]
-    arms: list[str]
+    arms: list[str] = field(default_factory=lambda: list(ARMS))
 
 
 def _with_bins(table: pd.DataFrame, bins: AgeBins, what: str, id_column: str = "participant_id") -> pd.DataFrame:

@@ -48,6 +48,9 @@ rule split:
     input:
         participants=rules.participants.output[0],
         qc=f"{RESULTS}/qc/qc.tsv",
+        # The split table lists these images for every later stage, so they are its inputs: a changed or
+        # missing preprocessed image reruns everything that uses it.
+        images=[preprocessed(subject)["image"] for subject in SUBJECTS],
     output:
         f"{RESULTS}/data/split.tsv",
     log:
