@@ -145,3 +145,14 @@ def test_synthetic_ages_stay_inside_the_real_training_ages():
     assert "outside the real training ages (22.0-62.0)" in plan.loc["80-90", "note"]
     assert plan.loc["60-70", "n_synthetic"] == 4
     assert ages_per_bin["60-70"]["age"].between(60, 62).all()
+
+
+def test_plan_leaves_out_excluded_subjects_without_age(tmp_path: Path):
+    edges = [20, 30, 40, 50]
+    split = split_table([10, 2, 6], [2, 1, 1], edges, tmp_path)
+    excluded = split.iloc[:1].assign(participant_id="sub-noage", age="n/a", split="excluded")
+    pd.concat([split, excluded]).to_csv(tmp_path / "split.tsv", sep="\t", index=False)
+    code = main(["plan", "--split", str(tmp_path / "split.tsv"), "--bin-edges", *map(str, edges),
+                 "--output", str(tmp_path / "plan.tsv"), "--ages-dir", str(tmp_path / "ages")])
+    assert code == 0
+    assert pd.read_csv(tmp_path / "plan.tsv", sep="\t")["n_train_real"].sum() == 18

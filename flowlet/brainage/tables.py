@@ -55,8 +55,10 @@ def read_split(path: str | Path, what: str = "split table") -> pd.DataFrame:
     duplicated = table["participant_id"][table["participant_id"].duplicated()].unique()
     if len(duplicated):
         raise FlowletError(f"{what}: {path} lists participant(s) more than once: {', '.join(map(str, duplicated[:10]))}")
-    table["age"] = _numeric_ages(table, path, what, "participant_id")
     table["split"] = table["split"].astype(str).str.strip().str.lower()
+    # The workflow's split keeps subjects without age or with failed preprocessing as 'excluded', with the reason.
+    table = table[table["split"] != "excluded"].reset_index(drop=True)
+    table["age"] = _numeric_ages(table, path, what, "participant_id")
     unknown = table.loc[~table["split"].isin(["train", "test"]), "participant_id"].tolist()
     if unknown:
         raise FlowletError(f"{what}: {path}: split must be 'train' or 'test'; not so for {', '.join(unknown[:10])}")
