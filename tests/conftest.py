@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 IXI = SHARED / "data" / "ixi"
 REFERENCE_CHECKPOINT = SHARED / "fixtures" / "reference_checkpoint"
+TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +27,15 @@ def reference_checkpoint_dir() -> Path:
     if not (REFERENCE_CHECKPOINT / "config.json").exists():
         pytest.fail(f"the reference checkpoint fixtures are missing at {REFERENCE_CHECKPOINT}")
     return REFERENCE_CHECKPOINT
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> Path:
+    """The tiny end-to-end study (every stage, a few minutes), run once for every test that inspects its results."""
+    workdir = tmp_path_factory.mktemp("study")
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+               "--directory", str(workdir), "--configfile", str(TINY_CONFIG), "--cores", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        pytest.fail(f"the tiny study failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
+    return workdir

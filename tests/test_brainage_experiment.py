@@ -236,3 +236,37 @@ def test_regional_features_match_subjects_by_id_or_image_name(tmp_path: Path):
     pd.DataFrame({"participant_id": ["sub-1"], "label": ["x"]}).to_csv(tmp_path / "bad.tsv", sep="\t", index=False)
     with pytest.raises(FlowletError, match="no numeric region columns"):
         read_regional_features(tmp_path / "bad.tsv")
+
+
+def test_regional_feature_set_end_to_end(cohort_dir: Path, tmp_path: Path):
+    """`--feature-sets regional` trains on the table alone (no voxels), matching synthetic rows by image path."""
+    split = pd.read_csv(cohort_dir / "split.tsv", sep="\t")
+    synthetic = pd.read_csv(cohort_dir / "synthetic_60-80.tsv", sep="\t")
+    rng = np.random.default_rng(5)
+
+    def features(ages: np.ndarray) -> dict[str, np.ndarray]:
+        # One volume that grows with age (a ventricle, as fraction of the brain) and two that do not.
+        return {"ventricles_csf": 0.01 + 0.0004 * ages + rng.normal(0, 0.001, len(ages)), "a_grey": rng.normal(0.3, 0.01, len(ages)), "b_white": rng.normal(0.3, 0.01, len(ages))}
+
+    real = pd.DataFrame({"participant_id": split["participant_id"], "image": split["image"], "group": split["split"], **features(split["age"].to_numpy())})
+    images = [str(cohort_dir / image) for image in synthetic["image"]]
+    fake = pd.DataFrame({"participant_id": "", "image": images, "group": "synthetic", **features(synthetic["age"].to_numpy())})
+    pd.concat([real, fake]).to_csv(tmp_path / "regional_features.tsv", sep="\t", index=False)
+    output = tmp_path / "out"
+    common = ["brainage", "--split", str(cohort_dir / "split.tsv"), "--synthetic", str(cohort_dir / "synthetic_60-80.tsv"),
+              "--output-dir", str(output), "--regressors", "ridge", "--seeds", "0", "--bin-edges", *EDGES,
+              "--pca-components", "2", "--cv-folds", "3", "--bootstrap", "200"]  # fmt: skip
+    assert main([*common, "--regional-features", str(tmp_path / "regional_features.tsv"), "--feature-sets", "regional"]) == 0
+    metrics = pd.read_csv(output / "metrics.tsv", sep="\t")
+    assert set(metrics["feature_set"]) == {"regional"}
+    assert set(metrics["arm"]) == {"real", "real+synthetic", "synthetic"}
+    overall = metrics[(metrics["age_bin"] == "all") & (metrics["correction"] == "raw")].set_index(["regressor", "arm"])["mae"]
+    assert overall[("ridge", "real")] < 0.5 * overall[("mean_baseline", "real")]
+    # The saved real-only model is a voxel model (regions predicts ages from images): none without voxels.
+    assert not (output / "model_real.joblib").exists()
+    assert "model_real.joblib is not written" in (output / "notes.txt").read_text()
+    with pytest.raises(FlowletError, match="--feature-sets regional needs --regional-features"):
+        run_experiment(cohort_dir / "split.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100], feature_sets=["regional"]))
+    real.iloc[1:].to_csv(tmp_path / "partial.tsv", sep="\t", index=False)
+    with pytest.raises(FlowletError, match=r"no row for 1 .*sub-000"):
+        run_experiment(cohort_dir / "split.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100]), regional_features_path=tmp_path / "partial.tsv")

@@ -1,18 +1,35 @@
-"""`flowlet generate`: reference file naming, MNI space, intensity conventions, determinism and user errors."""
+"""`flowlet generate`: reference file naming, MNI space, intensity conventions, determinism, chunking and user
+errors; `flowlet synthetic-qc`: QC metrics of synthetic volumes judged against real brains, and the gate."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
+from flowlet.brainage.tables import read_synthetic
 from flowlet.cli import main
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
+from flowlet.errors import FlowletError
+from flowlet.generative import synthetic_qc_cli
+from flowlet.generative.chunks import chunks_per_bin, select_chunk
+from flowlet.generative.synthetic_qc import (
+    QC_METRICS,
+    TemplateQC,
+    flag_outliers,
+    gate_manifests,
+    generator_view,
+    qc_metrics,
+    synthetic_brain_mask,
+)
+from flowlet.qc_metrics import dice, normalised_cross_correlation
 
 AGES = (20.0, 40.0, 60.0, 80.0)
 TINY_ARCHITECTURE = [
@@ -150,3 +167,176 @@ def test_missing_checkpoint_is_an_error(tmp_path, capsys):
     ])
     assert code == 1
     assert "nope.pth does not exist" in capsys.readouterr().err
+
+
+# --- QC of synthetic volumes and the gate -------------------------------------------------------------------
+
+
+def synthetic_qc(*arguments: str) -> int:
+    """`flowlet synthetic-qc ...` through its module, as the dispatcher runs it."""
+    parser = argparse.ArgumentParser(prog="flowlet synthetic-qc")
+    synthetic_qc_cli.build_parser(parser)
+    return synthetic_qc_cli.run(parser.parse_args(list(arguments)))
+
+
+@pytest.fixture(scope="module")
+def zscored_template() -> np.ndarray:
+    """The template T1 as preprocessing leaves a real brain: z-scored inside its mask, 0 outside."""
+    t1 = np.asarray(template_t1(2).dataobj, dtype=np.float32)
+    mask = np.asarray(template_brain_mask(2).dataobj) > 0
+    return np.where(mask, (t1 - t1[mask].mean()) / t1[mask].std(), 0.0).astype(np.float32)
+
+
+def real_like(brain: np.ndarray, seed: int) -> np.ndarray:
+    """A preprocessed-looking brain: the template moved by up to a voxel per axis, with noise inside the brain."""
+    rng = np.random.default_rng(seed)
+    moved = np.roll(brain, tuple(rng.integers(-1, 2, size=3)), axis=(0, 1, 2))
+    return np.where(moved != 0, moved + rng.normal(0, 0.2, moved.shape), 0.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def template_qc() -> TemplateQC:
+    return TemplateQC.at(2)
+
+
+@pytest.fixture(scope="module")
+def reference(zscored_template, template_qc) -> pd.DataFrame:
+    """QC metrics of eight real-like brains as a generator with a 4 mm working grid sees them."""
+    return pd.DataFrame([qc_metrics(generator_view(real_like(zscored_template, seed), 2), template_qc) for seed in range(8)])
+
+
+def test_brain_mask_of_a_real_brain_in_generator_space_is_its_preprocessing_mask(zscored_template, template_qc):
+    brain = real_like(zscored_template, 0)
+    estimated = synthetic_brain_mask(generator_view(brain, 1), template_qc.background)
+    assert dice(estimated, brain != 0) > 0.995
+    # NCC is measured as the real QC measures it on the preprocessed image (the mapping to [-1, 1] clips a little).
+    expected = normalised_cross_correlation(brain, template_qc.t1, template_qc.mask)
+    assert qc_metrics(generator_view(brain, 1), template_qc)["ncc_template"] == pytest.approx(expected, abs=0.01)
+
+
+def test_real_like_volumes_pass_and_broken_ones_are_flagged(zscored_template, template_qc, reference):
+    shape = zscored_template.shape
+    candidates = {f"real-like {seed}": generator_view(real_like(zscored_template, seed), 2) for seed in (100, 101, 102)}
+    candidates["all noise"] = np.clip(np.random.default_rng(0).normal(0, 0.5, shape), -1, 1).astype(np.float32)
+    candidates["blank"] = np.full(shape, 0.3, dtype=np.float32)
+    candidates["inverted contrast"] = generator_view(-real_like(zscored_template, 103), 2)
+    table = pd.DataFrame([{"image": name, **qc_metrics(volume, template_qc)} for name, volume in candidates.items()])
+    flagged = flag_outliers(table, reference, max_robust_z=3.0).set_index("image")
+    assert not flagged.loc[[name for name in candidates if name.startswith("real-like")], "qc_outlier"].any()
+    assert flagged.loc[["all noise", "blank", "inverted contrast"], "qc_outlier"].all()
+    assert "dice_template" in flagged.loc["all noise", "qc_reasons"] and "ncc_template" in flagged.loc["all noise", "qc_reasons"]
+    assert "ncc_template missing" in flagged.loc["blank", "qc_reasons"]
+    assert flagged.loc["inverted contrast", "qc_reasons"].startswith("ncc_template=")
+
+
+def write_chunk(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        (path.parent / row["image"]).touch()
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_gate_merges_chunks_drops_outliers_and_counts_them(tmp_path, reference):
+    good = dict(zip(QC_METRICS, reference.median()))
+    broken = {"dice_template": 0.41, "ncc_template": 0.02}
+    chunks = [
+        write_chunk(tmp_path / "bin-20-30" / "chunk-0_manifest.tsv", [
+            {"image": "a.nii.gz", "age": 21, "seed": 1, "sex": "F", "age_bin": "20-30", **good},
+            {"image": "b.nii.gz", "age": 25, "seed": 2, "sex": "M", "age_bin": "20-30", **broken},
+        ]),
+        write_chunk(tmp_path / "bin-20-30" / "chunk-1_manifest.tsv", [
+            {"image": "c.nii.gz", "age": 28, "seed": 3, "sex": "F", "age_bin": "20-30", **good},
+        ]),
+        write_chunk(tmp_path / "bin-20-30" / "chunk-2_manifest.tsv", []),
+    ]
+    (tmp_path / "bin-20-30" / "chunk-2_manifest.tsv").write_text("image\tage\tseed\tdice_template\tncc_template\n")
+    reference_path = tmp_path / "reference.tsv"
+    reference.to_csv(reference_path, sep="\t", index=False)
+    output = tmp_path / "bin-20-30" / "manifest.tsv"
+
+    summary_path = tmp_path / "bin-20-30" / "qc_summary.tsv"
+    assert synthetic_qc("gate", "--manifests", *map(str, chunks), "--reference", str(reference_path), "--output",
+                        str(output), "--summary", str(summary_path), "--age-bin", "20-30") == 0
+    manifest = pd.read_csv(output, sep="\t", dtype=str)
+    assert list(manifest["image"]) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    assert list(manifest["qc_pass"]) == ["true", "false", "true"]
+    assert list(manifest["seed"]) == ["1", "2", "3"]
+    summary = pd.read_csv(summary_path, sep="\t").iloc[0]
+    assert (summary["generated"], summary["outliers"], summary["dropped"], summary["kept"]) == (3, 1, 1, 2)
+    # The brain-age stage reads the bin's manifest: the outlier is left out and counted.
+    synthetic = read_synthetic([output])
+    assert [Path(image).name for image in synthetic.table["image"]] == ["a.nii.gz", "c.nii.gz"]
+    assert synthetic.n_qc_dropped == 1
+
+    summary_off = gate_manifests(chunks, reference_path, tmp_path / "off" / "manifest.tsv", tmp_path / "off" / "s.tsv",
+                                 "20-30", gate=False)
+    assert (summary_off["outliers"], summary_off["dropped"], summary_off["kept"]) == (1, 0, 3)
+    off = pd.read_csv(tmp_path / "off" / "manifest.tsv", sep="\t", dtype=str)
+    assert list(off["qc_pass"]) == ["true"] * 3 and list(off["qc_outlier"]) == ["false", "true", "false"]
+    assert list(off["image"]) == ["../bin-20-30/a.nii.gz", "../bin-20-30/b.nii.gz", "../bin-20-30/c.nii.gz"]
+
+
+def test_gate_needs_a_real_reference_of_several_images(tmp_path, reference):
+    chunk = write_chunk(tmp_path / "chunk-0_manifest.tsv", [{"image": "a.nii.gz", "age": 21, "seed": 1,
+                                                             **dict(zip(QC_METRICS, reference.median()))}])
+    small = tmp_path / "small.tsv"
+    reference.head(3).to_csv(small, sep="\t", index=False)
+    with pytest.raises(FlowletError, match="3 real image"):
+        gate_manifests([chunk], small, tmp_path / "manifest.tsv", tmp_path / "summary.tsv", "20-30")
+    old = tmp_path / "old_manifest.tsv"
+    old.write_text("image\tage\tseed\na.nii.gz\t21\t1\n")
+    reference.to_csv(tmp_path / "reference.tsv", sep="\t", index=False)
+    with pytest.raises(FlowletError, match="old_manifest.tsv lacks the columns"):
+        gate_manifests([old], tmp_path / "reference.tsv", tmp_path / "manifest.tsv", tmp_path / "summary.tsv", "20-30")
+
+
+def test_chunks_per_bin_come_from_the_plans_cap():
+    assert chunks_per_bin(0, {"max_per_bin": None, "target": "largest"}) == 1
+    assert chunks_per_bin(6, {"max_per_bin": 20, "target": "largest"}) == 4
+    assert chunks_per_bin(6, {"max_per_bin": 20, "target": "fixed", "target_count": 5}) == 1
+    assert chunks_per_bin(5, {"max_per_bin": 0, "target": "largest"}) == 1
+    with pytest.raises(FlowletError, match="generate.chunk_size.*plan_synthetic.max_per_bin"):
+        chunks_per_bin(5, {"max_per_bin": None, "target": "ratio", "target_ratio": 1.0})
+    assert select_chunk(list(range(7)), 3, 2) == [6] and select_chunk(list(range(7)), 3, 3) == []
+    with pytest.raises(FlowletError, match="--chunk 1 needs --chunk-size"):
+        select_chunk(list(range(7)), 0, 1)
+
+
+@pytest.mark.slow
+def test_chunked_generation_gives_the_same_volumes_and_qc_flags_an_untrained_generator(
+    trained_run, zscored_template, tmp_path
+):
+    table = tmp_path / "bin.tsv"
+    table.write_text("age\tsex\tfile\n" + "".join(f"{30 + i}\tF\tsynth_{i}.nii.gz\n" for i in range(5)))
+    whole, chunked = tmp_path / "whole", tmp_path / "chunked"
+    assert generate(trained_run, whole, "--ages-tsv", str(table), "--batch-size", "2") == 0
+    for chunk in range(3):
+        assert generate(trained_run, chunked, "--ages-tsv", str(table), "--batch-size", "2", "--chunk-size", "2",
+                        "--chunk", str(chunk), "--manifest", str(chunked / f"chunk-{chunk}_manifest.tsv")) == 0
+    for i in range(5):
+        a = np.asarray(load(whole / f"synth_{i}.nii.gz").dataobj)
+        b = np.asarray(load(chunked / f"synth_{i}.nii.gz").dataobj)
+        np.testing.assert_array_equal(a, b)
+    expected = pd.read_csv(whole / "manifest.tsv", sep="\t", dtype=str)
+    parts = pd.concat([pd.read_csv(chunked / f"chunk-{c}_manifest.tsv", sep="\t", dtype=str) for c in range(3)],
+                      ignore_index=True)
+    pd.testing.assert_frame_equal(parts, expected)
+    assert {"dice_template", "ncc_template"} <= set(expected.columns)
+
+    # The reference: real-like training images measured through this generator's 8 mm working grid.
+    rows = ["image\tage\tsplit"]
+    for seed in range(6):
+        path = save_nifti(real_like(zscored_template, seed), mni_grid(2)[1], tmp_path / "real" / f"sub-{seed}.nii.gz")
+        rows.append(f"{path}\t{40 + seed}\ttrain")
+    rows.append(f"{tmp_path / 'real' / 'sub-0.nii.gz'}\t50\ttest")
+    (tmp_path / "split.tsv").write_text("\n".join(rows) + "\n")
+    reference_path = tmp_path / "qc_reference.tsv"
+    assert synthetic_qc("reference", "--split", str(tmp_path / "split.tsv"), "--generator-config",
+                        str(trained_run / "config.json"), "--output", str(reference_path)) == 0
+    assert len(pd.read_csv(reference_path, sep="\t")) == 6
+
+    # Six training steps make noise, not brains: QC says so and the gate drops every volume.
+    summary = gate_manifests([chunked / f"chunk-{c}_manifest.tsv" for c in range(3)], reference_path,
+                             chunked / "manifest.tsv", chunked / "qc_summary.tsv", "20-30")
+    assert (summary["generated"], summary["outliers"], summary["dropped"], summary["kept"]) == (5, 5, 5, 0)

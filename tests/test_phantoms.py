@@ -122,11 +122,19 @@ def test_ageing_shows_in_ground_truth_and_written_masks(cohort):
     assert older.mean() > 1.4 * younger.mean()
     assert spearmanr(truth.age, truth.brain_volume_ml / truth.icv_ml)[0] < -0.7
     assert spearmanr(truth.age, truth.gm_volume_ml / truth.icv_ml)[0] < -0.7
-    measured = []
+    # The written brain mask is intracranial (brain, ventricles and CSF, as skull-stripping tools and the IXI
+    # reference draw it), so ageing shows as a falling share of parenchyma inside it, not as a smaller mask.
+    parenchyma_share = []
     for participant_id in truth.participant_id:
-        mask_image, mask = _load(subject_paths(root, participant_id)["brain_mask"])
-        measured.append(mask.astype(bool).sum() * np.prod(mask_image.header.get_zooms()[:3]) / 1000)
-    assert spearmanr(truth.age, np.asarray(measured) / truth.icv_ml)[0] < -0.7
+        paths = subject_paths(root, participant_id)
+        _, mask = _load(paths["brain_mask"])
+        _, labels = _load(paths["tissue_labels"])
+        mask = mask.astype(bool)
+        parenchyma_share.append(np.isin(labels[mask], (2, 3)).mean())
+        assert (labels[mask] > 0).mean() > 0.98, f"{participant_id}: mask reaches outside the intracranial volume"
+    ratio = truth.brain_mask_volume_ml / truth.icv_ml
+    assert ratio.between(0.93, 1.0).all(), ratio
+    assert spearmanr(truth.age, parenchyma_share)[0] < -0.7
 
 
 @pytest.mark.slow

@@ -169,6 +169,7 @@ def _qc_rows(n=20, seed=0):
     return pd.DataFrame({
         "subject": [f"sub-{i:02d}" for i in range(n)],
         "mask_volume_ml": 1400 + 60 * rng.standard_normal(n),
+        "native_volume_factor": 0.75 + 0.05 * rng.standard_normal(n),
         "dice_template": 0.955 + 0.005 * rng.standard_normal(n),
         "ncc_template": 0.8 + 0.01 * rng.standard_normal(n),
         "seconds_n4": 2.0, "seconds_skullstrip": 2.0, "seconds_register": 3.0, "seconds_total": 8.0,
@@ -216,3 +217,22 @@ def test_preprocess_command_reports_bad_input(tmp_path, capsys):
                          "--output", str(tmp_path / "o.nii.gz")])
     assert code == 1
     assert "sub-77" in capsys.readouterr().err
+
+
+def test_every_preprocess_config_key_is_a_command_flag():
+    """The Snakemake rule passes each key of the config's preprocess section as --kebab-case-flag."""
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from flowlet.preprocess.cli import build_parser
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    parser = argparse.ArgumentParser()
+    build_parser(parser)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    keys = schema["properties"]["preprocess"]["properties"]
+    assert "template" in keys["skullstrip_backend"]["enum"]
+    missing = [key for key in keys if "--" + key.replace("_", "-") not in flags]
+    assert missing == [], f"config keys without a flowlet preprocess flag: {missing}"

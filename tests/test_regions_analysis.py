@@ -9,6 +9,7 @@ subject, which the memorisation check must flag.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,6 @@ SYNTHETIC_AGES = (38, 77)
 VOXEL_ML = 0.008
 TABLES = (
     "atlas_regions.tsv",
-    "regional_measures.tsv",
-    "regional_volumes.tsv",
     "paired_pairs.tsv",
     "paired_region_summary.tsv",
     "paired_global.tsv",
@@ -146,13 +145,23 @@ def _real_only_brainage_model(images: list[str], ages: list[float], path: Path) 
 
 
 @pytest.fixture(scope="module")
-def full_run(cohort) -> Path:
+def measures_dir(cohort) -> Path:
+    """`flowlet regional-measures` on every real and synthetic image of the cohort (what `flowlet regions` reads)."""
+    output = cohort["folder"] / "measures"
+    status = main(["regional-measures", "--split", str(cohort["split"]), "--synthetic", str(cohort["synthetic"]), "--output-dir", str(output)])
+    assert status == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def full_run(cohort, measures_dir) -> Path:
     output = cohort["folder"] / "out"
     status = main(
         [
             "regions",
             "--split", str(cohort["split"]),
             "--synthetic", str(cohort["synthetic"]),
+            "--measures", str(measures_dir / "regional_measures.tsv"),
             "--output-dir", str(output),
             "--msssim-pairs", "3",
             "--brainage-model", str(cohort["model"]),
@@ -166,7 +175,7 @@ def _read(folder: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(folder / name, sep="\t")
 
 
-def test_every_table_figure_and_caption_is_written(full_run):
+def test_every_table_figure_and_caption_is_written(full_run, measures_dir):
     for name in TABLES:
         assert len(_read(full_run, name)) > 0, name
     captions = json.loads((full_run / "captions.json").read_text())
@@ -175,7 +184,7 @@ def test_every_table_figure_and_caption_is_written(full_run):
         assert path.stat().st_size > 5000, figure
         assert len(captions["figures"][f"figures/{figure}"]) > 100
     assert set(TABLES) <= set(captions["tables"])
-    measures = _read(full_run, "regional_measures.tsv")
+    measures = _read(measures_dir, "regional_measures.tsv")
     assert set(measures["group"]) == {"train", "test", "synthetic"}
     assert measures["image_id"].nunique() == len(TRAIN_AGES) + len(TEST_AGES) + len(SYNTHETIC_AGES) + 1
     assert "sub-99" not in set(measures["image_id"])
@@ -186,12 +195,18 @@ def test_every_table_figure_and_caption_is_written(full_run):
     slopes = _read(full_run, "slopes.tsv")
     native = slopes[slopes["measure"] == "native_volume_ml"]
     assert len(native) == measures["region"].nunique() and native["synthetic_slope"].isna().all()
-    volumes = _read(full_run, "regional_volumes.tsv")
-    assert {"participant_id", "image", "ventricles", "cortex"} <= set(volumes.columns)
+    features = _read(measures_dir, "regional_features.tsv")
+    assert {"participant_id", "image", "group", "ventricles_csf", "cortex_grey", "brain_white"} <= set(features.columns)
+    assert len(features) == measures["image_id"].nunique()
+    # Features are tissue volumes as fractions of the image's brain mask, so they compare across head sizes.
+    row = measures[(measures["image_id"] == "sub-01") & (measures["region"] == "cortex")].iloc[0]
+    sub01 = features[features["participant_id"] == "sub-01"].iloc[0]
+    assert sub01["cortex_grey"] == pytest.approx(row["grey_ml"] / row["brain_mask_ml"], rel=1e-4)
+    assert features.loc[features["group"] == "synthetic", "participant_id"].isna().all()
 
 
-def test_segmentation_volumes_are_anatomically_sensible(full_run):
-    measures = _read(full_run, "regional_measures.tsv").set_index(["image_id", "region"])
+def test_segmentation_volumes_are_anatomically_sensible(measures_dir):
+    measures = _read(measures_dir, "regional_measures.tsv").set_index(["image_id", "region"])
     young = measures.loc["sub-00"]
     assert 900 < young.loc["brain", "volume_ml"] < 1800
     assert young.loc["Left-Cerebral-White-Matter", "white_ml"] > young.loc["Left-Cerebral-White-Matter", "grey_ml"]
@@ -201,7 +216,7 @@ def test_segmentation_volumes_are_anatomically_sensible(full_run):
     assert young.loc["Left-Cerebral-White-Matter", "mean_intensity"] > young.loc["cortex", "mean_intensity"] > young.loc["Left-Lateral-Ventricle", "mean_intensity"]
 
 
-def test_real_slopes_recover_the_simulated_ventricle_growth(full_run, cohort):
+def test_real_slopes_recover_the_simulated_ventricle_growth(full_run, measures_dir, cohort):
     truth = float((cohort["folder"] / "true_ventricle_slope.txt").read_text())
     table = _read(full_run, "slopes.tsv")
     slopes = table[table["measure"] == "volume_ml"].set_index("region")
@@ -211,7 +226,7 @@ def test_real_slopes_recover_the_simulated_ventricle_growth(full_run, cohort):
     assert 0.4 * truth < measured < 1.5 * truth
     assert slopes.loc["ventricles", "real_ci_low"] > 0
     # The enlarged ventricles take their space from the surrounding tissue.
-    measures = _read(full_run, "regional_measures.tsv")
+    measures = _read(measures_dir, "regional_measures.tsv")
     ventricles = measures[(measures["region"] == "ventricles") & (measures["group"] != "synthetic")]
     tissue = ols_slope(ventricles["age"].to_numpy(), (ventricles["grey_ml"] + ventricles["white_ml"]).to_numpy())
     assert tissue["ci_high"] < 0
@@ -264,12 +279,14 @@ def test_age_fidelity_compares_predicted_with_requested_age_per_bin(full_run):
     assert (full_run / "figures" / "fidelity.png").stat().st_size > 5000
 
 
-def test_without_synthetic_images_the_synthetic_parts_are_explicit_notes(cohort):
+def test_without_synthetic_images_the_synthetic_parts_are_explicit_notes(cohort, measures_dir):
     output = cohort["folder"] / "out_real_only"
     split = _read(cohort["folder"], "split.tsv")
     small = split[split["participant_id"].isin(["sub-00", "sub-03", "sub-05", "sub-06", "sub-07"])]
     small.to_csv(cohort["folder"] / "small_split.tsv", sep="\t", index=False)
-    status = main(["regions", "--split", str(cohort["folder"] / "small_split.tsv"), "--synthetic", str(cohort["empty"]), "--output-dir", str(output), "--msssim-pairs", "1"])
+    # A measures table of more images than the split names serves: its rows for the others are left out.
+    measures = str(measures_dir / "regional_measures.tsv")
+    status = main(["regions", "--split", str(cohort["folder"] / "small_split.tsv"), "--synthetic", str(cohort["empty"]), "--measures", measures, "--output-dir", str(output), "--msssim-pairs", "1"])
     assert status == 0
     for name in TABLES:
         assert len(_read(output, name)) > 0, name
@@ -283,15 +300,22 @@ def test_without_synthetic_images_the_synthetic_parts_are_explicit_notes(cohort)
     assert (output / "figures" / "trajectories.png").exists()
 
 
-def test_user_errors_name_the_file_and_the_reason(cohort, tmp_path, capsys):
+def test_user_errors_name_the_file_and_the_reason(cohort, measures_dir, tmp_path, capsys):
     bad_split = tmp_path / "split.tsv"
     pd.DataFrame({"participant_id": ["a"], "age": [30]}).to_csv(bad_split, sep="\t", index=False)
-    assert main(["regions", "--split", str(bad_split), "--output-dir", str(tmp_path / "out")]) == 1
+    assert main(["regional-measures", "--split", str(bad_split), "--output-dir", str(tmp_path / "out")]) == 1
     assert "lacks the column(s) sex, age_bin, split, image" in capsys.readouterr().err
     wrong_grid = tmp_path / "wrong.nii.gz"
     save_nifti(np.ones((10, 10, 10)), np.eye(4), wrong_grid)
     manifest = tmp_path / "manifest.tsv"
     pd.DataFrame({"image": [str(wrong_grid)], "age": [50], "sex": ["F"], "age_bin": ["50s"]}).to_csv(manifest, sep="\t", index=False)
-    assert main(["regions", "--split", str(cohort["split"]), "--synthetic", str(manifest), "--output-dir", str(tmp_path / "out")]) == 1
+    assert main(["regional-measures", "--split", str(cohort["split"]), "--synthetic", str(manifest), "--output-dir", str(tmp_path / "out")]) == 1
     error = capsys.readouterr().err
     assert str(wrong_grid) in error and "not FSL's MNI grid" in error
+    # Measures of other images than the split and manifests name: regions refuses rather than mixing them up.
+    measures = str(measures_dir / "regional_measures.tsv")
+    other = Path(shutil.copy(cohort["folder"] / "mni" / "sub-00.nii.gz", tmp_path / "other.nii.gz"))
+    pd.DataFrame({"image": [str(other)], "age": [50], "sex": ["F"], "age_bin": ["50s"]}).to_csv(manifest, sep="\t", index=False)
+    assert main(["regions", "--split", str(cohort["split"]), "--synthetic", str(manifest), "--measures", measures, "--output-dir", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert "has no rows for 1 image(s)" in error and str(other) in error and "rerun `flowlet regional-measures`" in error

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flowlet.brainage.bins import AgeBins
 from flowlet.brainage.cnn import CNN_ARCHITECTURES, DEFAULT_SFCN_CHANNELS, CNNSettings
-from flowlet.brainage.experiment import ARMS, REGRESSORS, Settings, run_experiment
+from flowlet.brainage.experiment import ARMS, FEATURE_SETS, REGRESSORS, Settings, run_experiment
 from flowlet.brainage.figures import mae_per_bin, pred_vs_true
 from flowlet.brainage.plan_cli import DEFAULT_BIN_EDGES
 from flowlet.brainage.predict import save_model
@@ -20,7 +20,20 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, split, image)")
     parser.add_argument("--synthetic", type=Path, nargs="*", default=[], help="synthetic manifests (image, age, sex, age_bin[, qc_pass])")
     parser.add_argument("--external-split", type=Path, default=None, help="a second dataset's table, used only for evaluation")
-    parser.add_argument("--regional-features", type=Path, default=None, help="regional-volume table (participant_id/image + region columns)")
+    parser.add_argument(
+        "--regional-features",
+        type=Path,
+        default=None,
+        help="regional-feature table: participant_id and/or image, then one numeric column per feature (regional_features.tsv of `flowlet regional-measures`)",
+    )
+    parser.add_argument(
+        "--feature-sets",
+        nargs="+",
+        choices=FEATURE_SETS,
+        default=None,
+        help="what the classical regressors learn from: voxels (masked downsampled intensities) and/or regional (the --regional-features "
+        "table); every regressor is trained on each; default: voxels, plus regional when --regional-features is given. The CNN uses voxels only",
+    )
     parser.add_argument("--output-dir", required=True, type=Path, help="folder for metrics.tsv, predictions.tsv, figures, model")
     parser.add_argument("--regressors", nargs="+", choices=REGRESSORS, default=["ridge", "svr", "gpr"], help="regressors to train")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="training sets to compare")
@@ -53,6 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cv_folds=args.cv_folds,
         bootstrap=args.bootstrap,
         bootstrap_seed=args.bootstrap_seed,
+        feature_sets=list(args.feature_sets) if args.feature_sets else None,
         cnn=CNNSettings(
             architecture=args.cnn_arch,
             channels=tuple(args.cnn_channels),

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 ARMS = ("real", "real+synthetic", "synthetic")
 REGRESSORS = (*CLASSICAL_REGRESSORS, "cnn")
+FEATURE_SETS = ("voxels", "regional")
 MIN_TEST_SUBJECTS = 3
 
 
@@ -71,6 +72,18 @@ class Settings:
     bootstrap: int = 2000
     bootstrap_seed: int = 0
     cnn: CNNSettings = field(default_factory=CNNSettings)
+    # None: voxels, plus regional features when a regional-feature table is given.
+    feature_sets: list[str] | None = None
+
+    def chosen_feature_sets(self, regional_features_path: Path | None) -> list[str]:
+        if self.feature_sets is None:
+            return ["voxels", "regional"] if regional_features_path is not None else ["voxels"]
+        unknown = [name for name in self.feature_sets if name not in FEATURE_SETS]
+        if unknown or not self.feature_sets:
+            raise FlowletError(f"--feature-sets: unknown {unknown or 'empty list'}; choose from {', '.join(FEATURE_SETS)}")
+        if "regional" in self.feature_sets and regional_features_path is None:
+            raise FlowletError("--feature-sets regional needs --regional-features TABLE (the regional_features.tsv of `flowlet regional-measures`)")
+        return list(dict.fromkeys(self.feature_sets))
 
     def validate(self) -> None:
         unknown = [name for name in self.regressors if name not in REGRESSORS]
@@ -299,7 +312,7 @@ class Results:
     models: pd.DataFrame
     notes: list[str]
     best_real_model: FittedModel | None
-    voxels: VoxelFeatures
+    voxels: VoxelFeatures | None
 
 
 def _prediction_rows(model: FittedModel, cohort: Cohort, notes: list[str]) -> pd.DataFrame:
@@ -416,9 +429,14 @@ def run_experiment(
     settings.validate()
     cohort = load_cohort(split_path, synthetic_paths, settings, external_split_path)
     notes = cohort.notes
-    voxel_set, voxels = voxel_feature_set(cohort, settings)
-    feature_sets = [voxel_set]
-    if regional_features_path is not None:
+    chosen = settings.chosen_feature_sets(regional_features_path)
+    if regional_features_path is not None and "regional" not in chosen:
+        notes.append(f"regional features {regional_features_path} not used: --feature-sets is {' '.join(chosen)}")
+    feature_sets, voxels = [], None
+    if "voxels" in chosen:
+        voxel_set, voxels = voxel_feature_set(cohort, settings)
+        feature_sets.append(voxel_set)
+    if "regional" in chosen:
         feature_sets.append(regional_feature_set(cohort, regional_features_path))
     fitted: list[FittedModel] = []
     prediction_frames = []
@@ -432,7 +450,7 @@ def run_experiment(
                     continue
                 for seed in settings.seeds if regressor != BASELINE else settings.seeds[:1]:
                     log.info("fitting %s/%s on arm %s, seed %d", features.name, regressor, arm, seed)
-                    model = fit_one(features, voxels.mask, cohort, regressor, arm, seed, settings)
+                    model = fit_one(features, voxels.mask if voxels else None, cohort, regressor, arm, seed, settings)
                     fitted.append(model)
                     prediction_frames.append(_prediction_rows(model, cohort, notes))
     predictions = pd.concat(prediction_frames, ignore_index=True)

@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from flowlet.data.nifti import load_nifti
+from flowlet.data.tables import read_tsv
 from flowlet.data.templates import MNI_GRIDS, template_brain_mask
 from flowlet.errors import FlowletError
 
@@ -102,39 +103,54 @@ def load_voxel_features(images: list[str], downsample: int = 2, what: str = "bra
 
 
 def read_regional_features(path: str | Path) -> pd.DataFrame:
-    """A regional-volume table keyed by ``participant_id`` and/or ``image``; every other numeric column is a region."""
-    path = Path(path)
-    if not path.exists():
-        raise FlowletError(f"regional features: {path} does not exist")
-    table = pd.read_csv(path, sep="\t", dtype={"participant_id": str, "image": str})
+    """A regional-feature table keyed by ``participant_id`` and/or ``image``; every other numeric column is a feature.
+
+    `flowlet regional-measures` writes one (``regional_features.tsv``); any table of the same shape works,
+    for example volumes from another segmentation tool.
+    """
+    what = "regional features"
+    table = read_tsv(path, what, dtype={"participant_id": str, "image": str})
     keys = [column for column in ("participant_id", "image") if column in table.columns]
     if not keys:
-        raise FlowletError(f"regional features: {path} needs a participant_id or image column to match subjects")
-    regions = [column for column in table.columns if column not in keys and pd.api.types.is_numeric_dtype(table[column])]
-    if not regions:
-        raise FlowletError(f"regional features: {path} has no numeric region columns")
-    if table[regions].isna().any().any():
-        bad = table[regions].columns[table[regions].isna().any()].tolist()
-        raise FlowletError(f"regional features: {path} has missing values in {', '.join(bad[:10])}")
-    return table[keys + regions]
+        raise FlowletError(f"{what} {path} needs a participant_id or image column to match subjects")
+    features = [column for column in table.columns if column not in keys and pd.api.types.is_numeric_dtype(table[column])]
+    if not features:
+        raise FlowletError(f"{what} {path} has no numeric region columns")
+    if table[features].isna().any().any():
+        bad = table[features].columns[table[features].isna().any()].tolist()
+        raise FlowletError(f"{what} {path} has missing values in {', '.join(bad[:10])}")
+    return table[keys + features]
+
+
+def _path_key(value: str) -> str:
+    return str(Path(value).resolve())
 
 
 def regional_matrix(table: pd.DataFrame, subjects: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Region values for each subject row (matched by participant_id, else by image file name) and which rows matched."""
-    regions = [column for column in table.columns if column not in ("participant_id", "image")]
-    lookup: dict[str, np.ndarray] = {}
-    values = table[regions].to_numpy(dtype=float)
-    if "image" in table.columns:
-        for name, row in zip(table["image"].astype(str), values):
-            lookup[f"image:{Path(name).name}"] = row
+    """Feature values for each subject row and which rows matched.
+
+    A subject matches by participant_id, else by its image's path, else by its image's file name when exactly
+    one row of the table has that name (generators reuse file names in every age bin's folder).
+    """
+    features = [column for column in table.columns if column not in ("participant_id", "image")]
+    values = table[features].to_numpy(dtype=float)
+    by_id: dict[str, int] = {}
+    by_path: dict[str, int] = {}
+    by_name: dict[str, list[int]] = {}
     if "participant_id" in table.columns:
-        for name, row in zip(table["participant_id"].astype(str), values):
-            lookup[f"id:{name}"] = row
-    matrix = np.full((len(subjects), len(regions)), np.nan)
+        by_id = {name: i for i, name in enumerate(table["participant_id"]) if isinstance(name, str) and name}
+    if "image" in table.columns:
+        for i, image in enumerate(table["image"]):
+            if isinstance(image, str) and image:
+                by_path[_path_key(image)] = i
+                by_name.setdefault(Path(image).name, []).append(i)
+    matrix = np.full((len(subjects), len(features)), np.nan)
     found = np.zeros(len(subjects), dtype=bool)
     for i, (participant, image) in enumerate(zip(subjects["participant_id"].astype(str), subjects["image"].astype(str))):
-        row = lookup.get(f"id:{participant}", lookup.get(f"image:{Path(image).name}"))
+        row = by_id.get(participant, by_path.get(_path_key(image)))
+        if row is None and len(by_name.get(Path(image).name, [])) == 1:
+            row = by_name[Path(image).name][0]
         if row is not None:
-            matrix[i] = row
+            matrix[i] = values[row]
             found[i] = True
     return matrix, found

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flowlet.data.tables import resolve_image_path
+from flowlet.data.tables import read_tsv, resolve_image_path, synthetic_qc_passed
 from flowlet.errors import FlowletError
 
 log = logging.getLogger(__name__)
@@ -18,22 +18,7 @@ SPLIT_COLUMNS = ("participant_id", "age", "split", "image")
 MANIFEST_COLUMNS = ("image", "age")
 
 
-def _read_tsv(path: str | Path, what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise FlowletError(f"{what}: {path} does not exist")
-    try:
-        return pd.read_csv(path, sep="\t", dtype={"participant_id": str, "sex": str, "image": str, "age_bin": str})
-    except pd.errors.EmptyDataError as error:
-        raise FlowletError(f"{what}: {path} is empty (not even a header line)") from error
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise FlowletError(f"{what}: {path} is not a readable TSV ({error})") from error
-
-
-def _require_columns(table: pd.DataFrame, columns: tuple[str, ...], path: Path, what: str) -> None:
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        raise FlowletError(f"{what}: {path} lacks the column(s) {', '.join(missing)} (has {', '.join(map(str, table.columns))})")
+TABLE_TYPES = {"participant_id": str, "sex": str, "image": str, "age_bin": str}
 
 
 def _numeric_ages(table: pd.DataFrame, path: Path, what: str, id_column: str) -> np.ndarray:
@@ -48,8 +33,7 @@ def _numeric_ages(table: pd.DataFrame, path: Path, what: str, id_column: str) ->
 def read_split(path: str | Path, what: str = "split table") -> pd.DataFrame:
     """The split table with image paths resolved; every image must exist."""
     path = Path(path)
-    table = _read_tsv(path, what)
-    _require_columns(table, SPLIT_COLUMNS, path, what)
+    table = read_tsv(path, what, required=SPLIT_COLUMNS, dtype=TABLE_TYPES)
     if table.empty:
         raise FlowletError(f"{what}: {path} has a header but no subjects")
     duplicated = table["participant_id"][table["participant_id"].duplicated()].unique()
@@ -85,15 +69,6 @@ class SyntheticSet:
     n_qc_dropped: int = 0
 
 
-def _as_bool(values: pd.Series, path: Path) -> np.ndarray:
-    mapping = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-    text = values.astype(str).str.strip().str.lower()
-    unknown = sorted(set(text) - set(mapping))
-    if unknown:
-        raise FlowletError(f"synthetic manifest {path}: qc_pass must be true/false, found {', '.join(unknown[:5])}")
-    return text.map(mapping).to_numpy(dtype=bool)
-
-
 def read_synthetic(paths: list[str | Path]) -> SyntheticSet:
     """All synthetic manifests together, with rows failing QC (``qc_pass`` false) dropped and counted.
 
@@ -104,19 +79,17 @@ def read_synthetic(paths: list[str | Path]) -> SyntheticSet:
     notes = []
     n_dropped = 0
     for path in map(Path, paths):
-        table = _read_tsv(path, "synthetic manifest")
-        _require_columns(table, MANIFEST_COLUMNS, path, "synthetic manifest")
+        table = read_tsv(path, "synthetic manifest", required=MANIFEST_COLUMNS, dtype=TABLE_TYPES)
         if table.empty:
             notes.append(f"synthetic manifest {path} lists no volumes")
             continue
         table["image"] = [str(resolve_image_path(value, path)) for value in table["image"].astype(str)]
         table["age"] = _numeric_ages(table, path, "synthetic manifest", "image")
-        if "qc_pass" in table.columns:
-            passed = _as_bool(table["qc_pass"], path)
-            if (~passed).any():
-                n_dropped += int((~passed).sum())
-                notes.append(f"synthetic QC gate: dropped {int((~passed).sum())} of {len(table)} volume(s) listed in {path}")
-            table = table[passed]
+        passed = synthetic_qc_passed(table, path)
+        if (~passed).any():
+            n_dropped += int((~passed).sum())
+            notes.append(f"synthetic QC gate: dropped {int((~passed).sum())} of {len(table)} volume(s) listed in {path}")
+        table = table[passed]
         _require_existing(table["image"], table["image"], path, "synthetic manifest")
         table = table.assign(manifest=str(path))
         frames.append(table)

@@ -9,8 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from flowlet.data.split import stratified_split
+from flowlet.data.tables import read_tsv
 
 log = logging.getLogger(__name__)
+
+NATIVE_VOLUME_COLUMN = "native_volume_factor"
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -23,25 +26,35 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="split table to write (TSV)")
 
 
-def failed_subjects(qc_table: Path | None) -> dict[str, str]:
-    if qc_table is None:
-        return {}
-    qc = pd.read_csv(qc_table, sep="\t", dtype={"subject": str})
+def failed_subjects(qc: pd.DataFrame) -> dict[str, str]:
     if "status" not in qc.columns:
         return {}
     failed = qc[qc["status"].astype(str) != "ok"]
     return dict(zip(failed["subject"], "preprocessing failed: " + failed["status"].astype(str)))
 
 
+def native_volume_factors(qc: pd.DataFrame) -> dict[str, float]:
+    """Per subject, native over MNI brain volume, so that regional volumes measured in MNI space can be
+    reported in native millilitres (brain volume itself shrinks with age, which the MNI grid normalises away)."""
+    if NATIVE_VOLUME_COLUMN not in qc.columns:
+        return {}
+    return dict(zip(qc["subject"], pd.to_numeric(qc[NATIVE_VOLUME_COLUMN], errors="coerce")))
+
+
 def run(args: argparse.Namespace) -> int:
     participants = pd.read_csv(args.participants, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"sex": str})
     participants["sex"] = participants["sex"].fillna("")
-    table = stratified_split(participants, args.bin_edges, args.test_fraction, args.seed, failed_subjects(args.qc))
+    qc = read_tsv(args.qc, "QC table", dtype={"subject": str}) if args.qc else pd.DataFrame(columns=["subject"])
+    table = stratified_split(participants, args.bin_edges, args.test_fraction, args.seed, failed_subjects(qc))
     table["image"] = [args.image_pattern.format(participant_id=pid) for pid in table["participant_id"]]
+    factors = native_volume_factors(qc)
     for reason, group in table[table["split"] == "excluded"].groupby("reason"):
         log.warning("excluded (%s): %s", reason, ", ".join(group["participant_id"]))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     columns = ["participant_id", "age", "sex", "age_bin", "split", "reason", "image"]
+    if factors:
+        table[NATIVE_VOLUME_COLUMN] = table["participant_id"].map(factors)
+        columns.append(NATIVE_VOLUME_COLUMN)
     table[columns].to_csv(args.output, sep="\t", index=False, na_rep="n/a")
     summary = table.groupby(["age_bin", "split"]).size().unstack(fill_value=0)
     log.info("split per age bin:\n%s", summary.to_string())

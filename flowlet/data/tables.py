@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from flowlet.errors import FlowletError
@@ -19,12 +21,31 @@ def resolve_image_path(value: str, table_path: str | Path) -> Path:
     return beside_table if beside_table.exists() else path
 
 
-def read_tsv(path: str | Path, what: str, **options) -> pd.DataFrame:
-    """A tab-separated table, every way it can be unreadable turned into an error naming ``what`` and the file."""
+def read_tsv(path: str | Path, what: str, required: Sequence[str] = (), **options) -> pd.DataFrame:
+    """A tab-separated table, every way it can be unreadable turned into an error naming ``what`` and the file.
+
+    ``required``: columns the table must have; a missing one is an error that lists the columns it has.
+    """
     path = Path(path)
     if not path.is_file():
         raise FlowletError(f"{what} {path} does not exist")
     try:
-        return pd.read_csv(path, sep="\t", **options)
+        table = pd.read_csv(path, sep="\t", **options)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise FlowletError(f"{what} {path} is not a readable TSV: {error}") from None
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise FlowletError(f"{what} {path} lacks the column(s) {', '.join(missing)} (has {', '.join(map(str, table.columns))})")
+    return table
+
+
+def synthetic_qc_passed(manifest: pd.DataFrame, path: str | Path) -> np.ndarray:
+    """Which rows of a synthetic manifest passed the QC gate (all of them when it has no ``qc_pass`` column)."""
+    if "qc_pass" not in manifest.columns:
+        return np.ones(len(manifest), dtype=bool)
+    mapping = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    text = manifest["qc_pass"].astype(str).str.strip().str.lower()
+    unknown = sorted(set(text) - set(mapping))
+    if unknown:
+        raise FlowletError(f"synthetic manifest {path}: qc_pass must be true/false, found {', '.join(unknown[:5])}")
+    return text.map(mapping).to_numpy(dtype=bool)

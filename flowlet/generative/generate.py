@@ -6,7 +6,11 @@ centre-crop to the save size (or, for models trained with ``downsample`` > 1, cr
 resolution and upsample to the save grid) -> intensity convention -> NIfTI with the MNI template affine.
 
 Sample k of request i uses noise from its own generator seeded by (seed, i, k), so outputs do not depend
-on the batch size or on which other samples are generated in the same run.
+on the batch size, on the chunk of requests a job takes (:mod:`flowlet.generative.chunks`) or on which
+other samples are generated in the same run.
+
+Each volume's QC metrics (:mod:`flowlet.generative.synthetic_qc`) are measured on the generator's [-1, 1]
+output before the intensity convention and written to the manifest beside its conditions and seed.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -31,6 +35,7 @@ from flowlet.generative.checkpoint import load_checkpoint, read_checkpoint
 from flowlet.generative.conditions import ConditionRange, load_condition_ranges, normalise_conditions
 from flowlet.generative.data import CONDITION_COLUMNS, SEX_CODES, upsample_to_grid, working_shape
 from flowlet.generative.solvers import guided_velocity, integrate
+from flowlet.generative.synthetic_qc import QC_METRICS, TemplateQC, qc_metrics
 from flowlet.generative.train import derived_seed
 from flowlet.generative.unet import FlowUNet, UNetConfig
 from flowlet.generative.wavelets import center_crop, idwt3d
@@ -260,10 +265,10 @@ def generate(
     batch_size: int = 1,
     save_size: Sequence[int] | None = None,
     intensity: str = "zscore",
+    manifest: str | Path | None = None,
 ) -> Path:
-    """Generate and save every request, then write ``manifest.tsv`` (image, conditions, seed); returns its path.
-
-    Image paths in the manifest are relative to its folder.
+    """Generate and save every request, then write the manifest (image, conditions, seed, metadata, QC metrics;
+    default ``<output_dir>/manifest.tsv``); returns its path. Image paths in the manifest are relative to its folder.
     """
     if batch_size < 1:
         raise FlowletError(f"--batch-size must be at least 1, got {batch_size}")
@@ -275,10 +280,11 @@ def generate(
     save_size = tuple(save_size or generator.default_save_size)
     affine, resolution = mni_affine_for(save_size)
     brain_mask = np.asarray(template_brain_mask(resolution).dataobj) > 0
+    template = TemplateQC.at(resolution)
     names = list(generator.config.condition_vars)
-    manifest = output_dir / "manifest.tsv"
+    manifest = Path(manifest) if manifest is not None else output_dir / "manifest.tsv"
     if not requests:
-        write_manifest(manifest, [], names)
+        write_manifest(manifest, output_dir, [], names, [])
         return manifest
     log.info(
         "generating %d volumes (%s, %d steps, guidance %g, %s weights) into %s",
@@ -289,6 +295,7 @@ def generate(
         {name: [request.conditions[name] for request in requests] for name in names}, generator.condition_ranges
     )
     progress = tqdm(total=len(requests), desc="generating", unit="volume")
+    metrics = []
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
         volumes = sample_batch(
@@ -298,19 +305,24 @@ def generate(
             num_steps, method, guidance_scale, save_size,
         )
         for request, volume in zip(chunk, volumes):
+            metrics.append(qc_metrics(volume, template))
             save_nifti(apply_intensity_convention(volume, intensity, brain_mask), affine, output_dir / request.file)
         progress.update(len(chunk))
     progress.close()
-    write_manifest(manifest, requests, names)
+    write_manifest(manifest, output_dir, requests, names, metrics)
     return manifest
 
 
-def write_manifest(path: Path, requests: list[SampleRequest], names: list[str]) -> None:
+def write_manifest(
+    path: Path, output_dir: Path, requests: list[SampleRequest], names: list[str], metrics: list[dict[str, float]]
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as stream:
         writer = csv.writer(stream, delimiter="\t", lineterminator="\n")
         extra = list(dict.fromkeys(key for request in requests for key in request.metadata))
-        writer.writerow(["image"] + [CONDITION_COLUMNS[name] for name in names] + ["seed"] + extra)
-        for request in requests:
-            writer.writerow([request.file.as_posix()] + [f"{request.conditions[n]:g}" for n in names] + [request.seed]
-                            + [request.metadata.get(key, "") for key in extra])
+        writer.writerow(["image"] + [CONDITION_COLUMNS[name] for name in names] + ["seed"] + extra + list(QC_METRICS))
+        for request, measured in zip(requests, metrics):
+            image = Path(os.path.relpath(output_dir / request.file, path.parent)).as_posix()
+            writer.writerow([image] + [f"{request.conditions[n]:g}" for n in names] + [request.seed]
+                            + [request.metadata.get(key, "") for key in extra]
+                            + [f"{measured[metric]:.6g}" for metric in QC_METRICS])

@@ -3,7 +3,9 @@
 Accepts the reference's flags (``--checkpoint_path``, ``--generation_conditions "Age=45" "Age=70.5"``, ...;
 each also in kebab-case) and writes ``<output_dir>/Age_45.00/FlowLet_synthetic_brain_<i>.nii.gz`` on the
 MNI grid with the template affine. ``--ages-tsv`` instead takes one row per volume (columns age[, sex],
-file). Both modes write ``manifest.tsv`` (file, requested conditions, noise seed).
+file). Both modes write ``manifest.tsv`` (file, requested conditions, noise seed, QC metrics).
+``--chunk-size N --chunk I`` generates only requests I*N to (I+1)*N - 1, with the seeds they have in the
+whole run, so that one bin can be split over several jobs without changing any volume.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="condition_ranges.json (default: the one beside the checkpoint)")
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, required=True,
                         help="folder for the synthetic volumes and manifest.tsv")
+    parser.add_argument("--manifest", type=Path,
+                        help="where to write the manifest (default: OUTPUT_DIR/manifest.tsv); image paths are relative to it")
     requests = parser.add_mutually_exclusive_group(required=True)
     requests.add_argument("--generation-conditions", "--generation_conditions", dest="generation_conditions", nargs="+",
                           metavar="NAME=VALUE", help='condition sets, e.g. "Age=45" "Age=70.5" or "Age=45,Sex=1"')
@@ -39,6 +43,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-size", "--save_size", dest="save_size", type=int, nargs=3, metavar=("D", "H", "W"),
                         help="output grid, an MNI grid: 91 109 91 (2 mm) or 182 218 182 (1 mm) (default: the training grid)")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the noise (per sample: seed, request, index)")
+    parser.add_argument("--chunk-size", type=int, default=0,
+                        help="requests per chunk; 0: one chunk with every request (seeds do not depend on it)")
+    parser.add_argument("--chunk", type=int, default=0,
+                        help="which chunk to generate, from 0 (with --chunk-size); a chunk past the end is empty")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=1, help="volumes sampled together (does not change the outputs)")
     parser.add_argument("--sampler", choices=SOLVER_METHODS, default="euler",
@@ -53,6 +61,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flowlet.generative.chunks import select_chunk
     from flowlet.generative.conditions import parse_condition_spec
     from flowlet.generative.generate import (
         generate,
@@ -71,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         specs = [parse_condition_spec(spec) for spec in args.generation_conditions]
         requests = requests_from_conditions(specs, args.num_synthetic, args.seed, generator.config)
+    requests = select_chunk(requests, args.chunk_size, args.chunk)
     num_steps = args.num_flow_steps
     if num_steps is None:
         num_steps = int(generator.config.extra.get("num_flow_steps", 10))
@@ -78,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise FlowletError(f"--num-flow-steps must be at least 1, got {num_steps}")
     manifest = generate(
         generator, requests, args.output_dir, num_steps, args.sampler, args.guidance_scale,
-        args.batch_size, args.save_size, args.intensity,
+        args.batch_size, args.save_size, args.intensity, args.manifest,
     )
     log.info("wrote %d volumes and %s", len(requests), manifest)
     return 0

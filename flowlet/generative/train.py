@@ -77,6 +77,7 @@ class TrainingOptions:
     batch_size: int = 4
     lr: float = 1e-4
     weight_decay: float = 1e-5
+    adam_beta2: float = 0.999
     warmup_steps: int = 500
     min_lr: float = 1e-6
     grad_clip_norm: float = 1.0
@@ -108,6 +109,8 @@ class TrainingOptions:
             problems.append(f"need 0 <= --min-lr ({self.min_lr}) <= --lr ({self.lr}) and --lr > 0")
         if self.warmup_steps < 0 or self.grad_clip_norm < 0 or self.weight_decay < 0 or self.num_workers < 0:
             problems.append("--warmup-steps, --grad-clip-norm, --weight-decay and --num-workers must be >= 0")
+        if not 0.0 < self.adam_beta2 < 1.0:
+            problems.append(f"--adam-beta2 must be in (0, 1), got {self.adam_beta2}")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"--ema-decay must be in [0, 1) (0 disables), got {self.ema_decay}")
         if not 0.0 <= self.val_split < 1.0:
@@ -442,6 +445,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=options.lr,
+            betas=(0.9, options.adam_beta2),
         )
         min_ratio = options.min_lr / options.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

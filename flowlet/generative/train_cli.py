@@ -78,6 +78,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--min-lr", type=float, default=1e-6, help="learning rate at the end of the cosine decay")
     opt.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps")
     opt.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (not on biases and norms)")
+    opt.add_argument("--adam-beta2", type=float, default=0.999,
+                     help="AdamW second-moment decay; 0.99 or 0.95 forget the large early gradients of the mean image "
+                          "sooner, so the noise-dependent part of the velocity is learnt in fewer steps")
     opt.add_argument("--grad-clip-norm", type=float, default=1.0, help="gradient norm clip (0 disables)")
     opt.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the weights (0 disables)")
     opt.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        adam_beta2=args.adam_beta2,
         warmup_steps=args.warmup_steps,
         min_lr=args.min_lr,
         grad_clip_norm=args.grad_clip_norm,

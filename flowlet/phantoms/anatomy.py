@@ -103,6 +103,7 @@ class HeadModel:
     icv_distance: GridField
     head_distance: GridField
     brain_centre_mm: np.ndarray
+    brain_bottom_mm: float  # template z of the lowest slice holding brain (the template's field of view ends there)
     spinal_canal_centre_mm: np.ndarray  # (x, y) of the canal axis
     tissue_intensity: dict[str, float]  # template T1 medians of csf, grey, white
     template_volumes_ml: dict[str, float]  # grey, white, ventricles, icv in template space
@@ -281,6 +282,7 @@ def build_head_model() -> HeadModel:
         icv_distance=GridField(icv_distance, head_grid_affine, outside=100.0),
         head_distance=GridField(head_distance, head_grid_affine, outside=100.0),
         brain_centre_mm=brain_centre,
+        brain_bottom_mm=_lowest_brain_z_mm(mask, brain_affine),
         spinal_canal_centre_mm=canal_centre,
         tissue_intensity=tissue_intensity,
         template_volumes_ml={
@@ -331,6 +333,11 @@ def _thinning_loss_per_mm(parenchyma: GridField, cortex_pull: GridField) -> floa
     before = parenchyma.sample(points).sum()
     after = parenchyma.sample(points - cortex_pull.sample(points)).sum()
     return float(before - after) * stride**3 / 1000
+
+
+def _lowest_brain_z_mm(mask: np.ndarray, affine: np.ndarray) -> float:
+    lowest = int(np.argwhere(mask.any(axis=(0, 1)))[:, 0].min())
+    return float(affine[2, 2] * lowest + affine[2, 3])
 
 
 def _brainstem_base_centre(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -12,12 +12,23 @@ space the brain gives up fills with CSF, as it does in life. Intensities are T1w
 (white > grey > CSF; fat bright; bone and air dark), then a smooth multiplicative bias
 field and Rician noise are applied and the image is stored as int16, like a scanner's.
 
-Ground truth. The brain mask follows the usual skull-stripping definition: grey
-matter + white matter + ventricles (every voxel at least half brain tissue or
-ventricle, largest connected piece, internal holes such as the fourth ventricle
-filled); sulcal and subarachnoid CSF, dura, skull and scalp are outside it.
+Ground truth. The brain mask follows the convention of skull-stripping tools and of
+the IXI reference (DLMUSE ``dseg > 0``, whose union its README calls "close to the
+intracranial mask"): everything inside the dura above the foramen magnum, i.e. grey
+and white matter, ventricles, and the CSF in the sulci and around the brain. On IXI
+the outermost voxel layer of that reference is CSF-dark (about 0.1 x (white - CSF)
+below the ventricles) and the mask ends where dura and bone begin, so parenchyma
+alone (grey + white + ventricles) would leave the sulci and the CSF an atrophied
+brain gives up outside the mask, which no tool does. Here the mask is the
+intracranial volume (at least half of the voxel) cut below the template's lowest
+brain slice, so the spinal canal stays out; dura, skull and scalp are outside it.
 Volumes in the ground-truth table are partial-volume sums on the native grid:
 ``brain_volume_ml`` is parenchyma (grey + white), ``brain_mask_volume_ml`` the mask.
+
+Pose. ``scanner_to_brain_template`` is each phantom's true map from scanner mm to the
+template mm its brain tissue was sampled at; ``brain_template_to_scanner`` inverts it,
+and ``brain_pose_to_scanner`` is its linear part (pose, head size, brain shrink), for
+scoring a registration at given template points.
 The tissue label map (``_dseg``) holds 1 CSF, 2 grey matter, 3 white matter,
 4 ventricles, inside the intracranial volume.
 
@@ -314,10 +325,7 @@ def synthesize(model: HeadModel, params: SubjectParameters, orientation: str = "
     voxel_volume = float(np.prod(params.voxel_size_mm))
     indices = np.indices(shape, dtype=np.float32).reshape(3, -1)
     scanner = affine[:3, :3].astype(np.float32) @ indices + affine[:3, 3:].astype(np.float32)
-    rotation = _rotation(params.rotation_deg).astype(np.float32)
-    subject = rotation.T @ (scanner - np.asarray(params.translation_mm, dtype=np.float32)[:, None])
-    head_scale = np.asarray(params.head_scale, dtype=np.float32)[:, None]
-    template = subject / head_scale - _individual_warp(params, subject)
+    template = scanner_to_head_template(params, scanner)
     mean_scale = float(np.mean(params.head_scale))
 
     icv_depth = -model.icv_distance.sample(template) * mean_scale  # native mm, positive inside
@@ -325,11 +333,7 @@ def synthesize(model: HeadModel, params: SubjectParameters, orientation: str = "
     atrophy = _atrophy(model, params)
 
     brain_voxels = np.flatnonzero(icv_depth > -3.0)
-    points = template[:, brain_voxels]
-    centre = model.brain_centre_mm[:, None]
-    points = centre + (points - centre) / np.float32(atrophy["brain_shrink"])
-    points = model.push_ventricles(points, atrophy["ventricle_push"])
-    points = model.thin_cortex(points, atrophy["thinning_mm"])
+    points = head_to_brain_template(model, atrophy, template[:, brain_voxels])
 
     n = indices.shape[1]
     fractions = {}
@@ -346,7 +350,8 @@ def synthesize(model: HeadModel, params: SubjectParameters, orientation: str = "
 
     intracranial = _ramp(icv_depth)
     grey, white, ventricles = (fractions[name] * intracranial for name in ("grey", "white", "ventricles"))
-    mask = _brain_mask((grey + white + ventricles).reshape(shape) >= 0.5)
+    above_foramen = _ramp((template[2] - np.float32(model.brain_bottom_mm)) * mean_scale)
+    mask = _brain_mask((intracranial * above_foramen).reshape(shape) >= 0.5)
     other_csf = np.clip(intracranial - grey - white - ventricles, 0.0, None)
     stacked = np.stack([other_csf, grey, white, ventricles])
     labels = np.where(intracranial >= 0.5, np.argmax(stacked, axis=0) + 1, 0).astype(np.uint8)
@@ -379,6 +384,67 @@ def synthesize(model: HeadModel, params: SubjectParameters, orientation: str = "
         tissue_labels=labels.reshape(shape),
         affine=affine,
         truth=truth,
+    )
+
+
+def scanner_to_head_template(params: SubjectParameters, scanner_mm: np.ndarray) -> np.ndarray:
+    """Template mm of (3, N) scanner points for the head: pose, head size and shape, individual warp."""
+    rotation = _rotation(params.rotation_deg).astype(np.float32)
+    translation = np.asarray(params.translation_mm, dtype=np.float32)[:, None]
+    subject = rotation.T @ (np.asarray(scanner_mm, dtype=np.float32) - translation)
+    head_scale = np.asarray(params.head_scale, dtype=np.float32)[:, None]
+    return subject / head_scale - _individual_warp(params, subject)
+
+
+def head_to_brain_template(model: HeadModel, atrophy: dict[str, float], head_mm: np.ndarray) -> np.ndarray:
+    """Where in the template the brain tissue at head-template points came from (the ageing maps)."""
+    centre = model.brain_centre_mm[:, None]
+    points = centre + (head_mm - centre) / np.float32(atrophy["brain_shrink"])
+    points = model.push_ventricles(points, atrophy["ventricle_push"])
+    return model.thin_cortex(points, atrophy["thinning_mm"])
+
+
+def scanner_to_brain_template(model: HeadModel, params: SubjectParameters, scanner_mm: np.ndarray) -> np.ndarray:
+    """The phantom's true map of its brain: scanner mm -> template mm the brain tissue there was sampled at."""
+    return head_to_brain_template(model, _atrophy(model, params), scanner_to_head_template(params, scanner_mm))
+
+
+def brain_pose_to_scanner(model: HeadModel, params: SubjectParameters, template_mm: np.ndarray) -> np.ndarray:
+    """Scanner mm of (3, N) template points under the linear part of the brain map: head pose
+    (rotation, translation), head size and shape, and the age-related shrink of the brain about its
+    centre. This is all a rigid or affine registration of the brain can recover; the individual warp,
+    ventricle enlargement and cortical thinning are anatomy, not pose."""
+    target = np.asarray(template_mm, dtype=np.float32)
+    rotation = _rotation(params.rotation_deg).astype(np.float32)
+    translation = np.asarray(params.translation_mm, dtype=np.float32)[:, None]
+    head_scale = np.asarray(params.head_scale, dtype=np.float32)[:, None]
+    shrink = np.float32(_atrophy(model, params)["brain_shrink"])
+    centre = model.brain_centre_mm[:, None]
+    return rotation @ ((centre + (target - centre) * shrink) * head_scale) + translation
+
+
+def brain_template_to_scanner(
+    model: HeadModel, params: SubjectParameters, template_mm: np.ndarray, tolerance_mm: float = 0.01
+) -> np.ndarray:
+    """Scanner mm of (3, N) template points under the phantom's full true brain map (its inverse).
+
+    Newton-like iterations from the linear part (``brain_pose_to_scanner``), which also serves
+    as the Jacobian: the rest (individual warp, ventricle push, thinning) is smooth and small,
+    so the iteration contracts quickly; points it cannot place are an error, not a guess.
+    """
+    target = np.asarray(template_mm, dtype=np.float32)
+    rotation = _rotation(params.rotation_deg).astype(np.float32)
+    head_scale = np.asarray(params.head_scale, dtype=np.float32)[:, None]
+    shrink = np.float32(_atrophy(model, params)["brain_shrink"])
+    scanner = brain_pose_to_scanner(model, params, target)
+    for _ in range(100):
+        residual = target - scanner_to_brain_template(model, params, scanner)
+        if np.abs(residual).max() < tolerance_mm:
+            return scanner
+        scanner = scanner + rotation @ (residual * head_scale * shrink)
+    raise FlowletError(
+        f"phantoms: the brain map of {params.participant_id} could not be inverted to {tolerance_mm} mm "
+        f"(largest residual {np.abs(residual).max():.3g} mm)"
     )
 
 
@@ -488,7 +554,7 @@ GROUND_TRUTH_DESCRIPTIONS = {
     "gm_volume_ml": "grey matter (cortex, deep grey, cerebellar cortex)",
     "wm_volume_ml": "white matter",
     "ventricle_volume_ml": "lateral and third ventricles",
-    "brain_mask_volume_ml": "ground-truth brain mask (grey + white + ventricles, holes filled)",
+    "brain_mask_volume_ml": "ground-truth brain mask: intracranial volume above the foramen magnum (brain, ventricles, CSF)",
     "icv_ml": "intracranial volume",
     "target_brain_fraction": "parenchyma relative to the same brain before 35, from the ageing model",
     "target_ventricle_factor": "ventricle volume relative to a young adult, ageing model x individual factor",

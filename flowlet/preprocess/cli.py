@@ -11,7 +11,7 @@ from flowlet.preprocess.pipeline import PreprocessSettings, run_and_write
 from flowlet.preprocess.register import BACKENDS as REGISTRATION_BACKENDS
 from flowlet.preprocess.register import METHODS, RegistrationSettings
 from flowlet.preprocess.skullstrip import BACKENDS as SKULLSTRIP_BACKENDS
-from flowlet.preprocess.skullstrip import SKULLSTRIPPED_MODES, SkullstripSettings
+from flowlet.preprocess.skullstrip import SKULLSTRIPPED_MODES, TEMPLATE_REGISTRATIONS, SkullstripSettings
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                        help="where N4 fits the field: 'foreground' (Otsu head mask), 'none' or a mask file on the T1w grid")
     group = parser.add_argument_group("skull stripping")
     group.add_argument("--skullstrip-backend", choices=SKULLSTRIP_BACKENDS, default=strip.backend,
-                       help="deepbet (CNN, CPU) or fsl (BET, needs FSLDIR)")
+                       help="deepbet (CNN, CPU), fsl (BET, needs FSLDIR) or template (registration to the MNI "
+                            "template, no learned model)")
     group.add_argument("--skullstripped", choices=SKULLSTRIPPED_MODES, default=defaults.skullstripped,
                        help="auto: detect stripped input and pass it through; force: always treat the input as "
                             "stripped; skip: never detect, always run the backend")
@@ -51,6 +52,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                        help="deepbet's working cube side in voxels (the package uses 256; 192 is as accurate, faster)")
     group.add_argument("--mask-dilate", type=int, default=strip.dilate_voxels,
                        help="voxel layers added (negative: removed) to the backend's mask")
+    group.add_argument("--template-registration", choices=TEMPLATE_REGISTRATIONS, default=strip.template_registration,
+                       help="template backend: linear registration of the head only (affine) or followed by SyN")
+    group.add_argument("--template-margin", type=float, default=strip.template_margin_mm,
+                       help="template backend: mm by which the template's brain mask is grown towards the dura")
     group.add_argument("--bet-fractional-intensity", type=float, default=strip.fsl_fractional_intensity,
                        help="FSL BET -f (fsl backend)")
     group.add_argument("--min-brain-ml", type=float, default=defaults.min_brain_ml,
@@ -69,6 +74,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                        help="linear-stage smoothing (voxels) per level")
     group.add_argument("--syn-iterations", type=int, nargs="+", default=list(reg.syn_iterations),
                        help="SyN iterations per level")
+    group.add_argument("--registration-seed", type=int, default=reg.seed,
+                       help="nonzero seed of ANTs' metric sampling (with --threads 1 the transform is reproducible)")
     group.add_argument("--interpolation", choices=("linear", "bspline"), default=defaults.interpolation,
                        help="interpolation of the T1w onto the MNI grid")
 
@@ -89,6 +96,8 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
             threshold=args.mask_threshold,
             dilate_voxels=args.mask_dilate,
             fsl_fractional_intensity=args.bet_fractional_intensity,
+            template_registration=args.template_registration,
+            template_margin_mm=args.template_margin,
         ),
         skullstripped=args.skullstripped,
         registration=RegistrationSettings(
@@ -98,6 +107,7 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
             shrink_factors=tuple(args.registration_shrink_factors),
             smoothing_sigmas=tuple(args.registration_smoothing_sigmas),
             syn_iterations=tuple(args.syn_iterations),
+            seed=args.registration_seed,
         ),
         interpolation=args.interpolation,
         min_brain_ml=args.min_brain_ml,

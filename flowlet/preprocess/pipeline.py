@@ -162,9 +162,13 @@ def preprocess_subject(t1w_path: str | Path, subject: str, settings: PreprocessS
         raise
 
     template_mask = template_brain_mask(settings.resolution_mm).get_fdata() > 0
+    mni_affine = mni_grid(settings.resolution_mm)[1]
     metrics = {
         "subject": subject,
         "mask_volume_ml": volume_ml,
+        # Native over MNI volume of the same brain: turns volumes measured in MNI space back into native ml,
+        # whatever the registration backend or method.
+        "native_volume_factor": volume_ml / checks.mask_volume_ml(mni_mask, mni_affine),
         "dice_template": qc.dice(mni_mask, template_mask),
         "ncc_template": qc.normalised_cross_correlation(
             mni_image, template_t1(settings.resolution_mm).get_fdata(dtype=np.float32), template_mask
@@ -185,7 +189,7 @@ def preprocess_subject(t1w_path: str | Path, subject: str, settings: PreprocessS
         bias_corrected=corrected,
         mni_image=mni_image,
         mni_mask=mni_mask,
-        mni_affine=mni_grid(settings.resolution_mm)[1],
+        mni_affine=mni_affine,
         metrics=metrics,
     )
     return result, registration

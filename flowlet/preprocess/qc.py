@@ -9,10 +9,15 @@ import numpy as np
 import pandas as pd
 
 from flowlet.errors import FlowletError
+from flowlet.qc_metrics import dice, normalised_cross_correlation, outlier_reason, robust_z
+
+__all__ = ["QC_COLUMNS", "OUTLIER_METRICS", "aggregate_qc", "dice", "normalised_cross_correlation", "robust_z",
+           "save_failure_png", "save_qc_png", "write_qc_row"]
 
 QC_COLUMNS = (
     "subject",
     "mask_volume_ml",
+    "native_volume_factor",
     "dice_template",
     "ncc_template",
     "seconds_n4",
@@ -24,33 +29,6 @@ QC_COLUMNS = (
 )
 # Metrics whose robust z-score flags a subject: each is a sign of a failed mask or registration.
 OUTLIER_METRICS = ("mask_volume_ml", "dice_template", "ncc_template")
-# 1.4826 makes the MAD a consistent estimate of the standard deviation for normal data.
-_MAD_TO_SD = 1.4826
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    return float(2 * np.count_nonzero(a & b) / total) if total else 1.0
-
-
-def normalised_cross_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    x = a[mask].astype(np.float64)
-    y = b[mask].astype(np.float64)
-    x -= x.mean()
-    y -= y.mean()
-    denominator = np.sqrt((x * x).sum() * (y * y).sum())
-    return float((x * y).sum() / denominator) if denominator > 0 else 0.0
-
-
-def robust_z(values: pd.Series) -> pd.Series:
-    """(x - median) / (1.4826 MAD); 0 where the MAD is 0 and the value equals the median."""
-    median = values.median()
-    mad = (values - median).abs().median() * _MAD_TO_SD
-    if not mad > 0:
-        # All typical subjects agree exactly: any departure from them is an outlier.
-        difference = values - median
-        return pd.Series(np.where(difference == 0, 0.0, np.sign(difference) * np.inf), index=values.index)
-    return (values - median) / mad
 
 
 def aggregate_qc(tables: list[pd.DataFrame], threshold: float = 3.0, failed: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -75,7 +53,7 @@ def aggregate_qc(tables: list[pd.DataFrame], threshold: float = 3.0, failed: pd.
             if pd.isna(value):
                 reasons[i].append(f"{metric} missing")
             elif abs(score) > threshold:
-                reasons[i].append(f"{metric}={value:.3g} (robust z {score:+.1f})")
+                reasons[i].append(outlier_reason(metric, value, score))
     table["outlier"] = [bool(r) for r in reasons]
     table["outlier_reasons"] = ["; ".join(r) for r in reasons]
     if failed is not None and len(failed):

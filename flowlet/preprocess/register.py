@@ -42,6 +42,9 @@ class RegistrationSettings:
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
     syn_iterations: tuple[int, ...] = (40, 20, 0)
+    # ANTs samples metric points at random and seeds from the clock unless given a seed (any nonzero int);
+    # a fixed seed and one ITK thread make the transform bit-identical from run to run.
+    seed: int = 1
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,12 @@ def register_to_mni(
         raise FlowletError(f"unknown registration backend '{settings.backend}'; choose one of {', '.join(BACKENDS)}")
     import ants
 
+    if settings.seed == 0:
+        raise FlowletError("the registration seed must be a nonzero integer (ANTs reads 0 as 'seed from the clock')")
     workdir = Path(tempfile.mkdtemp(prefix="flowlet-reg-"))
+    # antspyx passes --random-seed to antsRegistration only from its module-level setting; set it for this call.
+    previous_seed = ants.config._random_seed
+    ants.config._random_seed = settings.seed
     try:
         result = ants.registration(
             fixed=_template_brain(resolution_mm),
@@ -123,6 +131,8 @@ def register_to_mni(
     except Exception:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    finally:
+        ants.config._random_seed = previous_seed
     files = TransformFiles.from_spec(workdir / "out_")
     affine_file = next(Path(p) for p in result["fwdtransforms"] if p.endswith(".mat"))
     shutil.move(affine_file, files.affine)
@@ -217,3 +227,24 @@ def apply_to_native(image_or_path, transform, reference, interpolation: str = "l
     transforms, invert = files.to_native_list()
     moved = _apply(_as_image(image_or_path, "image to carry to native space"), fixed, transforms, invert, interpolation)
     return nib.Nifti1Image(moved.astype(np.float32), reference_image.affine)
+
+
+def mni_points_to_native(points_mm: np.ndarray, transform) -> np.ndarray:
+    """Where the saved transform sends (N, 3) MNI points (mm, RAS as in NIfTI affines) in the subject's scanner mm.
+
+    The transform that resamples a native image onto the MNI grid maps each MNI point to the native
+    point it reads from, which is the point's own image; ANTs works in LPS, hence the sign flips.
+    """
+    import ants
+    import pandas as pd
+
+    files = transform if isinstance(transform, TransformFiles) else TransformFiles.from_spec(transform)
+    points = np.asarray(points_mm, dtype=float)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise FlowletError(f"points to carry to native space must be an (N, 3) array; got shape {points.shape}")
+    flip = np.array([-1.0, -1.0, 1.0])
+    transforms, invert = files.to_mni_list()
+    moved = ants.apply_transforms_to_points(
+        3, pd.DataFrame(points * flip, columns=["x", "y", "z"]), transforms, whichtoinvert=invert
+    )
+    return moved[["x", "y", "z"]].to_numpy() * flip

@@ -1,4 +1,4 @@
-"""Skull stripping backends (deepbet, FSL BET) and detection of already skull-stripped input."""
+"""Skull stripping backends (deepbet, FSL BET, template registration) and detection of already skull-stripped input."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from flowlet.data.templates import template_brain_mask, template_t1
 from flowlet.errors import FlowletError
+from flowlet.preprocess.antsio import to_ants
+from flowlet.preprocess.bias import foreground_mask
 
-BACKENDS = ("deepbet", "fsl")
+BACKENDS = ("deepbet", "fsl", "template")
+TEMPLATE_REGISTRATIONS = ("affine", "syn")
 SKULLSTRIPPED_MODES = ("auto", "force", "skip")
 
 
@@ -29,6 +33,13 @@ class SkullstripSettings:
     # Voxel layers added (positive) or removed (negative) after the backend, 6-connected.
     dilate_voxels: int = 0
     fsl_fractional_intensity: float = 0.5
+    # template backend: the head is registered to a head built around the MNI brain (linear, then SyN
+    # if "syn"), and the template's brain mask, grown by the margin, is carried back.
+    template_registration: str = "syn"
+    # The MNI152 2009a mask hugs the cortex; the reference convention (IXI's DLMUSE dseg > 0) reaches the
+    # dura. On every 10th IXI subject by age (8, ages 25-76) margins 0-4 mm gave median Dice 0.933, 0.944,
+    # 0.956, 0.970, 0.969: 3 mm is the peak.
+    template_margin_mm: float = 3.0
 
 
 def fill_and_keep_largest(mask: np.ndarray) -> np.ndarray:
@@ -153,7 +164,109 @@ def fsl_bet_mask(data: np.ndarray, affine: np.ndarray, settings: SkullstripSetti
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-_BACKEND_FUNCTIONS = {"deepbet": deepbet_mask, "fsl": fsl_bet_mask}
+# --- template registration (no learned model) ------------------------------------------------
+
+# The MNI template is skull-stripped, and registering a whole head to a bare brain lets the brain swell to
+# fill the head (Dice 0.6 on some IXI subjects). So the template gets a head: layers outside its brain
+# mask, by distance, with T1w intensities relative to the template's white matter (95th percentile):
+# CSF and dura, then the skull (dark), then scalp fat (bright). Thickness and contrast are typical
+# adult values; they only need to give the optimiser the brain-dark-bright profile of a real head.
+PSEUDO_HEAD_LAYERS = ((3.0, 0.25), (9.0, 0.08), (15.0, 0.9))  # (outer edge in mm from the brain, intensity)
+PSEUDO_HEAD_METRIC_MARGIN_MM = 17.0  # the metric sees the pseudo-head and a rim of air, not face or neck
+# Translation start: the centroids of the top of the head (this far below the vertex) are matched, since
+# the neck and face, which vary with the field of view, would pull a whole-head centroid down and forward.
+HEAD_CAP_DEPTH_MM = 80.0
+TEMPLATE_REGISTRATION_SEED = 1  # ANTs seeds its metric sampling from the clock otherwise
+
+
+# The registration runs on the 2 mm template whatever the output grid: the mask's resolution is the input's.
+TEMPLATE_RESOLUTION_MM = 2
+
+
+@dataclass(frozen=True)
+class PseudoHead:
+    image: np.ndarray
+    metric_mask: np.ndarray
+    brain_signed_distance: np.ndarray  # mm from the template brain mask's surface, positive outside
+    affine: np.ndarray
+    cap_centroid: np.ndarray
+
+
+def _cap_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    points = np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
+    top = np.percentile(points[:, 2], 99.9)
+    return points[points[:, 2] > top - HEAD_CAP_DEPTH_MM].mean(axis=0)
+
+
+@lru_cache(maxsize=1)
+def _pseudo_head() -> PseudoHead:
+    template = template_t1(TEMPLATE_RESOLUTION_MM)
+    brain = template_brain_mask(TEMPLATE_RESOLUTION_MM).get_fdata() > 0
+    spacing = float(abs(template.affine[0, 0]))
+    image = template.get_fdata(dtype=np.float32) * brain
+    white = float(np.percentile(image[brain], 95))
+    outside = ndimage.distance_transform_edt(~brain, sampling=spacing)
+    inner_edge = 0.0
+    for outer_edge, relative in PSEUDO_HEAD_LAYERS:
+        image[(outside > inner_edge) & (outside <= outer_edge)] = relative * white
+        inner_edge = outer_edge
+    return PseudoHead(
+        image=image,
+        metric_mask=(outside <= PSEUDO_HEAD_METRIC_MARGIN_MM).astype(np.float32),
+        brain_signed_distance=(outside - ndimage.distance_transform_edt(brain, sampling=spacing)).astype(np.float32),
+        affine=template.affine,
+        cap_centroid=_cap_centroid(outside <= PSEUDO_HEAD_LAYERS[-1][0], template.affine),
+    )
+
+
+def template_registration_mask(data: np.ndarray, affine: np.ndarray, settings: SkullstripSettings) -> np.ndarray:
+    """The MNI brain mask carried onto the head along a head-to-pseudo-head registration, grown by the margin."""
+    import ants
+
+    if settings.template_registration not in TEMPLATE_REGISTRATIONS:
+        raise FlowletError(f"unknown template registration '{settings.template_registration}'; choose one of "
+                           f"{', '.join(TEMPLATE_REGISTRATIONS)}")
+    template = _pseudo_head()
+    head = foreground_mask(data)
+    if not head.any():
+        raise FlowletError("template skull stripping found no head in the image (empty foreground)")
+    shift_ras = _cap_centroid(head, affine) - template.cap_centroid
+    workdir = Path(tempfile.mkdtemp(prefix="flowlet-template-strip-"))
+    previous_seed = ants.config._random_seed
+    ants.config._random_seed = TEMPLATE_REGISTRATION_SEED
+    try:
+        start = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
+                                           translation=shift_ras * np.array([-1.0, -1.0, 1.0]))  # ANTs is LPS
+        ants.write_transform(start, str(workdir / "start.mat"))
+        common = dict(fixed=to_ants(template.image, template.affine),
+                      moving=to_ants(np.asarray(data, dtype=np.float32), affine),
+                      mask=to_ants(template.metric_mask, template.affine), aff_iterations=(200, 100, 50),
+                      aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2.0, 1.0, 0.0))
+        # Translation, rigid, similarity, then affine stages: each starts where the last converged, which
+        # keeps the scale from running off before the head is in place.
+        linear = ants.registration(type_of_transform="TRSAA", initial_transform=[str(workdir / "start.mat")],
+                                   outprefix=str(workdir / "linear_"), **common)
+        transforms, invert = list(linear["invtransforms"]), [True]
+        if settings.template_registration == "syn":
+            nonlinear = ants.registration(type_of_transform="SyNOnly", initial_transform=linear["fwdtransforms"],
+                                          reg_iterations=(40, 20, 0), outprefix=str(workdir / "syn_"), **common)
+            transforms.append(next(p for p in nonlinear["invtransforms"] if p.endswith("InverseWarp.nii.gz")))
+            invert.append(False)
+        carried = ants.apply_transforms(
+            fixed=to_ants(np.zeros(data.shape, dtype=np.float32), affine),
+            moving=to_ants(template.brain_signed_distance, template.affine),
+            transformlist=transforms,
+            whichtoinvert=invert,
+            interpolator="linear",
+            defaultvalue=float(template.brain_signed_distance.max()),
+        ).numpy()
+    finally:
+        ants.config._random_seed = previous_seed
+        shutil.rmtree(workdir, ignore_errors=True)
+    return fill_and_keep_largest(carried <= settings.template_margin_mm)
+
+
+_BACKEND_FUNCTIONS = {"deepbet": deepbet_mask, "fsl": fsl_bet_mask, "template": template_registration_mask}
 
 
 def brain_mask(data: np.ndarray, affine: np.ndarray, settings: SkullstripSettings) -> np.ndarray:

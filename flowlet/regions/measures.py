@@ -1,4 +1,4 @@
-"""Reading the real and synthetic image lists, segmenting every image, and its per-region measures."""
+"""Reading the real and synthetic image lists, segmenting every image, its per-region measures, and reading them back."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from flowlet.data.nifti import load_nifti
-from flowlet.data.tables import resolve_image_path
+from flowlet.data.nifti import load_nifti, save_nifti
+from flowlet.data.split_cli import NATIVE_VOLUME_COLUMN
+from flowlet.data.tables import read_tsv, resolve_image_path, synthetic_qc_passed
 from flowlet.data.templates import MNI_GRIDS
 from flowlet.errors import FlowletError
 from flowlet.regions.atlas import TISSUE_LABEL, TISSUES, Atlas, Region
-from flowlet.regions.tissue import TissueSegmenter
+from flowlet.regions.tissue import Segmentation, TissueSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,10 @@ REAL_GROUPS = ("train", "test")
 SYNTHETIC = "synthetic"
 SPLIT_COLUMNS = ("participant_id", "age", "sex", "age_bin", "split", "image")
 MANIFEST_COLUMNS = ("image", "age")
-NATIVE_VOLUME_COLUMN = "native_volume_factor"
+TABLE_TYPES = {"participant_id": str, "sex": str, "age_bin": str, "image": str}
+SEGMENTATION_FOLDER = "segmentations"
+# What `flowlet regions` needs from the long measures table.
+MEASURE_COLUMNS = ("image_id", "group", "age", "region", "volume_ml", "native_volume_ml", "tissue_fraction", "csf_ml", "grey_ml", "white_ml", "mean_intensity", "segmentation")
 
 
 @dataclass
@@ -48,16 +52,6 @@ class MeasuredImage:
     labels: np.ndarray  # uint8 tissue labels (0 outside, then TISSUES order from 1)
 
 
-def _read_table(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
-    if not path.exists():
-        raise FlowletError(f"{what}: {path} does not exist")
-    table = pd.read_csv(path, sep="\t", dtype={"participant_id": str, "sex": str, "age_bin": str, "image": str})
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        raise FlowletError(f"{what}: {path} lacks the column(s) {', '.join(missing)}")
-    return table
-
-
 def _checked_ages(table: pd.DataFrame, path: Path, what: str) -> pd.DataFrame:
     ages = pd.to_numeric(table["age"], errors="coerce")
     if ages.isna().any():
@@ -69,7 +63,7 @@ def _checked_ages(table: pd.DataFrame, path: Path, what: str) -> pd.DataFrame:
 def read_split(path: str | Path) -> list[ImageEntry]:
     """Training and test images of the split table; excluded rows are skipped (and counted in the log)."""
     path = Path(path)
-    table = _read_table(path, SPLIT_COLUMNS, "split table")
+    table = read_tsv(path, "split table", required=SPLIT_COLUMNS, dtype=TABLE_TYPES)
     kept = _checked_ages(table[table["split"].isin(REAL_GROUPS)], path, "split table")
     if len(kept) < len(table):
         log.info("split table %s: %d row(s) neither train nor test are left out", path, len(table) - len(kept))
@@ -92,7 +86,9 @@ def read_manifests(paths: list[str | Path]) -> list[ImageEntry]:
     entries: list[ImageEntry] = []
     seen: set[str] = set()
     for manifest in map(Path, paths):
-        table = _checked_ages(_read_table(manifest, MANIFEST_COLUMNS, "synthetic manifest"), manifest, "synthetic manifest")
+        table = read_tsv(manifest, "synthetic manifest", required=MANIFEST_COLUMNS, dtype=TABLE_TYPES)
+        # Volumes the QC gate dropped are not part of the synthetic cohort (brain age leaves them out too).
+        table = _checked_ages(table[synthetic_qc_passed(table, manifest)], manifest, "synthetic manifest")
         # A manifest of a bin that needed no synthetic subjects has no metadata columns.
         table = table.assign(**{column: table.get(column, pd.Series("", index=table.index)) for column in ("sex", "age_bin")})
         for row in table.itertuples(index=False):
@@ -152,12 +148,20 @@ def tissue_codes(tissue: str) -> tuple[int, ...]:
     return tuple(TISSUE_LABEL[name] for name in tissue.split("+"))
 
 
-def regional_rows(entry: ImageEntry, intensities: np.ndarray, labels: np.ndarray, posteriors: np.ndarray, atlas: Atlas) -> list[dict]:
+def segmentation_file(entry: ImageEntry, index: int) -> str:
+    """Where an image's tissue labels are saved, relative to the measures table: real images by participant,
+    synthetic ones by their measuring order (generators reuse file names across age bins)."""
+    stem = entry.image_id if entry.group != SYNTHETIC else f"synthetic-{index:05d}_{entry.path.name.split('.')[0]}"
+    return f"{SEGMENTATION_FOLDER}/{stem}_dseg.nii.gz"
+
+
+def regional_rows(entry: ImageEntry, intensities: np.ndarray, segmentation: Segmentation, atlas: Atlas, segmentation_name: str) -> list[dict]:
     """Per region: tissue volumes (ml, from the posteriors, so partial voluming counts), own-tissue fraction and mean intensity."""
     voxel_ml = abs(np.linalg.det(atlas.affine[:3, :3])) / 1000.0
-    flat_posteriors = posteriors.reshape(len(TISSUES), -1)
-    flat_labels = labels.ravel()
+    flat_posteriors = segmentation.posteriors.reshape(len(TISSUES), -1)
+    flat_labels = segmentation.labels.ravel()
     flat_intensities = intensities.ravel()
+    brain_mask_ml = float(segmentation.brain.sum() * voxel_ml)
     rows = []
     for region in atlas.regions:
         tissue_ml = flat_posteriors[:, region.voxels].sum(axis=1) * voxel_ml
@@ -180,23 +184,58 @@ def regional_rows(entry: ImageEntry, intensities: np.ndarray, labels: np.ndarray
                 "tissue_fraction": float(own) / total if total > 0 else float("nan"),
                 **{f"{name}_ml": float(value) for name, value in zip(TISSUES, tissue_ml)},
                 "mean_intensity": float(flat_intensities[region.voxels][inside].mean()) if inside.any() else float("nan"),
+                "brain_mask_ml": brain_mask_ml,
+                "image": str(entry.path),
+                "segmentation": segmentation_name,
             }
         )
     return rows
 
 
-def measure_images(
-    entries: list[ImageEntry], atlas: Atlas, segmenter: TissueSegmenter, resolution_mm: int
-) -> tuple[list[MeasuredImage], pd.DataFrame]:
-    """Segment every image and measure every region; keeps intensities and labels for the paired analysis."""
+def measure_images(entries: list[ImageEntry], atlas: Atlas, segmenter: TissueSegmenter, resolution_mm: int, output_dir: Path) -> pd.DataFrame:
+    """Segment every image, save its tissue labels under ``output_dir`` and measure every region (the long table)."""
     check_headers(entries, resolution_mm)
-    measured, rows = [], []
-    for entry in tqdm(entries, desc="segmenting", unit="image", disable=None):
+    rows = []
+    for index, entry in enumerate(tqdm(entries, desc="segmenting", unit="image", disable=None)):
         intensities = load_image(entry, resolution_mm)
         segmentation = segmenter.segment(intensities, what=f"{entry.group} image {entry.image_id} ({entry.path})")
-        rows.extend(regional_rows(entry, intensities, segmentation.labels, segmentation.posteriors, atlas))
-        measured.append(MeasuredImage(entry, intensities, segmentation.labels))
-    return measured, pd.DataFrame(rows)
+        name = segmentation_file(entry, index)
+        save_nifti(segmentation.labels, atlas.affine, Path(output_dir) / name, dtype=np.uint8)
+        rows.extend(regional_rows(entry, intensities, segmentation, atlas, name))
+    return pd.DataFrame(rows)
+
+
+def read_measures(path: str | Path, entries: list[ImageEntry]) -> pd.DataFrame:
+    """The rows of a `flowlet regional-measures` table that belong to ``entries``; every entry must have them."""
+    path = Path(path)
+    what = "regional measures"
+    table = read_tsv(path, what, required=MEASURE_COLUMNS, dtype={"image_id": str, "group": str, "sex": str, "age_bin": str, "region": str, "image": str, "segmentation": str})
+    groups = table.drop_duplicates("image_id").set_index("image_id")["group"]
+    missing = [entry.image_id for entry in entries if entry.image_id not in groups.index]
+    if missing:
+        raise FlowletError(
+            f"{what} {path} has no rows for {len(missing)} image(s) of the split table and manifests: {', '.join(missing[:10])}; "
+            "rerun `flowlet regional-measures` on the same split and manifests"
+        )
+    moved = [entry.image_id for entry in entries if groups[entry.image_id] != entry.group]
+    if moved:
+        raise FlowletError(f"{what} {path} was measured with another split: {', '.join(moved[:10])} changed group; rerun `flowlet regional-measures`")
+    return table[table["image_id"].isin({entry.image_id for entry in entries})].reset_index(drop=True)
+
+
+def load_measured(entries: list[ImageEntry], measures: pd.DataFrame, measures_path: str | Path, resolution_mm: int) -> list[MeasuredImage]:
+    """Each image's intensities with the tissue labels `flowlet regional-measures` saved beside its table."""
+    check_headers(entries, resolution_mm)
+    segmentations = measures.drop_duplicates("image_id").set_index("image_id")["segmentation"]
+    folder = Path(measures_path).parent
+    measured = []
+    for entry in tqdm(entries, desc="loading", unit="image", disable=None):
+        intensities = load_image(entry, resolution_mm)
+        labels = np.asarray(load_nifti(folder / segmentations[entry.image_id], what=f"tissue labels of {entry.image_id}").dataobj)
+        if labels.shape != intensities.shape:
+            raise FlowletError(f"tissue labels {folder / segmentations[entry.image_id]} have shape {labels.shape}, the image {entry.path} {intensities.shape}")
+        measured.append(MeasuredImage(entry, intensities, labels.astype(np.uint8)))
+    return measured
 
 
 def region_mask(labels: np.ndarray, region: Region) -> np.ndarray:
@@ -204,12 +243,27 @@ def region_mask(labels: np.ndarray, region: Region) -> np.ndarray:
     return np.isin(labels.ravel()[region.voxels], tissue_codes(region.tissue))
 
 
-def wide_volumes(measures: pd.DataFrame, entries: list[ImageEntry]) -> pd.DataFrame:
-    """One row per image, one column per region's own-tissue volume (ml): the brain-age regional features."""
-    wide = measures.pivot_table(index="image_id", columns="region", values="volume_ml", sort=False)
-    wide.columns.name = None
-    lookup = {entry.image_id: entry for entry in entries}
-    wide.insert(0, "participant_id", [lookup[i].image_id if lookup[i].group != SYNTHETIC else "" for i in wide.index])
-    wide.insert(1, "image", [str(lookup[i].path) for i in wide.index])
-    wide.insert(2, "group", [lookup[i].group for i in wide.index])
-    return wide.reset_index(drop=True)
+def regional_features(measures: pd.DataFrame) -> pd.DataFrame:
+    """One row per image: its CSF, grey and white matter volume in every region, as fractions of its brain mask.
+
+    The brain-age regional features (``flowlet brainage --regional-features``). Affine registration to MNI
+    already scales every brain to about the template's size; dividing by the image's own brain-mask volume
+    (tissue and the CSF inside the mask, the intracranial volume of a skull-stripped image) removes what
+    is left of head size, the way regional volumes are divided by intracranial volume. Columns are
+    ``participant_id`` (empty for synthetic images), ``image``, ``group`` and ``<region>_<tissue>``.
+    """
+    tissues = [f"{name}_ml" for name in TISSUES]
+    fractions = measures[tissues].div(measures["brain_mask_ml"], axis=0).assign(image_id=measures["image_id"], region=measures["region"])
+    wide = fractions.pivot_table(index="image_id", columns="region", values=tissues, sort=False)
+    regions = list(dict.fromkeys(measures["region"]))
+    wide = wide.reindex(columns=[(tissue, region) for region in regions for tissue in tissues])
+    wide.columns = [f"{region}_{tissue.removesuffix('_ml')}" for tissue, region in wide.columns]
+    images = measures.drop_duplicates("image_id").set_index("image_id").loc[wide.index]
+    keys = pd.DataFrame(
+        {
+            "participant_id": np.where(images["group"] != SYNTHETIC, images.index, ""),
+            "image": images["image"].to_numpy(),
+            "group": images["group"].to_numpy(),
+        }
+    )
+    return pd.concat([keys, wide.reset_index(drop=True)], axis=1)

@@ -73,7 +73,8 @@ def environment_record(config: dict, repo: Path) -> dict[str, str]:
     record.update({f"version:{name}": version for name, version in package_versions().items()})
     record.update({f"seed:{name}": value for name, value in seeds(config).items()})
     record["determinism"] = (
-        "CPU results are bit-identical for the same config and seeds; CUDA convolution and attention kernels "
-        "are not all deterministic, so GPU runs agree only up to floating-point noise"
+        "CPU results are bit-identical for the same config and seeds, given the same thread counts and one thread "
+        "per preprocessing job (ANTs registration with several threads varies slightly from run to run); CUDA "
+        "convolution and attention kernels are not all deterministic, so GPU runs agree only up to floating-point noise"
     )
     return record

@@ -94,6 +94,12 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
 
     if plan is not None:
         sections += ["## Synthetic cohort plan", "", markdown_table(plan), ""]
+    synthetic_qc = [pd.read_csv(path, sep="\t") for path in sorted((results / "synthetic").glob("bin-*/qc_summary.tsv"))]
+    if synthetic_qc:
+        gate = "on: outliers were dropped" if config["generate"].get("qc_gate") else "off: outliers were counted, not dropped"
+        sections += ["## Synthetic QC", "", f"Each synthetic volume was measured like a real scan (Dice and correlation with the "
+                     f"template) against real training brains; robust z-score threshold {config['generate'].get('qc_max_robust_z')}; "
+                     f"gate {gate}.", "", markdown_table(pd.concat(synthetic_qc, ignore_index=True)), ""]
 
     if metrics is not None:
         columns = [c for c in ["feature_set", "regressor", "arm", "correction", "n_test", "mae", "mae_ci_low", "mae_ci_high",

@@ -6,6 +6,8 @@ rule brainage:
     input:
         split=rules.split.output[0],
         synthetic=synthetic_manifests(),
+        # Written by rule regional_measures (regions.smk, included after this file).
+        regional_features=f"{RESULTS}/regional_measures/regional_features.tsv",
     output:
         metrics=report(
             f"{RESULTS}/brainage/metrics.tsv",
@@ -41,4 +43,4 @@ rule brainage:
         f"{ENVS}/analysis.yaml"
     shell:
         "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} --bin-edges {params.bin_edges} "
-        "--output-dir {params.output_dir} {params.flags} > {log} 2>&1"
+        "--regional-features {input.regional_features} --output-dir {params.output_dir} {params.flags} > {log} 2>&1"

@@ -1,7 +1,18 @@
 # The wavelet flow-matching generator: training on the real training split, the per-bin synthetic
-# plan, generation as one job per age bin (so bins run in parallel on a cluster), and a preview grid.
-# checkpoint_last.pth is deliberately not a declared output: Snakemake deletes declared outputs of a
-# failed or interrupted job, and training resumes from that file.
+# plan, generation as one job per age bin or per chunk of one (so they run in parallel on a cluster), the
+# QC gate that merges each bin's chunks, and a preview grid.
+# Training runs in generator/training/, which is not a declared output: Snakemake deletes the declared
+# outputs of a failed or interrupted job (and any before a job starts), and a rerun resumes from that
+# folder's checkpoint_last.pth with its loss log and best checkpoint intact. The declared outputs are
+# copied from it once training has finished, so an interrupted run never leaves them looking complete.
+
+from flowlet.generative.chunks import chunks_per_bin  # noqa: E402
+
+# Keys of the generate section that configure the QC rules, not `flowlet generate`.
+GENERATE_QC_KEYS = ("qc_gate", "qc_max_robust_z", "qc_reference_max_images")
+# From the config, not the plan, so that dry runs list every generation job and the DAG is built once (a
+# checkpoint on the plan would hide them until it had run); chunks past a bin's actual count are empty.
+GENERATION_CHUNKS = range(chunks_per_bin(config["generate"]["chunk_size"], config["plan_synthetic"]))
 
 
 rule train:
@@ -23,7 +34,7 @@ rule train:
         f"{BENCHMARKS}/train_generator.tsv"
     params:
         flags=cli_flags("train_generator"),
-        output_dir=lambda wildcards, output: Path(output.checkpoint).parent,
+        run_dir=f"{RESULTS}/generator/training",
     threads: 2
     resources:
         mem_mb=16000,
@@ -32,8 +43,9 @@ rule train:
     conda:
         f"{ENVS}/generative.yaml"
     shell:
-        "python -m flowlet train {input.split} --output-dir {params.output_dir} {params.flags} "
-        "--threads {threads} > {log} 2>&1"
+        "python -m flowlet train {input.split} --output-dir {params.run_dir} {params.flags} "
+        "--threads {threads} > {log} 2>&1 && "
+        "for output in {output}; do cp {params.run_dir}/$(basename $output) $output; done"
 
 
 rule plan_synthetic:
@@ -70,13 +82,15 @@ rule generate:
         ranges=rules.train.output.ranges,
         ages=f"{RESULTS}/synthetic/ages/bin-{{age_bin}}_ages.tsv",
     output:
-        manifest=f"{RESULTS}/synthetic/bin-{{age_bin}}/manifest.tsv",
+        manifest=f"{RESULTS}/synthetic/bin-{{age_bin}}/chunk-{{chunk}}_manifest.tsv",
     log:
-        f"{LOGS}/generate/bin-{{age_bin}}.log",
+        f"{LOGS}/generate/bin-{{age_bin}}_chunk-{{chunk}}.log",
     benchmark:
-        f"{BENCHMARKS}/generate/bin-{{age_bin}}.tsv"
+        f"{BENCHMARKS}/generate/bin-{{age_bin}}_chunk-{{chunk}}.tsv"
+    wildcard_constraints:
+        chunk="[0-9]+",
     params:
-        flags=cli_flags("generate"),
+        flags=cli_flags("generate", skip=GENERATE_QC_KEYS),
         output_dir=lambda wildcards, output: Path(output.manifest).parent,
     threads: 2
     resources:
@@ -88,7 +102,55 @@ rule generate:
     shell:
         "python -m flowlet generate --checkpoint_path {input.checkpoint} --config_path {input.config} "
         "--condition_ranges_path {input.ranges} --ages-tsv {input.ages} --output_dir {params.output_dir} "
-        "{params.flags} > {log} 2>&1"
+        "--manifest {output.manifest} --chunk {wildcards.chunk} {params.flags} > {log} 2>&1"
+
+
+rule synthetic_qc_reference:
+    input:
+        split=rules.split.output[0],
+        config=rules.train.output.config,
+    output:
+        f"{RESULTS}/synthetic/qc_reference.tsv",
+    log:
+        f"{LOGS}/synthetic_qc_reference.log",
+    benchmark:
+        f"{BENCHMARKS}/synthetic_qc_reference.tsv"
+    params:
+        max_images=config["generate"]["qc_reference_max_images"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        f"{ENVS}/generative.yaml"
+    shell:
+        "python -m flowlet synthetic-qc reference --split {input.split} --generator-config {input.config} "
+        "--max-images {params.max_images} --output {output} > {log} 2>&1"
+
+
+rule synthetic_qc:
+    input:
+        chunks=expand(f"{RESULTS}/synthetic/bin-{{{{age_bin}}}}/chunk-{{chunk}}_manifest.tsv", chunk=GENERATION_CHUNKS),
+        reference=rules.synthetic_qc_reference.output[0],
+    output:
+        manifest=f"{RESULTS}/synthetic/bin-{{age_bin}}/manifest.tsv",
+        summary=f"{RESULTS}/synthetic/bin-{{age_bin}}/qc_summary.tsv",
+    log:
+        f"{LOGS}/synthetic_qc/bin-{{age_bin}}.log",
+    benchmark:
+        f"{BENCHMARKS}/synthetic_qc/bin-{{age_bin}}.tsv"
+    params:
+        flags=cli_flags("generate", skip=[key for key in config["generate"] if key not in ("qc_gate", "qc_max_robust_z")]),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        f"{ENVS}/generative.yaml"
+    shell:
+        "python -m flowlet synthetic-qc gate --manifests {input.chunks} --reference {input.reference} "
+        "--output {output.manifest} --summary {output.summary} --age-bin {wildcards.age_bin} {params.flags} "
+        "> {log} 2>&1"
 
 
 rule synthetic_grid:

@@ -1,11 +1,40 @@
-# Region-based anatomy of real and synthetic brains: tissue volumes per atlas region, the paper's
-# paired analysis with its real-versus-real floor, and age trajectories.
+# Region-based anatomy of real and synthetic brains: tissue volumes per atlas region (measured once, also
+# the regional features of the brain-age stage), the paper's paired analysis with its real-versus-real
+# floor, and age trajectories.
+
+
+rule regional_measures:
+    input:
+        split=rules.split.output[0],
+        synthetic=synthetic_manifests(),
+    output:
+        measures=f"{RESULTS}/regional_measures/regional_measures.tsv",
+        features=f"{RESULTS}/regional_measures/regional_features.tsv",
+        segmentations=directory(f"{RESULTS}/regional_measures/segmentations"),
+    log:
+        f"{LOGS}/regional_measures.log",
+    benchmark:
+        f"{BENCHMARKS}/regional_measures.tsv"
+    params:
+        flags=cli_flags("regional_measures"),
+        output_dir=lambda wildcards, output: Path(output.measures).parent,
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        f"{ENVS}/analysis.yaml"
+    shell:
+        "python -m flowlet regional-measures --split {input.split} --synthetic {input.synthetic} "
+        "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"
 
 
 rule regions:
     input:
         split=rules.split.output[0],
         synthetic=synthetic_manifests(),
+        measures=rules.regional_measures.output.measures,
+        segmentations=rules.regional_measures.output.segmentations,
         model=rules.brainage.output.model,
     output:
         table=report(
@@ -13,7 +42,6 @@ rule regions:
             caption="../report/regions_paired.rst",
             category="Regions",
         ),
-        measures=f"{RESULTS}/regions/regional_measures.tsv",
         slopes=report(
             f"{RESULTS}/regions/slopes.tsv",
             caption="../report/regions_slopes.rst",
@@ -73,5 +101,6 @@ rule regions:
     conda:
         f"{ENVS}/analysis.yaml"
     shell:
-        "python -m flowlet regions --split {input.split} --synthetic {input.synthetic} --brainage-model {input.model} "
+        "python -m flowlet regions --split {input.split} --synthetic {input.synthetic} --measures {input.measures} "
+        "--brainage-model {input.model} "
         "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"

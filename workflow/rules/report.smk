@@ -24,6 +24,7 @@ rule report_summary:
         losses=rules.train.output.losses,
         plan=rules.plan_synthetic.output.plan,
         grid=rules.synthetic_grid.output[0],
+        synthetic_qc=expand(f"{RESULTS}/synthetic/bin-{{age_bin}}/qc_summary.tsv", age_bin=AGE_BINS),
         brainage=rules.brainage.output.metrics,
         regions=rules.regions.output.table,
         slopes=rules.regions.output.slopes,

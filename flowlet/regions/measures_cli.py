@@ -1,0 +1,78 @@
+"""`flowlet regional-measures`: tissue volumes per atlas region of every real and synthetic image, measured once.
+
+Every real image of the split table (rows not ``excluded``) and every image of the synthetic manifests is
+segmented into CSF, grey and white matter (ANTs Atropos, template priors) and measured in every region of
+the atlas. Three outputs, all in ``--output-dir``:
+
+- ``regional_measures.tsv``: the long table, one row per image and region (what `flowlet regions` reads);
+- ``regional_features.tsv``: one row per image, the brain-age regional features (``flowlet brainage
+  --regional-features``), see :func:`flowlet.regions.measures.regional_features`;
+- ``segmentations/``: each image's tissue labels (0 outside, 1 CSF, 2 grey, 3 white), for the paired analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from flowlet.errors import FlowletError
+
+log = logging.getLogger(__name__)
+
+MEASURES_TABLE = "regional_measures.tsv"
+FEATURES_TABLE = "regional_features.tsv"
+RESOLUTION_MM = 2
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, age_bin, split, image[, native_volume_factor])")
+    parser.add_argument("--synthetic", nargs="*", default=[], type=Path, help="synthetic manifest TSV(s) (image, age[, sex, age_bin]); none is allowed")
+    parser.add_argument(
+        "--output-dir",
+        required=True,
+        type=Path,
+        help=f"folder for {MEASURES_TABLE} (one row per image and region), {FEATURES_TABLE} (one row per image: CSF, grey and white "
+        "volume of every region as fractions of the image's brain-mask volume, for `flowlet brainage --regional-features`) and segmentations/",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for ANTs")
+    parser.add_argument("--atropos-iterations", type=int, default=5, help="Atropos EM iterations per image")
+    parser.add_argument("--atropos-mrf", type=float, default=0.1, help="Atropos MRF smoothing weight (0 = none, fastest; 0.1 separates CSF from grey matter far better at 2 mm)")
+    parser.add_argument(
+        "--atropos-prior-weight",
+        type=float,
+        default=0.1,
+        help="weight of the template tissue priors in Atropos (0: initialisation only, 1: strong); low, because affinely aligned subjects differ from the template",
+    )
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.threads < 1:
+        raise FlowletError(f"--threads must be at least 1, got {args.threads}")
+    if args.atropos_iterations < 1 or args.atropos_mrf < 0 or not 0 <= args.atropos_prior_weight <= 1:
+        raise FlowletError(
+            f"Atropos settings out of range: --atropos-iterations {args.atropos_iterations} (>= 1), "
+            f"--atropos-mrf {args.atropos_mrf} (>= 0), --atropos-prior-weight {args.atropos_prior_weight} (0-1)"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    # ITK reads its thread count when the library loads, so it is set before ants is first imported.
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    from flowlet.regions.atlas import load_atlas
+    from flowlet.regions.measures import measure_images, read_manifests, read_split, regional_features
+    from flowlet.regions.tissue import TissueSegmenter
+
+    entries = read_split(args.split) + read_manifests(list(args.synthetic))
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    atlas = load_atlas(RESOLUTION_MM)
+    with TissueSegmenter(RESOLUTION_MM, args.atropos_iterations, args.atropos_mrf, args.atropos_prior_weight) as segmenter:
+        measures = measure_images(entries, atlas, segmenter, RESOLUTION_MM, output)
+    measures.to_csv(output / MEASURES_TABLE, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
+    regional_features(measures).to_csv(output / FEATURES_TABLE, sep="\t", index=False, float_format="%.6g")
+    groups = measures.drop_duplicates("image_id")["group"].value_counts().to_dict()
+    log.info("measured %d regions in %s images; wrote %s", measures["region"].nunique(), groups, output)
+    return 0
