@@ -21,6 +21,7 @@ import torch
 
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
+from test_brainage_experiment import age_volume
 
 ONE_THREAD = {
     "OMP_NUM_THREADS": "1",
@@ -165,15 +166,6 @@ def test_generation_is_bit_identical(trained_pair, tmp_path):
     assert_same_outputs(first, second, volumes | {"manifest.tsv"})
 
 
-def age_structured_volume(age: float, rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
-    """Noise inside the brain with a dark central blob whose radius grows with age: learnable, cheap."""
-    grid = np.indices(mask.shape).transpose(1, 2, 3, 0)
-    distance = np.sqrt(((grid - np.array([45, 60, 45])) ** 2).sum(-1))
-    volume = 1.0 + 0.3 * rng.standard_normal(mask.shape)
-    volume[distance < 4 + 0.15 * age] -= 1.5
-    return (volume * mask).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def brainage_cohort(tmp_path_factory) -> Path:
     """24 real subjects aged 20-80 (one in three tested) and 6 synthetic ones for the thin 60-80 bin."""
@@ -182,7 +174,7 @@ def brainage_cohort(tmp_path_factory) -> Path:
     mask = template_brain_mask(2).get_fdata() > 0
     affine = mni_grid(2)[1]
     ages = np.concatenate([rng.uniform(20, 40, 10), rng.uniform(40, 60, 10), rng.uniform(60, 80, 4)]).round(2)
-    images = [str(save_nifti(age_structured_volume(a, rng, mask), affine, root / f"sub-{i:02d}.nii.gz")) for i, a in enumerate(ages)]
+    images = [str(save_nifti(age_volume(a, rng, mask), affine, root / f"sub-{i:02d}.nii.gz")) for i, a in enumerate(ages)]
     pd.DataFrame({
         "participant_id": [f"sub-{i:02d}" for i in range(len(ages))],
         "age": ages,
@@ -191,7 +183,7 @@ def brainage_cohort(tmp_path_factory) -> Path:
         "image": images,
     }).to_csv(root / "split.tsv", sep="\t", index=False)
     synthetic_ages = rng.uniform(60, 80, 6).round(2)
-    synthetic = [save_nifti(age_structured_volume(a, rng, mask), affine, root / f"synth_{i}.nii.gz") for i, a in enumerate(synthetic_ages)]
+    synthetic = [save_nifti(age_volume(a, rng, mask), affine, root / f"synth_{i}.nii.gz") for i, a in enumerate(synthetic_ages)]
     pd.DataFrame({
         "image": [path.name for path in synthetic], "age": synthetic_ages, "sex": "", "age_bin": "60-80",
     }).to_csv(root / "synthetic.tsv", sep="\t", index=False)

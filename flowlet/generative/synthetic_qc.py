@@ -29,6 +29,7 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from flowlet.data.masks import fill_and_keep_largest
 from flowlet.data.nifti import load_nifti
 from flowlet.data.tables import read_tsv, resolve_image_path
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
@@ -68,12 +69,7 @@ def synthetic_brain_mask(volume: np.ndarray, background: np.ndarray) -> np.ndarr
     """Voxels departing from the background level (the median over ``background``): largest part, holes filled."""
     level = np.median(volume[background])
     departs = np.abs(volume - level) > BRAIN_TOLERANCE
-    labels, count = ndimage.label(departs)
-    if count == 0:
-        return departs
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(labels == sizes.argmax())
+    return fill_and_keep_largest(departs)
 
 
 def qc_metrics(volume: np.ndarray, template: TemplateQC) -> dict[str, float]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from flowlet.data.masks import fill_and_keep_largest
 from flowlet.data.templates import template_brain_mask, template_tissue_priors
 from flowlet.errors import FlowletError
 from flowlet.regions.atlas import TISSUES
@@ -43,12 +44,7 @@ def brain_mask_of(image: np.ndarray, tolerance: float = BACKGROUND_TOLERANCE, fa
     foreground = np.abs(image) > tolerance
     if fallback is not None and _touches_border(foreground):
         foreground &= fallback
-    components, count = ndimage.label(foreground)
-    if count == 0:
-        return foreground
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(components == sizes.argmax())
+    return fill_and_keep_largest(foreground)
 
 
 def _touches_border(mask: np.ndarray) -> bool:
