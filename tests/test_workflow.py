@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,6 +75,23 @@ def test_bad_config_is_rejected_naming_the_key(tmp_path):
     result = snakemake(tmp_path, "-n", configfile=config, check=False)
     assert result.returncode != 0
     assert "split.test_fraction" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_regional_slopes_on_the_demo_phantoms_match_the_ageing_put_in(tiny_study):
+    """Ventricle growth and brain shrinkage measured in native ml (MNI volumes times each subject's
+    native_volume_factor) have the sign and order of magnitude of the phantoms' ground truth."""
+    results = tiny_study / "results"
+    truth = pd.read_csv(results / "demo" / "bids" / "derivatives" / "phantoms" / "ground_truth.tsv", sep="\t")
+    split = pd.read_csv(results / "data" / "split.tsv", sep="\t")
+    truth = truth[truth["participant_id"].isin(split.loc[split["split"] != "excluded", "participant_id"])]
+    slopes = pd.read_csv(results / "regions" / "slopes.tsv", sep="\t")
+    native = slopes[slopes["measure"] == "native_volume_ml"].set_index("region")["real_slope"]
+    for region, column in (("ventricles", "ventricle_volume_ml"), ("brain", "brain_volume_ml")):
+        expected = np.polyfit(truth["age"], truth[column], 1)[0]
+        ratio = native[region] / expected
+        print(f"{region}: measured {native[region]:.3f} ml/year, phantom truth {expected:.3f} ml/year")
+        assert 1 / 3 < ratio < 3, f"{region}: measured slope {native[region]:.3f} vs truth {expected:.3f} ml/year"
 
 
 @pytest.mark.slow
