@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -44,3 +46,19 @@ def robust_z(values: pd.Series, reference: pd.Series | None = None) -> pd.Series
 def outlier_reason(metric: str, value: float, score: float) -> str:
     """How a flagged metric is reported in ``outlier_reasons``."""
     return f"{metric}={value:.3g} (robust z {score:+.1f})"
+
+
+def outlier_reasons(table: pd.DataFrame, metrics: Sequence[str], threshold: float,
+                    reference: pd.DataFrame | None = None) -> list[list[str]]:
+    """Per row of ``table``, why it is an outlier: a metric missing, or its robust z-score (against
+    ``reference``, default the table itself) beyond ``threshold``. An empty list is a row that passes."""
+    reasons: list[list[str]] = [[] for _ in range(len(table))]
+    for metric in metrics:
+        values = pd.to_numeric(table[metric], errors="coerce").reset_index(drop=True)
+        scores = robust_z(values, None if reference is None else pd.to_numeric(reference[metric], errors="coerce"))
+        for i, (value, score) in enumerate(zip(values, scores)):
+            if pd.isna(value):
+                reasons[i].append(f"{metric} missing")
+            elif abs(score) > threshold:
+                reasons[i].append(outlier_reason(metric, value, score))
+    return reasons

@@ -35,7 +35,7 @@ from flowlet.data.tables import read_tsv, resolve_image_path
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.generative.data import downsample_volume, percentile_to_unit_range, upsample_to_grid
-from flowlet.qc_metrics import dice, normalised_cross_correlation, outlier_reason, robust_z
+from flowlet.qc_metrics import dice, normalised_cross_correlation, outlier_reasons
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,7 @@ def reference_metrics(images: Sequence[Path], downsample: int, resolution_mm: in
 
 def read_reference(path: str | Path) -> pd.DataFrame:
     path = Path(path)
-    table = read_tsv(path, "synthetic QC reference")
-    missing = [metric for metric in QC_METRICS if metric not in table.columns]
-    if missing:
-        raise FlowletError(f"synthetic QC reference {path} lacks the columns {missing} (made by flowlet synthetic-qc reference?)")
+    table = read_tsv(path, "synthetic QC reference (made by flowlet synthetic-qc reference)", required=QC_METRICS)
     usable = table[list(QC_METRICS)].apply(pd.to_numeric, errors="coerce").dropna()
     if len(usable) < MIN_REFERENCE_IMAGES:
         raise FlowletError(f"synthetic QC reference {path} has {len(usable)} real image(s) with every metric; at least "
@@ -136,15 +133,7 @@ def read_reference(path: str | Path) -> pd.DataFrame:
 
 def flag_outliers(table: pd.DataFrame, reference: pd.DataFrame, max_robust_z: float) -> pd.DataFrame:
     """``table`` with ``qc_outlier`` and ``qc_reasons``: a metric missing or beyond ``max_robust_z`` from the reference."""
-    reasons: list[list[str]] = [[] for _ in range(len(table))]
-    for metric in QC_METRICS:
-        values = pd.to_numeric(table[metric], errors="coerce").reset_index(drop=True)
-        scores = robust_z(values, reference[metric])
-        for i, (value, score) in enumerate(zip(values, scores)):
-            if pd.isna(value):
-                reasons[i].append(f"{metric} missing")
-            elif abs(score) > max_robust_z:
-                reasons[i].append(outlier_reason(metric, value, score))
+    reasons = outlier_reasons(table, QC_METRICS, max_robust_z, reference)
     return table.assign(qc_outlier=[bool(r) for r in reasons], qc_reasons=["; ".join(r) for r in reasons])
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from flowlet.errors import FlowletError
-from flowlet.qc_metrics import dice, normalised_cross_correlation, outlier_reason, robust_z
+from flowlet.qc_metrics import dice, normalised_cross_correlation, outlier_reasons, robust_z
 
 __all__ = ["QC_COLUMNS", "OUTLIER_METRICS", "aggregate_qc", "dice", "normalised_cross_correlation", "robust_z",
            "save_failure_png", "save_qc_png", "write_qc_row"]
@@ -43,17 +43,10 @@ def aggregate_qc(tables: list[pd.DataFrame], threshold: float = 3.0, failed: pd.
     table["status"] = table["status"].fillna("ok") if "status" in table.columns else "ok"
     succeeded = (table["status"] == "ok").to_numpy()
     reasons: list[list[str]] = [[] if ok else [f"preprocessing {status}"] for ok, status in zip(succeeded, table["status"])]
-    for metric in OUTLIER_METRICS:
-        values = pd.to_numeric(table[metric], errors="coerce")
-        # Subjects that failed have no metrics; the cohort's spread is that of the ones that succeeded.
-        z = robust_z(values[succeeded]).reindex(values.index) if succeeded.any() else values
-        for i, (value, score) in enumerate(zip(values, z)):
-            if not succeeded[i]:
-                continue
-            if pd.isna(value):
-                reasons[i].append(f"{metric} missing")
-            elif abs(score) > threshold:
-                reasons[i].append(outlier_reason(metric, value, score))
+    # Subjects that failed have no metrics; the cohort's spread is that of the ones that succeeded.
+    if succeeded.any():
+        for index, found in zip(np.flatnonzero(succeeded), outlier_reasons(table[succeeded], OUTLIER_METRICS, threshold)):
+            reasons[index] += found
     table["outlier"] = [bool(r) for r in reasons]
     table["outlier_reasons"] = ["; ".join(r) for r in reasons]
     if failed is not None and len(failed):

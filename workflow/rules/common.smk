@@ -61,11 +61,11 @@ wildcard_constraints:
     age_bin="[0-9.]+-[0-9.]+",
 
 
-def cli_flags(section, skip=()):
-    """A config section as command-line flags: snake_case keys become --kebab-case flags."""
+def cli_flags(section, skip=(), only=None):
+    """A config section (or the keys ``only`` of it) as command-line flags: snake_case keys become --kebab-case flags."""
     parts = []
     for key, value in config[section].items():
-        if key in skip or value is None:
+        if key in skip or (only is not None and key not in only) or value is None:
             continue
         name = key.replace("_", "-")
         if isinstance(value, bool):

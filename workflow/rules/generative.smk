@@ -140,7 +140,7 @@ rule synthetic_qc:
     benchmark:
         f"{BENCHMARKS}/synthetic_qc/bin-{{age_bin}}.tsv"
     params:
-        flags=cli_flags("generate", skip=[key for key in config["generate"] if key not in ("qc_gate", "qc_max_robust_z")]),
+        flags=cli_flags("generate", only=("qc_gate", "qc_max_robust_z")),
     threads: 1
     resources:
         mem_mb=1000,
