@@ -67,6 +67,9 @@ def derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
+OUTPUT_INITS = ("zero", "random")
+
+
 @dataclasses.dataclass
 class TrainingOptions:
     """Everything about a run except the network architecture (which is a UNetConfig)."""
@@ -82,6 +85,7 @@ class TrainingOptions:
     min_lr: float = 1e-6
     grad_clip_norm: float = 1.0
     ema_decay: float = 0.999
+    output_init: str = "zero"
     flow: str = "rectified"
     time_sampling: str | None = None
     lll_loss_weight: float = 1.0
@@ -117,6 +121,8 @@ class TrainingOptions:
             problems.append(f"--val-split must be in [0, 1), got {self.val_split}")
         if self.max_steps_per_run is not None and self.max_steps_per_run < 1:
             problems.append("--max-steps-per-run must be at least 1")
+        if self.output_init not in OUTPUT_INITS:
+            problems.append(f"--output-init must be {' or '.join(OUTPUT_INITS)}, got {self.output_init}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision}")
         if problems:
@@ -437,6 +443,10 @@ class Trainer:
 
         torch.manual_seed(derived_seed(options.seed, STREAM_INIT))
         self.model = FlowUNet(config).to(self.device)
+        if options.output_init == "random":
+            # A zero output layer (the reference's) predicts zero velocity at first; on small data the network
+            # then fits the mean image and can sit 50-250 steps (seed-dependent) before it learns to use x_t.
+            self.model.out[-1].reset_parameters()
         self.ema = ExponentialMovingAverage(self.model, options.ema_decay) if options.ema_decay > 0 else None
         decay, no_decay = [], []
         for name, parameter in self.model.named_parameters():

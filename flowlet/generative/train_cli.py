@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from flowlet.generative.flows import FLOW_NAMES, TIME_SAMPLERS
+from flowlet.generative.train import OUTPUT_INITS, TrainingOptions, train
 from flowlet.generative.unet import UNetConfig, load_config, preset_config
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                           "sooner, so the noise-dependent part of the velocity is learnt in fewer steps")
     opt.add_argument("--grad-clip-norm", type=float, default=1.0, help="gradient norm clip (0 disables)")
     opt.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the weights (0 disables)")
+    opt.add_argument("--output-init", choices=OUTPUT_INITS, default="zero",
+                     help="initial weights of the network's last convolution: zero (the reference, improved-diffusion) "
+                          "or PyTorch's default random init, which learns to use the noisy input sooner in short runs")
     opt.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                      help="rotation/intensity/noise augmentation of the reference")
     opt.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -114,7 +118,6 @@ def architecture_from_args(args: argparse.Namespace) -> UNetConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flowlet.generative.train import TrainingOptions, train
 
     options = TrainingOptions(
         table=args.table,
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         min_lr=args.min_lr,
         grad_clip_norm=args.grad_clip_norm,
         ema_decay=args.ema_decay,
+        output_init=args.output_init,
         flow=args.flow,
         time_sampling=args.time_sampling,
         lll_loss_weight=args.lll_loss_weight,
