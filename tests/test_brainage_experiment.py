@@ -270,3 +270,43 @@ def test_regional_feature_set_end_to_end(cohort_dir: Path, tmp_path: Path):
     real.iloc[1:].to_csv(tmp_path / "partial.tsv", sep="\t", index=False)
     with pytest.raises(FlowletError, match=r"no row for 1 .*sub-000"):
         run_experiment(cohort_dir / "split.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100]), regional_features_path=tmp_path / "partial.tsv")
+
+
+def age_labels(age: float, mask: np.ndarray) -> np.ndarray:
+    """Tissue labels like `flowlet regional-measures` writes: grey matter in the brain, a CSF ventricle growing with age."""
+    grid = np.indices(mask.shape).transpose(1, 2, 3, 0)
+    distance = np.sqrt(((grid - np.array([45, 60, 45])) ** 2).sum(-1))
+    labels = np.where(mask, 2, 0).astype(np.uint8)
+    labels[mask & (distance < 4 + 0.15 * age)] = 1
+    return labels
+
+
+def test_tissue_feature_set_learns_from_smoothed_density_maps(cohort_dir: Path, tmp_path: Path):
+    """`--feature-sets tissue` reads each subject's label map named in the table (relative to its folder),
+    smooths the CSF and grey densities and predicts age from them; tables without label maps are refused."""
+    split = pd.read_csv(cohort_dir / "split.tsv", sep="\t")
+    mask = template_brain_mask(2).get_fdata() > 0
+    (tmp_path / "segmentations").mkdir()
+    names = []
+    for participant, age in zip(split["participant_id"], split["age"]):
+        names.append(f"segmentations/{participant}_dseg.nii.gz")
+        save_nifti(age_labels(age, mask), mni_grid(2)[1], tmp_path / names[-1], dtype=np.uint8)
+    table = pd.DataFrame({"participant_id": split["participant_id"], "image": split["image"], "segmentation": names, "whole_brain": 1.0})
+    table.to_csv(tmp_path / "regional_features.tsv", sep="\t", index=False)
+    output = tmp_path / "out"
+    assert main(["brainage", "--split", str(cohort_dir / "split.tsv"), "--output-dir", str(output), "--regressors", "ridge",
+                 "--arms", "real", "--seeds", "0", "--bin-edges", *EDGES, "--pca-components", "2", "--cv-folds", "3",
+                 "--bootstrap", "200", "--regional-features", str(tmp_path / "regional_features.tsv"),
+                 "--feature-sets", "tissue", "--tissue-fwhm", "8"]) == 0  # fmt: skip
+    metrics = pd.read_csv(output / "metrics.tsv", sep="\t")
+    assert set(metrics["feature_set"]) == {"tissue"}
+    overall = metrics[(metrics["age_bin"] == "all") & (metrics["correction"] == "raw")].set_index("regressor")["mae"]
+    assert overall["ridge"] < 0.3 * overall["mean_baseline"]
+
+    table.drop(columns="segmentation").to_csv(tmp_path / "no_maps.tsv", sep="\t", index=False)
+    settings = Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100], feature_sets=["tissue"], cv_folds=3)
+    with pytest.raises(FlowletError, match=r"no_maps.tsv.*segmentation"):
+        run_experiment(cohort_dir / "split.tsv", [], settings, regional_features_path=tmp_path / "no_maps.tsv")
+    (tmp_path / names[0]).unlink()
+    with pytest.raises(FlowletError, match=r"sub-000_dseg.nii.gz"):
+        run_experiment(cohort_dir / "split.tsv", [], settings, regional_features_path=tmp_path / "regional_features.tsv")

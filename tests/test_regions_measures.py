@@ -26,10 +26,10 @@ def _long_table() -> pd.DataFrame:
 
 def test_features_are_tissue_volumes_over_the_brain_mask_so_head_size_cancels():
     features = regional_features(_long_table())
-    assert list(features.columns[:3]) == ["participant_id", "image", "group"]
-    assert list(features.columns[3:]) == [f"{region}_{tissue}" for region in ("hippocampus", "ventricles") for tissue in ("csf", "grey", "white")]
+    assert list(features.columns[:4]) == ["participant_id", "image", "group", "segmentation"]
+    assert list(features.columns[4:]) == [f"{region}_{tissue}" for region in ("hippocampus", "ventricles") for tissue in ("csf", "grey", "white")]
     assert list(features["participant_id"]) == ["sub-01", ""]
-    np.testing.assert_allclose(features.iloc[0, 3:].to_numpy(float), features.iloc[1, 3:].to_numpy(float))
+    np.testing.assert_allclose(features.iloc[0, 4:].to_numpy(float), features.iloc[1, 4:].to_numpy(float))
     assert features.loc[0, "ventricles_csf"] == pytest.approx(20.0 / 1500.0)
     # No age column: every numeric column of this table is a brain-age feature.
     assert "age" not in features.columns

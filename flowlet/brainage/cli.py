@@ -9,6 +9,7 @@ from pathlib import Path
 from flowlet.brainage.bins import AgeBins
 from flowlet.brainage.cnn import CNN_ARCHITECTURES, DEFAULT_SFCN_CHANNELS, CNNSettings
 from flowlet.brainage.experiment import ARMS, FEATURE_SETS, REGRESSORS, Settings, run_experiment
+from flowlet.brainage.features import DEFAULT_TISSUE_FWHM_MM
 from flowlet.brainage.figures import mae_per_bin, pred_vs_true
 from flowlet.brainage.plan_cli import DEFAULT_BIN_EDGES
 from flowlet.brainage.predict import save_model
@@ -31,8 +32,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=FEATURE_SETS,
         default=None,
-        help="what the classical regressors learn from: voxels (masked downsampled intensities) and/or regional (the --regional-features "
-        "table); every regressor is trained on each; default: voxels, plus regional when --regional-features is given. The CNN uses voxels only",
+        help="what the classical regressors learn from: voxels (masked downsampled intensities), regional (the --regional-features "
+        "table) and tissue (smoothed CSF and grey-matter density maps from the segmentations that table lists); every regressor is "
+        "trained on each; default: voxels, plus regional when --regional-features is given. The CNN uses voxels only",
+    )
+    parser.add_argument(
+        "--tissue-fwhm", type=float, default=DEFAULT_TISSUE_FWHM_MM,
+        help="FWHM in mm of the Gaussian smoothing of the tissue density maps (feature set tissue)",
     )
     parser.add_argument("--output-dir", required=True, type=Path, help="folder for metrics.tsv, predictions.tsv, figures, model")
     parser.add_argument("--regressors", nargs="+", choices=REGRESSORS, default=["ridge", "svr", "gpr"], help="regressors to train")
@@ -63,6 +69,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         bin_edges=list(args.bin_edges),
         downsample=args.downsample,
         pca_components=list(args.pca_components),
+        tissue_fwhm_mm=args.tissue_fwhm,
         cv_folds=args.cv_folds,
         bootstrap=args.bootstrap,
         bootstrap_seed=args.bootstrap_seed,

@@ -32,7 +32,14 @@ from sklearn.model_selection import KFold
 
 from flowlet.brainage.bins import AgeBins
 from flowlet.brainage.cnn import CNNRegressor, CNNSettings
-from flowlet.brainage.features import VoxelFeatures, load_voxel_features, read_regional_features, regional_matrix
+from flowlet.brainage.features import (
+    DEFAULT_TISSUE_FWHM_MM,
+    TissueDensityMaps,
+    VoxelFeatures,
+    load_voxel_features,
+    read_regional_features,
+    regional_matrix,
+)
 from flowlet.brainage.metrics import (
     BiasCorrection,
     bootstrap_indices,
@@ -56,7 +63,11 @@ log = logging.getLogger(__name__)
 
 ARMS = ("real", "real+synthetic", "synthetic")
 REGRESSORS = (*CLASSICAL_REGRESSORS, "cnn")
-FEATURE_SETS = ("voxels", "regional")
+FEATURE_SETS = ("voxels", "regional", "tissue")
+TABLE_FEATURE_SETS = ("regional", "tissue")
+# Tissue densities (0-1) that vary less than this across the training subjects carry no age signal, and
+# standardising them would blow up their noise.
+MIN_DENSITY_SPREAD = 0.02
 MIN_TEST_SUBJECTS = 3
 
 
@@ -68,6 +79,7 @@ class Settings:
     bin_edges: list[float] = field(default_factory=lambda: [20, 30, 40, 50, 60, 70, 80, 90])
     downsample: int = 2
     pca_components: list[int] = field(default_factory=lambda: [10, 25, 50])
+    tissue_fwhm_mm: float = DEFAULT_TISSUE_FWHM_MM
     cv_folds: int = 5
     bootstrap: int = 2000
     bootstrap_seed: int = 0
@@ -81,8 +93,9 @@ class Settings:
         unknown = [name for name in self.feature_sets if name not in FEATURE_SETS]
         if unknown or not self.feature_sets:
             raise FlowletError(f"--feature-sets: unknown {unknown or 'empty list'}; choose from {', '.join(FEATURE_SETS)}")
-        if "regional" in self.feature_sets and regional_features_path is None:
-            raise FlowletError("--feature-sets regional needs --regional-features TABLE (the regional_features.tsv of `flowlet regional-measures`)")
+        needing_table = [name for name in self.feature_sets if name in TABLE_FEATURE_SETS]
+        if needing_table and regional_features_path is None:
+            raise FlowletError(f"--feature-sets {' '.join(needing_table)} needs --regional-features TABLE (the regional_features.tsv of `flowlet regional-measures`)")
         return list(dict.fromkeys(self.feature_sets))
 
     def validate(self) -> None:
@@ -193,26 +206,45 @@ def voxel_feature_set(cohort: Cohort, settings: Settings) -> tuple[FeatureSet, V
     return feature_set, voxels
 
 
-def regional_feature_set(cohort: Cohort, path: Path) -> FeatureSet:
-    table = read_regional_features(path)
+def table_feature_set(cohort: Cohort, name: str, path: Path, matrix_of) -> FeatureSet:
+    """Features looked up per subject in a table (``matrix_of(subjects) -> (matrix, found)``)."""
 
     def matched(subjects: pd.DataFrame, what: str, required: bool) -> np.ndarray | None:
-        matrix, found = regional_matrix(table, subjects)
+        matrix, found = matrix_of(subjects)
         if found.all():
             return matrix
         missing = subjects.loc[~found, "participant_id"].tolist()
         if required:
-            raise FlowletError(f"regional features {path}: no row for {len(missing)} {what} subject(s): {', '.join(map(str, missing[:10]))}")
-        cohort.notes.append(f"regional features {path}: {len(missing)} {what} volume(s) have no row; arms with synthetic data skipped for regional features")
+            raise FlowletError(f"{name} features {path}: no row for {len(missing)} {what} subject(s): {', '.join(map(str, missing[:10]))}")
+        cohort.notes.append(f"{name} features {path}: {len(missing)} {what} volume(s) have no row; arms with synthetic data skipped for {name} features")
         return None
 
     return FeatureSet(
-        name="regional",
+        name=name,
         train=matched(cohort.train, "real training", True),
         synthetic=matched(cohort.synthetic.table, "synthetic", False) if not cohort.synthetic.table.empty else None,
-        tests={name: matched(subjects, f"{name} test", True) for name, subjects in cohort.test_sets.items()},
+        tests={test_name: matched(subjects, f"{test_name} test", True) for test_name, subjects in cohort.test_sets.items()},
         volumetric=False,
     )
+
+
+def regional_feature_set(cohort: Cohort, path: Path) -> FeatureSet:
+    table = read_regional_features(path)
+    return table_feature_set(cohort, "regional", path, lambda subjects: regional_matrix(table, subjects))
+
+
+def tissue_feature_set(cohort: Cohort, path: Path, settings: Settings) -> FeatureSet:
+    """Smoothed CSF and grey-matter densities (VBM-style), keeping the voxels that vary across training subjects."""
+    maps = TissueDensityMaps(path, settings.tissue_fwhm_mm, settings.downsample)
+    features = table_feature_set(cohort, "tissue", path, maps.matrix)
+    varying = features.train.std(axis=0) > MIN_DENSITY_SPREAD
+    if not varying.any():
+        raise FlowletError(f"tissue features {path}: no voxel's density varies across the training subjects (all spreads <= {MIN_DENSITY_SPREAD})")
+    features.train = features.train[:, varying]
+    if features.synthetic is not None:
+        features.synthetic = features.synthetic[:, varying]
+    features.tests = {name: matrix[:, varying] for name, matrix in features.tests.items()}
+    return features
 
 
 def _flatten(features: np.ndarray, volumetric: bool, mask: np.ndarray | None) -> np.ndarray:
@@ -430,7 +462,7 @@ def run_experiment(
     cohort = load_cohort(split_path, synthetic_paths, settings, external_split_path)
     notes = cohort.notes
     chosen = settings.chosen_feature_sets(regional_features_path)
-    if regional_features_path is not None and "regional" not in chosen:
+    if regional_features_path is not None and not set(TABLE_FEATURE_SETS) & set(chosen):
         notes.append(f"regional features {regional_features_path} not used: --feature-sets is {' '.join(chosen)}")
     feature_sets, voxels = [], None
     if "voxels" in chosen:
@@ -438,6 +470,8 @@ def run_experiment(
         feature_sets.append(voxel_set)
     if "regional" in chosen:
         feature_sets.append(regional_feature_set(cohort, regional_features_path))
+    if "tissue" in chosen:
+        feature_sets.append(tissue_feature_set(cohort, regional_features_path, settings))
     fitted: list[FittedModel] = []
     prediction_frames = []
     for features in feature_sets:

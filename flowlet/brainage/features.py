@@ -1,4 +1,5 @@
-"""Brain-age inputs from MNI-space images: masked, block-downsampled voxel intensities, and regional-volume tables.
+"""Brain-age inputs from MNI-space images: masked, block-downsampled voxel intensities, regional-volume tables,
+and smoothed grey-matter and CSF density maps (voxel-based morphometry's features) from tissue segmentations.
 
 Every image must lie on FSL's MNI152 2 mm (or 1 mm) grid. Each volume is
 block-averaged by the downsampling factor, and then re-standardised (zero mean, unit
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from tqdm import tqdm
 
 from flowlet.data.nifti import load_nifti
@@ -126,14 +128,12 @@ def _path_key(value: str) -> str:
     return str(Path(value).resolve())
 
 
-def regional_matrix(table: pd.DataFrame, subjects: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Feature values for each subject row and which rows matched.
+def match_rows(table: pd.DataFrame, subjects: pd.DataFrame) -> np.ndarray:
+    """For each subject row, the index of its row in ``table`` (-1 where none).
 
     A subject matches by participant_id, else by its image's path, else by its image's file name when exactly
     one row of the table has that name (generators reuse file names in every age bin's folder).
     """
-    features = [column for column in table.columns if column not in ("participant_id", "image")]
-    values = table[features].to_numpy(dtype=float)
     by_id: dict[str, int] = {}
     by_path: dict[str, int] = {}
     by_name: dict[str, list[int]] = {}
@@ -144,13 +144,75 @@ def regional_matrix(table: pd.DataFrame, subjects: pd.DataFrame) -> tuple[np.nda
             if isinstance(image, str) and image:
                 by_path[_path_key(image)] = i
                 by_name.setdefault(Path(image).name, []).append(i)
-    matrix = np.full((len(subjects), len(features)), np.nan)
-    found = np.zeros(len(subjects), dtype=bool)
+    rows = np.full(len(subjects), -1, dtype=int)
     for i, (participant, image) in enumerate(zip(subjects["participant_id"].astype(str), subjects["image"].astype(str))):
         row = by_id.get(participant, by_path.get(_path_key(image)))
         if row is None and len(by_name.get(Path(image).name, [])) == 1:
             row = by_name[Path(image).name][0]
         if row is not None:
-            matrix[i] = values[row]
-            found[i] = True
+            rows[i] = row
+    return rows
+
+
+def regional_matrix(table: pd.DataFrame, subjects: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Feature values for each subject row (NaN where unmatched) and which rows matched (see ``match_rows``)."""
+    features = [column for column in table.columns if column not in ("participant_id", "image")]
+    rows = match_rows(table, subjects)
+    found = rows >= 0
+    matrix = np.full((len(subjects), len(features)), np.nan)
+    matrix[found] = table[features].to_numpy(dtype=float)[rows[found]]
     return matrix, found
+
+
+# Label codes of `flowlet regional-measures` segmentations (0 outside, 1 CSF, 2 grey, 3 white).
+DENSITY_TISSUES = {"csf": 1, "grey": 2}
+DEFAULT_TISSUE_FWHM_MM = 12.0
+
+
+class TissueDensityMaps:
+    """Smoothed CSF and grey-matter density maps, block-downsampled inside the template brain mask.
+
+    The table is a ``flowlet regional-measures`` feature table (``regional_features.tsv``), whose ``segmentation``
+    column names each image's tissue labels relative to the table's folder. A label map is turned into a density
+    per tissue (1 where the voxel is that tissue), smoothed with a Gaussian of ``fwhm_mm``, block-averaged by
+    ``downsample``; each map is read once, however many subject groups ask for it.
+    """
+
+    def __init__(self, path: str | Path, fwhm_mm: float = DEFAULT_TISSUE_FWHM_MM, downsample: int = 2) -> None:
+        if fwhm_mm < 0:
+            raise FlowletError(f"--tissue-fwhm must be >= 0 mm, got {fwhm_mm}")
+        self.path = Path(path)
+        self.table = read_tsv(path, "tissue maps", required=("segmentation",), dtype={"participant_id": str, "image": str, "segmentation": str})
+        if not {"participant_id", "image"} & set(self.table.columns):
+            raise FlowletError(f"tissue maps {path} need a participant_id or image column to match subjects")
+        self.fwhm_mm = fwhm_mm
+        self.downsample = downsample
+        self._rows: dict[int, np.ndarray] = {}
+        self._mask: np.ndarray | None = None
+        self._resolution: int | None = None
+
+    def matrix(self, subjects: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """One row of densities per subject (NaN where the table has no row for it) and which subjects matched."""
+        rows = match_rows(self.table, subjects)
+        found = rows >= 0
+        for row in tqdm(sorted(set(rows[found]) - set(self._rows)), desc="tissue density maps", unit="image", leave=False):
+            self._rows[row] = self._densities(row)
+        width = len(next(iter(self._rows.values()))) if self._rows else 0
+        matrix = np.full((len(subjects), width), np.nan, dtype=np.float32)
+        for i, row in enumerate(rows):
+            if row >= 0:
+                matrix[i] = self._rows[row]
+        return matrix, found
+
+    def _densities(self, row: int) -> np.ndarray:
+        path = self.path.parent / str(self.table["segmentation"].iloc[row])
+        image = load_nifti(path, what="tissue labels")
+        resolution = grid_resolution(image.shape, image.affine, path, "tissue labels")
+        if self._resolution is None:
+            self._resolution, self._mask = resolution, downsampled_mask(resolution, self.downsample)
+        elif resolution != self._resolution:
+            raise FlowletError(f"tissue labels {path} are on the {resolution} mm grid, the others on the {self._resolution} mm grid")
+        labels = np.asarray(image.dataobj)
+        sigma_voxels = self.fwhm_mm / (2 * np.sqrt(2 * np.log(2))) / resolution
+        maps = [block_downsample(ndimage.gaussian_filter((labels == code).astype(np.float32), sigma_voxels), self.downsample)[self._mask] for code in DENSITY_TISSUES.values()]
+        return np.concatenate(maps)

@@ -12,7 +12,7 @@ than voxels. (The standardisation is fitted once on the whole training set rathe
 than per fold; it uses no ages, so it leaks nothing about the targets.)
 
 The grid always includes the number of PCA components; ridge also searches its
-penalty, SVR its kernel and C, and the Gaussian process its kernel family (the
+penalty, SVR its kernel and C (on the PCA scores divided by one overall scale), and the Gaussian process its kernel family (the
 kernel's own hyper-parameters are then fitted by maximising the marginal likelihood,
 as usual for GPs). Targets are standardised for SVR and GPR so that their
 regularisation grids do not depend on the age range. The predict-the-training-mean
@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.decomposition import KernelPCA
 from sklearn.dummy import DummyRegressor
@@ -53,9 +53,9 @@ def _model_and_grid(name: str, seed: int) -> tuple[object, dict[str, list]]:
     if name == "ridge":
         return Ridge(), {"model__alpha": list(np.logspace(-1, 7, 9))}
     if name == "svr":
-        return _standardised_target(SVR()), {
-            "model__regressor__kernel": ["linear", "rbf"],
-            "model__regressor__C": [0.01, 0.1, 1.0, 10.0],
+        return Pipeline([("scale", OverallScale()), ("svr", _standardised_target(SVR()))]), {
+            "model__svr__regressor__kernel": ["linear", "rbf"],
+            "model__svr__regressor__C": [0.01, 0.1, 1.0, 10.0, 100.0],
         }
     if name == "gpr":
         linear = ConstantKernel(1.0, (1e-3, 1e3)) * DotProduct(sigma_0=1.0, sigma_0_bounds=(1e-3, 1e3)) + WhiteKernel(1.0, (1e-3, 1e2))
@@ -63,6 +63,23 @@ def _model_and_grid(name: str, seed: int) -> tuple[object, dict[str, list]]:
         gp = GaussianProcessRegressor(kernel=linear, normalize_y=False, n_restarts_optimizer=1, random_state=seed)
         return _standardised_target(gp), {"model__regressor__kernel": [linear, smooth]}
     raise FlowletError(f"unknown classical regressor {name!r}; choose from {', '.join(CLASSICAL_REGRESSORS)}")
+
+
+class OverallScale(TransformerMixin, BaseEstimator):
+    """Divide by one number, the root-mean-square of the training values.
+
+    PCA scores of standardised voxels are in the hundreds (their variances sum to the number of voxels); a linear
+    SVR on them takes libsvm minutes to converge and its C grid means something different for every feature
+    count. One overall scale keeps the components' relative sizes (unlike per-component standardisation,
+    which would inflate the noise components).
+    """
+
+    def fit(self, values: np.ndarray, targets=None) -> OverallScale:
+        self.scale_ = float(np.sqrt(np.mean(np.square(values)))) or 1.0
+        return self
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values) / self.scale_
 
 
 def feasible_components(requested: Sequence[int], n_train: int, cv_folds: int, n_features: int) -> list[int]:

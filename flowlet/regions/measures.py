@@ -250,7 +250,8 @@ def regional_features(measures: pd.DataFrame) -> pd.DataFrame:
     already scales every brain to about the template's size; dividing by the image's own brain-mask volume
     (tissue and the CSF inside the mask, the intracranial volume of a skull-stripped image) removes what
     is left of head size, the way regional volumes are divided by intracranial volume. Columns are
-    ``participant_id`` (empty for synthetic images), ``image``, ``group`` and ``<region>_<tissue>``.
+    ``participant_id`` (empty for synthetic images), ``image``, ``group``, ``segmentation`` (the tissue labels,
+    relative to the table's folder: ``flowlet brainage --feature-sets tissue`` reads them) and ``<region>_<tissue>``.
     """
     tissues = [f"{name}_ml" for name in TISSUES]
     fractions = measures[tissues].div(measures["brain_mask_ml"], axis=0).assign(image_id=measures["image_id"], region=measures["region"])
@@ -264,6 +265,7 @@ def regional_features(measures: pd.DataFrame) -> pd.DataFrame:
             "participant_id": np.where(images["group"] != SYNTHETIC, images.index, ""),
             "image": images["image"].to_numpy(),
             "group": images["group"].to_numpy(),
+            "segmentation": images["segmentation"].to_numpy(),
         }
     )
     return pd.concat([keys, wide.reset_index(drop=True)], axis=1)
