@@ -310,3 +310,18 @@ def test_tissue_feature_set_learns_from_smoothed_density_maps(cohort_dir: Path, 
     (tmp_path / names[0]).unlink()
     with pytest.raises(FlowletError, match=r"sub-000_dseg.nii.gz"):
         run_experiment(cohort_dir / "split.tsv", [], settings, regional_features_path=tmp_path / "regional_features.tsv")
+
+
+def test_a_feature_constant_in_training_cannot_blow_up_predictions():
+    """A synthetic-only arm can train on maps where one voxel never varies; a real image's ordinary value there
+    must not become thousands of standard deviations (IXI's tissue set once predicted ages of 16 million years)."""
+    from flowlet.brainage.regressors import fit_quietly, make_search
+
+    rng = np.random.default_rng(0)
+    ages = rng.uniform(20, 80, 40)
+    informative = ages[:, None] / 60 + rng.normal(0, 0.05, (40, 20))
+    nearly_constant = 0.5 + rng.normal(0, 1e-7, (40, 1))
+    model = fit_quietly(make_search("ridge", 40, 21, pca_components=[5], cv_folds=4), np.hstack([informative, nearly_constant]), ages)
+    test_ages = np.array([30.0, 60.0])
+    test = np.hstack([test_ages[:, None] / 60 + np.zeros((2, 20)), np.full((2, 1), 0.6)])
+    assert np.all(np.abs(model.predict(test) - test_ages) < 20)

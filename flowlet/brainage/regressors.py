@@ -43,6 +43,8 @@ from flowlet.errors import FlowletError
 CLASSICAL_REGRESSORS = ("ridge", "svr", "gpr")
 BASELINE = "mean_baseline"
 DEFAULT_PCA_COMPONENTS = (10, 25, 50)
+# Floor of a feature's standardising spread, as a fraction of the median feature's (real regional features: >= 0.05).
+MIN_RELATIVE_SPREAD = 0.01
 
 
 def _standardised_target(model) -> TransformedTargetRegressor:
@@ -132,6 +134,9 @@ class LinearKernelRegressor(RegressorMixin, BaseEstimator):
 
     def fit(self, features: np.ndarray, ages: np.ndarray) -> LinearKernelRegressor:
         self.scaler_ = StandardScaler().fit(features)
+        # A feature that barely varies in this training set (a tissue density where every synthetic brain agrees)
+        # would be divided by ~0 and turn a new image's ordinary value into thousands of standard deviations.
+        self.scaler_.scale_ = np.maximum(self.scaler_.scale_, MIN_RELATIVE_SPREAD * np.median(self.scaler_.scale_))
         self.train_features_ = self.scaler_.transform(features).astype(np.float32)
         self.estimator_ = clone(self.estimator).fit(self._kernel(self.train_features_), ages)
         return self
