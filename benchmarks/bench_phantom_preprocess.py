@@ -25,8 +25,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
+
+from tables import print_row, summarise
 
 from flowlet.phantoms.cohort import CohortSettings, draw_subject, subject_paths, write_cohort
 from flowlet.phantoms.scoring import best_affine_map_errors_mm, boundary_errors_mm
@@ -79,17 +80,11 @@ def main() -> int:
                 "seconds": result.metrics["seconds_total"],
             }
             rows.append(row)
-            print("\t".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()), flush=True)
-    table = pd.DataFrame(rows)
-    if args.output:
-        table.to_csv(args.output, sep="\t", index=False)
-    print(f"\n{len(table)} phantoms (seed {args.seed}, backend {args.backend})")
-    for column, target in (("dice_mask", "every subject >= 0.95"), ("pose_mean_mm", "every subject <= 2 mm"),
-                           ("pose_max_mm", "reported"), ("map_mean_mm", "reported"),
-                           ("affine_floor_mean_mm", "reported")):
-        values = table[column]
-        print(f"{column:>20}: min {values.min():.3f}  median {values.median():.3f}  max {values.max():.3f}"
-              f"   (target {target})")
+            print_row(row, 3)
+    targets = {"dice_mask": "every subject >= 0.95", "pose_mean_mm": "every subject <= 2 mm", "pose_max_mm": "reported",
+               "map_mean_mm": "reported", "affine_floor_mean_mm": "reported"}
+    table = summarise(rows, args.output, targets, 3)
+    print(f"{len(table)} phantoms (seed {args.seed}, backend {args.backend})")
     return 0
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from tables import print_row, summarise
+
 from flowlet.data.templates import template_brain_mask
 from flowlet.errors import FlowletError
 from flowlet.preprocess import apply_to_mni
@@ -100,16 +102,10 @@ def main() -> int:
             continue
         row = {"subject": subject, "age": age, **row}
         rows.append(row)
-        print("\t".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()), flush=True)
-    table = pd.DataFrame(rows)
-    if args.output:
-        table.to_csv(args.output, sep="\t", index=False)
-    print(f"\n{len(table)} subjects ({args.backend}), failures: {int(table['dice_mask'].isna().sum())}")
-    for column, targets in (("dice_mask", "min >= 0.97, median >= 0.98"),
-                            ("dice_mni_reference", "min >= 0.93, median >= 0.95")):
-        values = table[column].dropna()
-        print(f"{column:>20}: min {values.min():.4f}  median {values.median():.4f}  mean {values.mean():.4f}"
-              f"   (target {targets})")
+        print_row(row, 4)
+    targets = {"dice_mask": "min >= 0.97, median >= 0.98", "dice_mni_reference": "min >= 0.93, median >= 0.95"}
+    table = summarise(rows, args.output, targets, 4)
+    print(f"{len(table)} subjects ({args.backend}), failures: {int(table['dice_mask'].isna().sum())}")
     return 0
 
 
