@@ -26,7 +26,14 @@ def _with_defaults(validator_class):
 
 
 def validate_config(config: dict) -> dict:
-    """Fill defaults and validate; the error names the offending key and what is wrong with it."""
+    """Fill defaults and validate; the error names the offending key and what is wrong with it.
+
+    For the demo cohort (no ``data.bids_dir``) the ``demo`` section's settings replace the sections' own first.
+    """
+    if not (config.get("data") or {}).get("bids_dir"):
+        for section, values in (config.get("demo") or {}).items():
+            if isinstance(values, dict) and isinstance(config.get(section, {}), dict):
+                config[section] = {**(config.get(section) or {}), **values}
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
@@ -50,6 +57,9 @@ def check_config(config: dict) -> None:
         raise FlowletError("plan_synthetic.target_count: required when plan_synthetic.target is 'fixed'")
     if plan["target"] == "ratio" and plan["target_ratio"] is None:
         raise FlowletError("plan_synthetic.target_ratio: required when plan_synthetic.target is 'ratio'")
+    init_checkpoint = config["train_generator"]["init_checkpoint"]
+    if init_checkpoint and not Path(init_checkpoint).is_file():
+        raise FlowletError(f"train_generator.init_checkpoint: {init_checkpoint} does not exist")
     bids_dir = config["data"]["bids_dir"]
     if bids_dir and not Path(bids_dir).is_dir():
         raise FlowletError(f"data.bids_dir: {bids_dir} is not a directory")

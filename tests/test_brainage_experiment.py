@@ -11,7 +11,6 @@ import pytest
 from flowlet.brainage.bins import AgeBins
 from flowlet.brainage.experiment import Cohort, FeatureSet, Settings, fit_one, run_experiment
 from flowlet.brainage.predict import predict_ages
-from flowlet.brainage.tables import SyntheticSet
 from flowlet.cli import main
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask
@@ -170,11 +169,11 @@ def _table_cohort(n_train: int, test_ages: np.ndarray, rng: np.random.Generator)
     cohort = Cohort(
         train=subjects(train_ages, "train"),
         test_sets={"internal": subjects(test_ages, "test")},
-        synthetic=SyntheticSet(table=pd.DataFrame(columns=["image", "age"])),
+        generated={},
         bins=bins,
         notes=[],
     )
-    feature_set = FeatureSet("regional", features(train_ages), None, {"internal": features(test_ages)}, volumetric=False)
+    feature_set = FeatureSet("regional", features(train_ages), {}, {"internal": features(test_ages)}, volumetric=False)
     return cohort, feature_set
 
 
@@ -194,6 +193,7 @@ def test_empty_synthetic_manifests_leave_the_real_arm_with_a_note(cohort_dir: Pa
                              Settings(regressors=["ridge"], seeds=[0], bootstrap=100, bin_edges=[20, 40, 60, 80, 100]))
     assert set(results.metrics["arm"]) == {"real"}
     assert any("list no volume that passed QC" in note for note in results.notes)
+    assert any("real+baseline, baseline skipped: no baseline generator manifests" in note for note in results.notes)
     with pytest.raises(FlowletError, match="no arm of synthetic can be trained"):
         run_experiment(cohort_dir / "split.tsv", [cohort_dir / "synthetic_empty.tsv"],
                        Settings(arms=["synthetic"], bin_edges=[20, 40, 60, 80, 100]))
@@ -325,3 +325,18 @@ def test_a_feature_constant_in_training_cannot_blow_up_predictions():
     test_ages = np.array([30.0, 60.0])
     test = np.hstack([test_ages[:, None] / 60 + np.zeros((2, 20)), np.full((2, 1), 0.6)])
     assert np.all(np.abs(model.predict(test) - test_ages) < 20)
+
+
+def test_baseline_generator_arms_sit_beside_flowlets_on_the_same_test_subjects(cohort_dir: Path):
+    manifest = cohort_dir / "synthetic_60-80.tsv"
+    results = run_experiment(cohort_dir / "split.tsv", [manifest], Settings(regressors=["ridge"], seeds=[0], bootstrap=100,
+                             bin_edges=[20, 40, 60, 80, 100], feature_sets=["voxels"], downsample=4),
+                             baseline_paths=[manifest])
+    metrics = results.metrics
+    assert set(metrics["arm"]) == {"real", "real+synthetic", "synthetic", "real+baseline", "baseline"}
+    overall = metrics[(metrics["age_bin"] == "all") & (metrics["correction"] == "raw") & (metrics["regressor"] == "ridge")]
+    by_arm = overall.set_index("arm")
+    # The same volumes under both names train the same models: the arms must agree exactly.
+    assert by_arm.loc["real+baseline", "mae"] == pytest.approx(by_arm.loc["real+synthetic", "mae"])
+    assert by_arm.loc["baseline", "n_train_real"] == 0 and by_arm.loc["real+baseline", "n_train_synthetic"] == 10
+    assert np.isfinite(by_arm.loc["real+baseline", ["delta_mae_vs_real", "delta_ci_low", "delta_ci_high"]].astype(float)).all()

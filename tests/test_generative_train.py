@@ -235,7 +235,7 @@ def test_tiny_generator_learns_one_real_brain_and_samples_it(ixi_preprocessed, r
         assert (output / name).is_file(), name
     config = json.loads((output / "config.json").read_text())
     assert config["unet_channel_mult"] == "1,2" and config["flow_type"] == "rectified"
-    assert config["downsample"] == 4 and config["full_resolution_size"] == [91, 109, 91]
+    assert config["sampling"]["downsample"] == 4 and config["sampling"]["full_resolution_size"] == [91, 109, 91]
     assert config["save_size"] == [23, 28, 23] and config["model_input_size"] == [24, 28, 24]
     assert read_checkpoint(output / "checkpoint_last.pth")["step"] == 300
 

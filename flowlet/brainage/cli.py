@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, split, image)")
     parser.add_argument("--synthetic", type=Path, nargs="*", default=[], help="synthetic manifests (image, age, sex, age_bin[, qc_pass])")
+    parser.add_argument("--baseline-synthetic", type=Path, nargs="*", default=[],
+                        help="the linear baseline generator's manifests, for the arms real+baseline and baseline")
     parser.add_argument("--external-split", type=Path, default=None, help="a second dataset's table, used only for evaluation")
     parser.add_argument(
         "--regional-features",
@@ -94,7 +96,10 @@ def bin_labels(settings: Settings) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    results = run_experiment(args.split, list(args.synthetic), settings, args.external_split, args.regional_features)
+    results = run_experiment(
+        args.split, list(args.synthetic), settings, args.external_split, args.regional_features,
+        list(args.baseline_synthetic),
+    )
     output = args.output_dir
     output.mkdir(parents=True, exist_ok=True)
     results.metrics.to_csv(output / "metrics.tsv", sep="\t", index=False, float_format="%.4f")

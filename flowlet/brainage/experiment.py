@@ -2,7 +2,9 @@
 
 Arms: ``real`` (real training subjects only), ``real+synthetic`` (the same plus every
 synthetic volume that passed QC) and ``synthetic`` (synthetic only: a diagnostic of
-what the generator learned about age).
+what the generator learned about age); ``real+baseline`` and ``baseline`` are the same two
+with the linear baseline generator's volumes, so that every FlowLet number has the
+baseline's beside it.
 
 Age-bias correction: for every fitted model, the linear fit predicted-on-true age is
 made on *out-of-sample* predictions of the real training subjects, never on test
@@ -61,7 +63,11 @@ from flowlet.errors import FlowletError
 
 log = logging.getLogger(__name__)
 
-ARMS = ("real", "real+synthetic", "synthetic")
+ARMS = ("real", "real+synthetic", "synthetic", "real+baseline", "baseline")
+# Where each arm's generated volumes come from (the real arm has none), and which arms also train on real subjects.
+ARM_SOURCES = {"real+synthetic": "synthetic", "synthetic": "synthetic", "real+baseline": "baseline", "baseline": "baseline"}
+SOURCES = ("synthetic", "baseline")
+ARMS_WITH_REAL = ("real", "real+synthetic", "real+baseline")
 REGRESSORS = (*CLASSICAL_REGRESSORS, "cnn")
 FEATURE_SETS = ("voxels", "regional", "tissue")
 TABLE_FEATURE_SETS = ("regional", "tissue")
@@ -115,7 +121,7 @@ class Cohort:
 
     train: pd.DataFrame
     test_sets: dict[str, pd.DataFrame]
-    synthetic: SyntheticSet
+    generated: dict[str, SyntheticSet]  # by source: synthetic (FlowLet), baseline
     bins: AgeBins
     notes: list[str]
     arms: list[str] = field(default_factory=lambda: list(ARMS))
@@ -130,6 +136,7 @@ def load_cohort(
     synthetic_paths: list[Path],
     settings: Settings,
     external_split_path: Path | None = None,
+    baseline_paths: list[Path] | None = None,
 ) -> Cohort:
     bins = AgeBins.from_edges(settings.bin_edges)
     split = _with_bins(read_split(split_path), bins, f"split table {split_path}")
@@ -138,7 +145,7 @@ def load_cohort(
     notes: list[str] = []
     if len(test) < MIN_TEST_SUBJECTS:
         raise FlowletError(f"split table {split_path}: {len(test)} test subject(s); at least {MIN_TEST_SUBJECTS} are needed to evaluate")
-    real_arms = [arm for arm in settings.arms if arm != "synthetic"]
+    real_arms = [arm for arm in settings.arms if arm in ARMS_WITH_REAL]
     if real_arms and len(train) < 2 * settings.cv_folds:
         raise FlowletError(
             f"split table {split_path}: {len(train)} real training subject(s) are too few for arms {', '.join(real_arms)} "
@@ -149,30 +156,41 @@ def load_cohort(
         external = read_split(external_split_path, what="external test table")
         test_sets["external"] = _with_bins(external, bins, f"external test table {external_split_path}").reset_index(drop=True)
         notes.append(f"external test set {external_split_path}: all {len(external)} subjects used for evaluation only")
-    synthetic = read_synthetic(synthetic_paths)
-    notes += synthetic.notes
-    # The plan may give no under-represented bin, or QC may drop every synthetic volume: the study then
-    # reports the real arm with a note rather than failing.
     arms = list(settings.arms)
-    synthetic_arms = [arm for arm in arms if arm != "real"]
-    if synthetic_arms and synthetic.table.empty:
-        given = ", ".join(map(str, synthetic_paths)) or "none given"
-        notes.append(f"arms {', '.join(synthetic_arms)} skipped: the synthetic manifests ({given}) list no volume that passed QC")
-        arms = [arm for arm in arms if arm == "real"]
-    if not synthetic.table.empty:
-        synthetic.table = _with_bins(synthetic.table, bins, "synthetic manifests", id_column="image")
-        if "synthetic" in arms and len(synthetic.table) < 2 * settings.cv_folds:
+    given = {"synthetic": list(synthetic_paths), "baseline": list(baseline_paths or [])}
+    generated = {}
+    for source in SOURCES:
+        source_arms = [arm for arm in arms if ARM_SOURCES.get(arm) == source]
+        if not source_arms:
+            continue
+        if source == "baseline" and not given[source]:
+            notes.append(f"arms {', '.join(source_arms)} skipped: no baseline generator manifests were given")
+            arms = [arm for arm in arms if arm not in source_arms]
+            continue
+        volumes = read_synthetic(given[source])
+        notes += volumes.notes
+        # The plan may give no under-represented bin, or QC may drop every volume: the study then reports the
+        # other arms with a note rather than failing.
+        if volumes.table.empty:
+            listed = ", ".join(map(str, given[source])) or "none given"
+            notes.append(f"arms {', '.join(source_arms)} skipped: the {source} manifests ({listed}) list no volume that passed QC")
+            arms = [arm for arm in arms if arm not in source_arms]
+            continue
+        volumes.table = _with_bins(volumes.table, bins, f"{source} manifests", id_column="image")
+        alone = source  # the arm trained on generated volumes only has the source's name
+        if alone in arms and len(volumes.table) < 2 * settings.cv_folds:
             notes.append(
-                f"arm synthetic skipped: {len(synthetic.table)} synthetic volume(s) are too few for "
+                f"arm {alone} skipped: {len(volumes.table)} {source} volume(s) are too few for "
                 f"{settings.cv_folds}-fold cross-validation (need at least {2 * settings.cv_folds})"
             )
-            arms.remove("synthetic")
+            arms.remove(alone)
+        generated[source] = volumes
     if not arms:
         raise FlowletError(f"no arm of {', '.join(settings.arms)} can be trained: {'; '.join(notes)}")
     for label in bins.labels:
         if not (test["age_bin"] == label).any():
             notes.append(f"age bin {label}: no real test subjects, so no per-bin metrics for it")
-    return Cohort(train=train, test_sets=test_sets, synthetic=synthetic, bins=bins, notes=notes, arms=arms)
+    return Cohort(train=train, test_sets=test_sets, generated=generated, bins=bins, notes=notes, arms=arms)
 
 
 @dataclass
@@ -181,13 +199,14 @@ class FeatureSet:
 
     name: str
     train: np.ndarray
-    synthetic: np.ndarray | None
+    generated: dict[str, np.ndarray | None]  # by source, as Cohort.generated
     tests: dict[str, np.ndarray]
     volumetric: bool
 
 
 def voxel_feature_set(cohort: Cohort, settings: Settings) -> tuple[FeatureSet, VoxelFeatures]:
-    groups = [cohort.train["image"].tolist(), cohort.synthetic.table["image"].tolist()]
+    generated = {source: volumes.table["image"].tolist() for source, volumes in cohort.generated.items()}
+    groups = [cohort.train["image"].tolist(), *generated.values()]
     groups += [table["image"].tolist() for table in cohort.test_sets.values()]
     unique = list(dict.fromkeys(image for group in groups for image in group))
     voxels = load_voxel_features(unique, downsample=settings.downsample)
@@ -199,7 +218,7 @@ def voxel_feature_set(cohort: Cohort, settings: Settings) -> tuple[FeatureSet, V
     feature_set = FeatureSet(
         name="voxels",
         train=rows(groups[0]),
-        synthetic=rows(groups[1]) if groups[1] else None,
+        generated={source: rows(images) if images else None for source, images in generated.items()},
         tests={name: rows(table["image"].tolist()) for name, table in cohort.test_sets.items()},
         volumetric=True,
     )
@@ -216,13 +235,16 @@ def table_feature_set(cohort: Cohort, name: str, path: Path, matrix_of) -> Featu
         missing = subjects.loc[~found, "participant_id"].tolist()
         if required:
             raise FlowletError(f"{name} features {path}: no row for {len(missing)} {what} subject(s): {', '.join(map(str, missing[:10]))}")
-        cohort.notes.append(f"{name} features {path}: {len(missing)} {what} volume(s) have no row; arms with synthetic data skipped for {name} features")
+        cohort.notes.append(f"{name} features {path}: {len(missing)} {what} volume(s) have no row; arms with {what} data skipped for {name} features")
         return None
 
     return FeatureSet(
         name=name,
         train=matched(cohort.train, "real training", True),
-        synthetic=matched(cohort.synthetic.table, "synthetic", False) if not cohort.synthetic.table.empty else None,
+        generated={
+            source: matched(volumes.table, source, False) if not volumes.table.empty else None
+            for source, volumes in cohort.generated.items()
+        },
         tests={test_name: matched(subjects, f"{test_name} test", True) for test_name, subjects in cohort.test_sets.items()},
         volumetric=False,
     )
@@ -241,8 +263,9 @@ def tissue_feature_set(cohort: Cohort, path: Path, settings: Settings) -> Featur
     if not varying.any():
         raise FlowletError(f"tissue features {path}: no voxel's density varies across the training subjects (all spreads <= {MIN_DENSITY_SPREAD})")
     features.train = features.train[:, varying]
-    if features.synthetic is not None:
-        features.synthetic = features.synthetic[:, varying]
+    features.generated = {
+        source: matrix[:, varying] if matrix is not None else None for source, matrix in features.generated.items()
+    }
     features.tests = {name: matrix[:, varying] for name, matrix in features.tests.items()}
     return features
 
@@ -282,13 +305,13 @@ def _out_of_sample_training_predictions(
     estimator, train_real: np.ndarray, ages_real: np.ndarray, synthetic: np.ndarray | None, ages_synthetic: np.ndarray | None,
     arm: str, settings: Settings, seed: int,
 ) -> np.ndarray:
-    if arm == "synthetic":
+    if arm not in ARMS_WITH_REAL:
         return estimator.predict(train_real)
     predictions = np.zeros(len(ages_real))
     for fold_train, fold_held in KFold(settings.cv_folds, shuffle=True, random_state=seed).split(train_real):
         features = train_real[fold_train]
         ages = ages_real[fold_train]
-        if arm == "real+synthetic":
+        if arm != "real":
             features = np.concatenate([features, synthetic])
             ages = np.concatenate([ages, ages_synthetic])
         model = fit_quietly(_refit_copy(estimator, settings, seed), features, ages)
@@ -303,11 +326,12 @@ def fit_one(
     flat = (lambda array: array) if uses_volumes else (lambda array: _flatten(array, features.volumetric, mask))
     train_real = flat(features.train)
     ages_real = cohort.train["age"].to_numpy(dtype=float)
-    synthetic = flat(features.synthetic) if features.synthetic is not None else None
-    ages_synthetic = cohort.synthetic.table["age"].to_numpy(dtype=float)
+    source = ARM_SOURCES.get(arm)
+    synthetic = flat(features.generated[source]) if source is not None else None
+    ages_synthetic = cohort.generated[source].table["age"].to_numpy(dtype=float) if source is not None else None
     if arm == "real":
         train, ages, n_real, n_synthetic = train_real, ages_real, len(ages_real), 0
-    elif arm == "real+synthetic":
+    elif arm in ARMS_WITH_REAL:
         train = np.concatenate([train_real, synthetic])
         ages = np.concatenate([ages_real, ages_synthetic])
         n_real, n_synthetic = len(ages_real), len(ages_synthetic)
@@ -457,9 +481,10 @@ def run_experiment(
     settings: Settings,
     external_split_path: Path | None = None,
     regional_features_path: Path | None = None,
+    baseline_paths: list[Path] | None = None,
 ) -> Results:
     settings.validate()
-    cohort = load_cohort(split_path, synthetic_paths, settings, external_split_path)
+    cohort = load_cohort(split_path, synthetic_paths, settings, external_split_path, baseline_paths)
     notes = cohort.notes
     chosen = settings.chosen_feature_sets(regional_features_path)
     if regional_features_path is not None and not set(TABLE_FEATURE_SETS) & set(chosen):
@@ -480,7 +505,7 @@ def run_experiment(
             notes.append("the CNN runs on voxel volumes only, not on regional features")
         for regressor in regressors:
             for arm in cohort.arms:
-                if arm != "real" and features.synthetic is None:
+                if arm != "real" and features.generated.get(ARM_SOURCES[arm]) is None:
                     continue
                 for seed in settings.seeds if regressor != BASELINE else settings.seeds[:1]:
                     log.info("fitting %s/%s on arm %s, seed %d", features.name, regressor, arm, seed)

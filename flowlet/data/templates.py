@@ -8,6 +8,7 @@ nilearn ships the ICBM152 2009a nonlinear symmetric template at 1 mm on its own
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from functools import lru_cache
 
 import nibabel as nib
@@ -30,6 +31,15 @@ def mni_grid(resolution_mm: int = 2) -> tuple[tuple[int, int, int], np.ndarray]:
         raise FlowletError(f"MNI resolution must be 1 or 2 mm, got {resolution_mm}")
     shape, affine = MNI_GRIDS[resolution_mm]
     return shape, affine.copy()
+
+
+def mni_resolution(shape: Sequence[int], what: str = "volume") -> int:
+    """The resolution (mm) of the MNI grid with this shape; FlowletError naming the grids otherwise."""
+    for resolution, (grid_shape, _) in MNI_GRIDS.items():
+        if tuple(int(s) for s in shape) == tuple(grid_shape):
+            return resolution
+    grids = ", ".join(f"{list(grid)} at {res} mm" for res, (grid, _) in MNI_GRIDS.items())
+    raise FlowletError(f"{what} has shape {list(shape)}, which is not an MNI grid ({grids})")
 
 
 def _resample_to_grid(image: nib.Nifti1Image, resolution_mm: int, interpolation: str) -> np.ndarray:

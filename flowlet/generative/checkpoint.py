@@ -60,7 +60,10 @@ def extract_state_dict(payload: Mapping[str, Any], path: str | Path = "checkpoin
     return tensors
 
 
-def _check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+def check_compatible(
+    model: nn.Module, state: Mapping[str, torch.Tensor], path: Path, against: str = "its configuration"
+) -> None:
+    """Raise a FlowletError listing missing and unexpected keys and shape mismatches, if there are any."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -78,7 +81,7 @@ def _check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], path:
 
     parts = [listing(title, items) for title, items in
              (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if items]
-    raise FlowletError(f"checkpoint {path} does not match its configuration; " + "; ".join(parts))
+    raise FlowletError(f"checkpoint {path} does not match {against}; " + "; ".join(parts))
 
 
 def load_checkpoint(
@@ -103,7 +106,7 @@ def load_checkpoint(
     state = extract_state_dict(payload, path)
     with torch.device("meta"):
         model = FlowUNet(config)
-    _check_compatible(model, state, path)
+    check_compatible(model, state, path)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(map_location).eval(), config
 

@@ -159,8 +159,12 @@ class Augmentation:
     intensity_probability: float = 0.2
     noise_std: float = 0.02
     noise_probability: float = 0.2
+    # Left-right mirroring (axis 0). Not in the reference; drawn after its draws so that the reference's part of
+    # the stream is unchanged.
+    flip_probability: float = 0.0
 
-    def __call__(self, volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, volume: np.ndarray, rng: np.random.Generator, mirrored: np.ndarray | None = None) -> np.ndarray:
+        """``mirrored``: the volume mirrored before downsampling (exact about the midline); else mirrored here."""
         # Every draw is made whether or not it is used, so one sample's randomness never shifts another's.
         rotate, scale, add_noise = rng.random(3) < (
             self.rotation_probability, self.intensity_probability, self.noise_probability,
@@ -168,6 +172,9 @@ class Augmentation:
         angles = np.deg2rad(rng.uniform(-self.max_rotation_degrees, self.max_rotation_degrees, size=3))
         factor = rng.uniform(1.0 - self.max_intensity_scaling, 1.0 + self.max_intensity_scaling)
         noise_seed = int(rng.integers(2**63))
+        flip = self.flip_probability > 0 and rng.random() < self.flip_probability
+        if flip:
+            volume = mirrored if mirrored is not None else np.ascontiguousarray(volume[::-1])
         if rotate:
             volume = rotate_volume(volume, angles)
         if scale:
@@ -208,14 +215,17 @@ class VolumeDataset(torch.utils.data.Dataset):
         condition_ranges: Mapping[str, ConditionRange],
         model_input_size: Sequence[int],
         augmentation: Augmentation | None = None,
+        mirrored: Sequence[np.ndarray] | None = None,
     ) -> None:
-        """``volumes``: the records' working-grid volumes from :func:`load_volumes`."""
+        """``volumes`` (and ``mirrored``, for flip augmentation): the records' working-grid volumes from
+        :func:`load_volumes`."""
         if not records:
             raise FlowletError("VolumeDataset needs at least one record")
         self.records = list(records)
         self.model_input_size = tuple(int(s) for s in model_input_size)
         self.augmentation = augmentation
         self.volumes = list(volumes)
+        self.mirrored = list(mirrored) if mirrored is not None else None
         if len(self.volumes) != len(self.records):
             raise FlowletError(f"VolumeDataset got {len(self.volumes)} volumes for {len(self.records)} records")
         shapes = {volume.shape for volume in self.volumes}
@@ -237,7 +247,8 @@ class VolumeDataset(torch.utils.data.Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         volume = self.volumes[index]
         if self.augmentation is not None and seed is not None:
-            volume = self.augmentation(volume, np.random.default_rng(seed))
+            mirrored = self.mirrored[index] if self.mirrored is not None else None
+            volume = self.augmentation(volume, np.random.default_rng(seed), mirrored)
         image = pad_to_size(torch.from_numpy(np.ascontiguousarray(volume))[None], self.model_input_size)
         return {
             "image": image,
@@ -246,10 +257,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         }
 
 
-def load_volumes(records: Sequence[TrainingRecord], downsample: int) -> tuple[list[np.ndarray], tuple[int, int, int]]:
+def load_volumes(
+    records: Sequence[TrainingRecord], downsample: int, mirrored: list[np.ndarray] | None = None
+) -> tuple[list[np.ndarray], tuple[int, int, int]]:
     """Read, intensity-map and downsample every record once (the in-memory cache of a training run).
 
-    Returns the working-grid volumes and the images' original shape.
+    Returns the working-grid volumes and the images' original shape. With a ``mirrored`` list, also appends
+    each volume mirrored left-right at full resolution and then downsampled: on the 2 mm MNI grid (91 voxels,
+    x = 0 at voxel 45) that mirror is exact, whereas mirroring after block averaging would shift by a voxel.
     """
     volumes = []
     reference_shape = None
@@ -265,7 +280,10 @@ def load_volumes(records: Sequence[TrainingRecord], downsample: int) -> tuple[li
                 f"training image {record.image} has shape {data.shape}, but {records[0].image} has {reference_shape}; "
                 "all images must be on the same (MNI) grid"
             )
-        volumes.append(downsample_volume(percentile_to_unit_range(data), downsample))
+        unit = percentile_to_unit_range(data)
+        volumes.append(downsample_volume(unit, downsample))
+        if mirrored is not None:
+            mirrored.append(downsample_volume(np.ascontiguousarray(unit[::-1]), downsample))
     return volumes, tuple(int(s) for s in reference_shape)
 
 

@@ -19,7 +19,7 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +34,10 @@ from flowlet.errors import FlowletError
 from flowlet.generative.checkpoint import load_checkpoint, read_checkpoint
 from flowlet.generative.conditions import ConditionRange, load_condition_ranges, normalise_conditions
 from flowlet.generative.data import CONDITION_COLUMNS, SEX_CODES, upsample_to_grid, working_shape
+from flowlet.generative.sampling_spec import SamplingSpec, sampling_spec
+from flowlet.generative.seeds import derived_seed
 from flowlet.generative.solvers import guided_velocity, integrate
 from flowlet.generative.synthetic_qc import QC_METRICS, TemplateQC, qc_metrics
-from flowlet.generative.train import derived_seed
 from flowlet.generative.unet import FlowUNet, UNetConfig
 from flowlet.generative.wavelets import center_crop, idwt3d
 
@@ -63,15 +64,16 @@ class Generator:
     config: UNetConfig
     condition_ranges: dict[str, ConditionRange]
     uses_ema: bool
+    spec: SamplingSpec = field(default_factory=SamplingSpec)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def downsample(self) -> int:
-        return int(self.config.extra.get("downsample", 1))
+        return self.spec.downsample
 
     @property
     def default_save_size(self) -> tuple[int, int, int]:
-        return tuple(self.config.extra.get("full_resolution_size", self.config.save_size))
+        return tuple(self.spec.full_resolution_size or self.config.save_size)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,7 +125,7 @@ def load_generator(
     missing = [name for name in config.condition_vars if name not in ranges]
     if missing:
         raise FlowletError(f"condition ranges lack {missing}, which the model {checkpoint_path} is conditioned on")
-    return Generator(model, config, ranges, uses_ema, device)
+    return Generator(model, config, ranges, uses_ema, sampling_spec(config.extra, str(checkpoint_path)), device)
 
 
 def check_conditions(conditions: Mapping[str, float], config: UNetConfig, where: str) -> None:
@@ -247,9 +249,10 @@ def sample_batch(
     noise = torch.stack([
         torch.randn((config.in_channels, *grid), generator=torch.Generator().manual_seed(seed)) for seed in seeds
     ]).to(generator.device)
-    velocity = guided_velocity(generator.model, normalised, guidance_scale)
-    bands = integrate(velocity, noise, num_steps, method)
-    volumes = idwt3d(bands.float()).clamp(-1.0, 1.0)
+    output = guided_velocity(generator.model, normalised, guidance_scale)
+    spec = generator.spec
+    bands = integrate(lambda x, t: spec.velocity(output(x, t), x, t), noise, num_steps, method)
+    volumes = idwt3d(spec.from_model_units(bands.float())).clamp(-1.0, 1.0)
     volumes = center_crop(volumes, crop)
     volumes = upsample_to_grid(volumes, generator.downsample, save_size)
     return volumes[:, 0].cpu().numpy()
@@ -270,46 +273,60 @@ def generate(
     """Generate and save every request, then write the manifest (image, conditions, seed, metadata, QC metrics;
     default ``<output_dir>/manifest.tsv``); returns its path. Image paths in the manifest are relative to its folder.
     """
-    if batch_size < 1:
-        raise FlowletError(f"--batch-size must be at least 1, got {batch_size}")
     if guidance_scale != 1.0 and generator.config.condition_dropout <= 0:
         raise FlowletError(
             f"--guidance-scale {guidance_scale} needs a model trained with condition dropout; this one was not"
         )
-    output_dir = Path(output_dir)
     save_size = tuple(save_size or generator.default_save_size)
-    affine, resolution = mni_affine_for(save_size)
-    brain_mask = np.asarray(template_brain_mask(resolution).dataobj) > 0
-    template = TemplateQC.at(resolution)
     names = list(generator.config.condition_vars)
-    manifest = Path(manifest) if manifest is not None else output_dir / "manifest.tsv"
-    if not requests:
-        write_manifest(manifest, output_dir, [], names, [])
-        return manifest
-    log.info(
-        "generating %d volumes (%s, %d steps, guidance %g, %s weights) into %s",
-        len(requests), method, num_steps, guidance_scale, "EMA" if generator.uses_ema else "raw", output_dir,
-    )
+    if requests:
+        log.info(
+            "generating %d volumes (%s, %d steps, guidance %g, %s weights) into %s",
+            len(requests), method, num_steps, guidance_scale, "EMA" if generator.uses_ema else "raw", output_dir,
+        )
     # Normalised once for all requests, so an out-of-range age is reported once, not once per batch.
     normalised = normalise_conditions(
         {name: [request.conditions[name] for request in requests] for name in names}, generator.condition_ranges
-    )
+    ) if requests else {}
+
+    def sample(start: int, stop: int) -> np.ndarray:
+        return sample_batch(
+            generator, {name: values[start:stop] for name, values in normalised.items()},
+            [request.seed for request in requests[start:stop]], num_steps, method, guidance_scale, save_size,
+        )
+
+    return write_samples(sample, requests, output_dir, names, batch_size, save_size, intensity, manifest)
+
+
+def write_samples(
+    sample: Callable[[int, int], np.ndarray],
+    requests: Sequence[SampleRequest],
+    output_dir: str | Path,
+    names: Sequence[str],
+    batch_size: int,
+    save_size: Sequence[int],
+    intensity: str,
+    manifest: str | Path | None,
+) -> Path:
+    """Save ``sample(start, stop)`` (volumes in [-1, 1] for requests[start:stop]) batch by batch with their QC
+    metrics, then the manifest; shared by every generator backend."""
+    if batch_size < 1:
+        raise FlowletError(f"--batch-size must be at least 1, got {batch_size}")
+    output_dir = Path(output_dir)
+    affine, resolution = mni_affine_for(save_size)
+    brain_mask = np.asarray(template_brain_mask(resolution).dataobj) > 0
+    template = TemplateQC.at(resolution)
+    manifest = Path(manifest) if manifest is not None else output_dir / "manifest.tsv"
     progress = tqdm(total=len(requests), desc="generating", unit="volume")
     metrics = []
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
-        volumes = sample_batch(
-            generator,
-            {name: values[start : start + batch_size] for name, values in normalised.items()},
-            [request.seed for request in chunk],
-            num_steps, method, guidance_scale, save_size,
-        )
-        for request, volume in zip(chunk, volumes):
+        for request, volume in zip(chunk, sample(start, start + len(chunk))):
             metrics.append(qc_metrics(volume, template))
             save_nifti(apply_intensity_convention(volume, intensity, brain_mask), affine, output_dir / request.file)
         progress.update(len(chunk))
     progress.close()
-    write_manifest(manifest, output_dir, requests, names, metrics)
+    write_manifest(manifest, output_dir, list(requests), list(names), metrics)
     return manifest
 
 

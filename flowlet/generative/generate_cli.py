@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-path", "--checkpoint_path", dest="checkpoint_path", type=Path, required=True,
-                        help="generator checkpoint (ours or the reference's layouts)")
+                        help="generator checkpoint (ours or the reference's layouts), or with --backend linear the "
+                             "model of flowlet fit-baseline")
+    parser.add_argument("--backend", choices=("flowlet", "linear"), default="flowlet",
+                        help="flowlet: the wavelet flow-matching network; linear: the baseline generator")
     parser.add_argument("--config-path", "--config_path", dest="config_path", type=Path,
                         help="config.json of the checkpoint (default: the config stored in the checkpoint)")
     parser.add_argument("--condition-ranges-path", "--condition_ranges_path", dest="condition_ranges_path", type=Path,
@@ -71,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         resolve_device,
     )
 
+    if args.backend == "linear":
+        return run_linear(args)
     device = resolve_device(args.device)
     generator = load_generator(
         args.checkpoint_path, args.config_path, args.condition_ranges_path, use_ema=args.use_ema, device=device
@@ -90,5 +95,24 @@ def run(args: argparse.Namespace) -> int:
         generator, requests, args.output_dir, num_steps, args.sampler, args.guidance_scale,
         args.batch_size, args.save_size, args.intensity, args.manifest,
     )
+    log.info("wrote %d volumes and %s", len(requests), manifest)
+    return 0
+
+
+def run_linear(args: argparse.Namespace) -> int:
+    from flowlet.generative.chunks import select_chunk
+    from flowlet.generative.conditions import parse_condition_spec
+    from flowlet.generative.generate import requests_from_conditions, requests_from_table
+    from flowlet.generative.linear_baseline import LinearBaseline, generate_baseline
+
+    model = LinearBaseline.load(args.checkpoint_path)
+    if args.ages_tsv is not None:
+        requests = requests_from_table(args.ages_tsv, args.seed, model)
+    else:
+        specs = [parse_condition_spec(spec) for spec in args.generation_conditions]
+        requests = requests_from_conditions(specs, args.num_synthetic, args.seed, model)
+    requests = select_chunk(requests, args.chunk_size, args.chunk)
+    manifest = generate_baseline(model, requests, args.output_dir, args.batch_size, args.save_size, args.intensity,
+                                 args.manifest)
     log.info("wrote %d volumes and %s", len(requests), manifest)
     return 0

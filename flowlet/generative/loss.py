@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from flowlet.errors import FlowletError
+from flowlet.generative.sampling_spec import MIN_REMAINING_TIME
 from flowlet.generative.wavelets import NUM_BANDS
 
 
@@ -26,3 +27,33 @@ def wavelet_flow_loss(
     lll = by_band[:, :, 0].mean()
     detail = by_band[:, :, 1:].mean()
     return lll_weight * lll + detail_weight * detail, lll, detail
+
+
+LOSS_SPACES = ("velocity", "data")
+
+
+def prediction_and_target(
+    output: torch.Tensor,
+    x1: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    target_velocity: torch.Tensor,
+    prediction: str,
+    loss_space: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's output and its target, both expressed in ``loss_space``, for a straight path.
+
+    A data prediction x1_hat stands for the velocity (x1_hat - x_t) / (1 - t); a velocity v_hat for the data
+    x_t + (1 - t) v_hat. A loss in data space weighs every t alike; in velocity space it is the data error
+    divided by (1 - t)^2, which puts weight on the nearly clean end (1 - t floored, as in sampling).
+    """
+    if loss_space not in LOSS_SPACES:
+        raise FlowletError(f"loss space must be one of {list(LOSS_SPACES)}, got {loss_space!r}")
+    if prediction == loss_space == "velocity":
+        return output, target_velocity
+    remaining = (1 - t.to(output.dtype)).reshape(-1, *([1] * (output.dim() - 1)))
+    if prediction == "velocity":
+        return x_t + remaining * output, x1
+    if loss_space == "data":
+        return output, x1
+    return (output - x_t) / remaining.clamp_min(MIN_REMAINING_TIME), target_velocity

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from flowlet.data.masks import fill_and_keep_largest
 from flowlet.data.nifti import load_nifti
 from flowlet.data.tables import read_tsv, resolve_image_path
-from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
+from flowlet.data.templates import mni_grid, mni_resolution, template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.generative.data import downsample_volume, percentile_to_unit_range, upsample_to_grid
 from flowlet.qc_metrics import dice, normalised_cross_correlation, outlier_reasons
@@ -106,8 +106,14 @@ def evenly_spaced(items: Sequence, max_items: int) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, max_items).round().astype(int)]
 
 
-def reference_metrics(images: Sequence[Path], downsample: int, resolution_mm: int) -> pd.DataFrame:
-    """QC metrics of real preprocessed images seen through the generator's data path: columns image + QC_METRICS."""
+def reference_metrics(images: Sequence[Path], downsample: int) -> pd.DataFrame:
+    """QC metrics of real preprocessed images seen through the generator's data path: columns image + QC_METRICS.
+
+    The images' MNI grid (the first image's) is the grid the generator samples on.
+    """
+    if not images:
+        raise FlowletError("no real images to build the synthetic QC reference from")
+    resolution_mm = mni_resolution(load_nifti(images[0], "real reference image").shape, f"real image {images[0]}")
     template = TemplateQC.at(resolution_mm)
     shape = mni_grid(resolution_mm)[0]
     rows = []

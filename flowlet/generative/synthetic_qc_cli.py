@@ -21,8 +21,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     reference = actions.add_parser("reference", help="QC metrics of the real training images, as the generator sees them")
     reference.add_argument("--split", type=Path, required=True,
                            help="split table (image, split): its train rows are the generator's training images")
-    reference.add_argument("--generator-config", type=Path, required=True,
-                           help="the generator's config.json (its working resolution and output grid)")
+    reference.add_argument("--downsample", type=int, default=1,
+                           help="the generator's working resolution as a factor of the images' (train --downsample)")
     reference.add_argument("--max-images", type=int, default=500,
                            help="measure at most this many training images, spread over the split table")
     reference.add_argument("--output", type=Path, required=True, help="reference table to write (TSV)")
@@ -49,20 +49,17 @@ def run(args: argparse.Namespace) -> int:
                        args.qc_max_robust_z, args.qc_gate)
         return 0
 
+    from flowlet.errors import FlowletError
     from flowlet.generative.data import read_training_table
-    from flowlet.generative.generate import mni_affine_for
-    from flowlet.generative.unet import load_config
 
-    config = load_config(args.generator_config)
-    downsample = int(config.extra.get("downsample", 1))
-    save_size = config.extra.get("full_resolution_size", config.save_size)
-    _, resolution = mni_affine_for(save_size)
+    if args.downsample < 1:
+        raise FlowletError(f"--downsample must be at least 1, got {args.downsample}")
     records = read_training_table(args.split, [])
     images = evenly_spaced([record.image for record in records], args.max_images)
-    table = reference_metrics(images, downsample, resolution)
+    table = reference_metrics(images, args.downsample)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.output, sep="\t", index=False, float_format="%.6g")
     log.info("synthetic QC reference: %d of %d real training images, working resolution 1/%d; median Dice %.3f, "
-             "median NCC %.3f", len(table), len(records), downsample, table["dice_template"].median(),
+             "median NCC %.3f", len(table), len(records), args.downsample, table["dice_template"].median(),
              table["ncc_template"].median())
     return 0

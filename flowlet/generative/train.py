@@ -31,7 +31,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from flowlet.errors import FlowletError
-from flowlet.generative.checkpoint import read_checkpoint, save_checkpoint
+from flowlet.generative.checkpoint import check_compatible, extract_state_dict, read_checkpoint, save_checkpoint
 from flowlet.generative.conditions import (
     ConditionRange,
     load_condition_ranges,
@@ -49,9 +49,11 @@ from flowlet.generative.data import (
 )
 from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.flows import get_flow, time_sampler
-from flowlet.generative.loss import wavelet_flow_loss
+from flowlet.generative.loss import LOSS_SPACES, prediction_and_target, wavelet_flow_loss
+from flowlet.generative.sampling_spec import PREDICTIONS, SPEC_KEY, SamplingSpec, band_statistics, sampling_spec
+from flowlet.generative.seeds import derived_seed
 from flowlet.generative.unet import FlowUNet, UNetConfig
-from flowlet.generative.wavelets import dwt3d
+from flowlet.generative.wavelets import dwt3d, pad_to_size
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,6 @@ LOSS_COLUMNS = ("step", "epoch", "train_loss", "lll", "detail", "val_loss", "lr"
 STREAM_TIME, STREAM_NOISE, STREAM_AUGMENT, STREAM_MODEL, STREAM_VALIDATION, STREAM_SPLIT, STREAM_INIT = range(7)
 # Validation scores each volume at these many evenly spaced times (fixed noise), for a low-variance estimate.
 VALIDATION_TIMES = 4
-
-
-def derived_seed(*keys: int) -> int:
-    """A 63-bit seed that depends on every key (numpy's SeedSequence hashing), for torch and numpy generators."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
 OUTPUT_INITS = ("zero", "random")
@@ -88,6 +85,10 @@ class TrainingOptions:
     output_init: str = "zero"
     flow: str = "rectified"
     time_sampling: str | None = None
+    prediction: str = "velocity"
+    loss_space: str = "velocity"
+    standardise_bands: bool = False
+    flip_probability: float = 0.0
     lll_loss_weight: float = 1.0
     detail_loss_weight: float = 1.0
     condition_ranges: Path | None = None
@@ -104,6 +105,7 @@ class TrainingOptions:
     num_workers: int = 0
     device: str = "auto"
     resume: Path | None = None
+    init_checkpoint: Path | None = None
 
     def validate(self) -> None:
         problems = []
@@ -123,6 +125,15 @@ class TrainingOptions:
             problems.append("--max-steps-per-run must be at least 1")
         if self.output_init not in OUTPUT_INITS:
             problems.append(f"--output-init must be {' or '.join(OUTPUT_INITS)}, got {self.output_init}")
+        if self.prediction not in PREDICTIONS:
+            problems.append(f"--prediction must be {' or '.join(PREDICTIONS)}, got {self.prediction}")
+        if self.loss_space not in LOSS_SPACES:
+            problems.append(f"--loss-space must be {' or '.join(LOSS_SPACES)}, got {self.loss_space}")
+        if (self.prediction, self.loss_space) != ("velocity", "velocity") and self.flow not in ("rectified", "cfm"):
+            problems.append(f"--prediction data and --loss-space data need a straight path (rectified or cfm), "
+                            f"not --flow {self.flow}")
+        if not 0.0 <= self.flip_probability <= 1.0:
+            problems.append(f"--flip-probability must be in [0, 1], got {self.flip_probability}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision}")
         if problems:
@@ -355,10 +366,7 @@ def fit_config_to_data(
         input_size = smallest_model_input_size(grid, multiple)
     if any(m < g for m, g in zip(input_size, grid)):
         raise FlowletError(f"model input size {list(input_size)} is smaller than the working grid {list(grid)}")
-    extra = dict(config.extra)
-    extra["downsample"] = options.downsample
-    extra["full_resolution_size"] = [int(s) for s in source_shape]
-    return dataclasses.replace(config, model_input_size=input_size, save_size=grid, extra=extra)
+    return dataclasses.replace(config, model_input_size=input_size, save_size=grid, extra=dict(config.extra))
 
 
 def training_config_keys(options: TrainingOptions, num_train: int, global_batch: int, time_sampling: str) -> dict:
@@ -378,6 +386,9 @@ def training_config_keys(options: TrainingOptions, num_train: int, global_batch:
         "ema_decay": options.ema_decay,
         "val_split": options.val_split,
         "seed": options.seed,
+        "loss_space": options.loss_space,
+        "flip_probability": options.flip_probability,
+        "init_checkpoint": str(options.init_checkpoint) if options.init_checkpoint else None,
         "lll_loss_weight": options.lll_loss_weight,
         "detail_loss_weight": options.detail_loss_weight,
         "augmentation": options.augment,
@@ -412,6 +423,10 @@ class Trainer:
 
         resume_path = self._resume_path()
         checkpoint = read_checkpoint(resume_path, map_location=self.device) if resume_path else None
+        # A resumed run continues from its own checkpoint; pretrained weights only start a new one.
+        pretrained = None
+        if options.init_checkpoint is not None and checkpoint is None:
+            pretrained = read_checkpoint(options.init_checkpoint, map_location=self.device)
 
         records = read_training_table(options.table, config.condition_vars)
         self.condition_ranges = self._condition_ranges(records, checkpoint)
@@ -421,11 +436,16 @@ class Trainer:
                 "no validation set (%d training rows, --val-split %g): checkpoint_best.pth is chosen by the training loss",
                 len(records), options.val_split,
             )
-        volumes, source_shape = load_volumes(records, options.downsample)
+        mirrored = [] if options.augment and options.flip_probability > 0 else None
+        volumes, source_shape = load_volumes(records, options.downsample, mirrored)
 
         config = fit_config_to_data(config, source_shape, options)
         if checkpoint is not None:
             config = self._checkpoint_config(checkpoint, config, resume_path)
+        self.spec = self._sampling_spec(
+            checkpoint, pretrained, resume_path, source_shape, [volumes[i] for i in train_rows], config.model_input_size
+        )
+        config.extra[SPEC_KEY] = self.spec.to_dict()
         self.schedule = BatchSchedule(len(train_rows), options.batch_size, options.seed, self.distributed)
         config.extra.update(training_config_keys(options, len(train_rows), self.schedule.global_batch, self.time_sampling))
         self.config = config
@@ -435,10 +455,11 @@ class Trainer:
                 return None
             return VolumeDataset(
                 [records[i] for i in rows], [volumes[i] for i in rows], self.condition_ranges,
-                config.model_input_size, augmentation,
+                config.model_input_size, augmentation, [mirrored[i] for i in rows] if mirrored else None,
             )
 
-        self.train_set = subset(train_rows, Augmentation() if options.augment else None)
+        augmentation = Augmentation(flip_probability=options.flip_probability) if options.augment else None
+        self.train_set = subset(train_rows, augmentation)
         self.val_set = subset(val_rows, None)
 
         torch.manual_seed(derived_seed(options.seed, STREAM_INIT))
@@ -447,7 +468,11 @@ class Trainer:
             # A zero output layer (the reference's) predicts zero velocity at first; on small data the network
             # then fits the mean image and can sit 50-250 steps (seed-dependent) before it learns to use x_t.
             self.model.out[-1].reset_parameters()
+        if pretrained is not None:
+            self._load_pretrained(pretrained, Path(options.init_checkpoint))
         self.ema = ExponentialMovingAverage(self.model, options.ema_decay) if options.ema_decay > 0 else None
+        if self.ema is not None and pretrained is not None and "ema_state_dict" in pretrained:
+            self.ema.load_state_dict(pretrained["ema_state_dict"], 0)
         decay, no_decay = [], []
         for name, parameter in self.model.named_parameters():
             # Norm gains, biases and null embeddings are not weights to shrink.
@@ -499,6 +524,38 @@ class Trainer:
         if missing:
             raise FlowletError(f"condition ranges lack {missing} (have {sorted(ranges)})")
         return {name: ranges[name] for name in records[0].conditions}
+
+    def _sampling_spec(
+        self, checkpoint: dict | None, pretrained: dict | None, resume_path: Path | None,
+        source_shape: Sequence[int], train_volumes: list[np.ndarray], model_input_size: Sequence[int],
+    ) -> SamplingSpec:
+        """What the network's inputs and outputs will mean; see :mod:`flowlet.generative.sampling_spec`."""
+        options = self.options
+        grid = dict(downsample=options.downsample, full_resolution_size=tuple(int(s) for s in source_shape))
+        if checkpoint is not None:
+            return dataclasses.replace(sampling_spec(checkpoint["config"], str(resume_path)), **grid)
+        if pretrained is not None:
+            # Pretrained weights only help in the units and with the target they were trained on.
+            inherited = sampling_spec(pretrained.get("config") or {}, str(options.init_checkpoint))
+            if (inherited.prediction, inherited.standardised) != (options.prediction, options.standardise_bands):
+                log.warning(
+                    "%s was trained with prediction %s on %s bands; fine-tuning keeps those (the options asked for "
+                    "prediction %s, standardise_bands %s)", options.init_checkpoint, inherited.prediction,
+                    "standardised" if inherited.standardised else "raw", options.prediction, options.standardise_bands,
+                )
+            return dataclasses.replace(inherited, **grid)
+        mean = std = None
+        if options.standardise_bands:
+            mean, std = band_statistics([
+                dwt3d(pad_to_size(torch.from_numpy(volume)[None], model_input_size)[None])[0] for volume in train_volumes
+            ])
+        return SamplingSpec(prediction=options.prediction, band_mean=mean, band_std=std, **grid)
+
+    def _load_pretrained(self, payload: dict, path: Path) -> None:
+        state = extract_state_dict(payload, path)
+        check_compatible(self.model, state, path, against="the network to train (--preset or --config and overrides)")
+        self.model.load_state_dict(state)
+        log.info("starting from the weights of %s (fresh optimiser and schedule)", path)
 
     def _checkpoint_config(self, checkpoint: dict, requested: UNetConfig, path: Path) -> UNetConfig:
         stored = UNetConfig.from_reference_dict(checkpoint["config"])
@@ -574,13 +631,16 @@ class Trainer:
         self, images: torch.Tensor, conditions: dict[str, torch.Tensor], t: torch.Tensor, x0: torch.Tensor,
         drop: torch.Tensor | None, network: torch.nn.Module,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x1 = dwt3d(images)
-        x_t, target = self.flow.sample_path(x0, x1, t)
+        x1 = self.spec.to_model_units(dwt3d(images))
+        x_t, velocity = self.flow.sample_path(x0, x1, t)
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None else nullcontext()
         )
         with autocast:
-            prediction = network(x_t, t, conditions, drop_conditions=drop)
+            output = network(x_t, t, conditions, drop_conditions=drop)
+        prediction, target = prediction_and_target(
+            output, x1, x_t, t, velocity, self.spec.prediction, self.options.loss_space
+        )
         return wavelet_flow_loss(prediction, target, self.options.lll_loss_weight, self.options.detail_loss_weight)
 
     def _train_step(self, batch: dict[str, Any]) -> tuple[float, float, float]:

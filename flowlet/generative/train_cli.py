@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import typing
 from pathlib import Path
 
 from flowlet.generative.flows import FLOW_NAMES, TIME_SAMPLERS
+from flowlet.generative.loss import LOSS_SPACES
+from flowlet.generative.sampling_spec import PREDICTIONS
 from flowlet.generative.train import OUTPUT_INITS, TrainingOptions, train
-from flowlet.generative.unet import UNetConfig, load_config, preset_config
+from flowlet.errors import FlowletError
+from flowlet.generative.unet import UNetConfig, load_config, preset_config, preset_training
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
     arch = parser.add_argument_group("architecture (a preset or config.json, then overrides)")
     source = arch.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="base", help="shipped architecture: tiny, base or large (default: base)")
+    source.add_argument("--preset", default="base",
+                        help="shipped architecture: base or large (the published FlowLet ones), tiny, or cpu (a lean "
+                             "network for 4 mm studies on a CPU, with the training settings it was tuned with; flags "
+                             "given here override them) (default: base)")
     source.add_argument("--config", type=Path, help="reference-format config.json to take the architecture from")
     arch.add_argument("--model-channels", type=int, help="base channel count C")
     arch.add_argument("--channel-mult", type=int, nargs="+", help="channel multiplier per level, e.g. 1 2 3 4")
@@ -62,51 +69,96 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     arch.add_argument("--condition-vars", nargs="+", choices=("Age", "Sex"), help="conditions, e.g. Age Sex")
     arch.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                       help="recompute activations in the backward pass to save memory (default: the preset's)")
-    arch.add_argument("--model-input-size", type=int, nargs=3, metavar=("D", "H", "W"),
-                      help="padded volume size (default: the config's when it fits at --downsample 1, else the smallest that fits)")
-    arch.add_argument("--downsample", type=int, default=1,
-                      help="train at 1/N resolution (2: 2 mm volumes become 4 mm; generation upsamples back)")
 
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--flow", choices=FLOW_NAMES, default="rectified", help="probability path (default rectified)")
-    opt.add_argument("--time-sampling", choices=tuple(TIME_SAMPLERS),
-                     help="distribution of t (default: uniform; stratified for vp_diffusion)")
-    opt.add_argument("--lll-loss-weight", type=float, default=1.0, help="weight of the LLL-band MSE")
-    opt.add_argument("--detail-loss-weight", type=float, default=1.0, help="weight of the detail-band MSE")
-    opt.add_argument("--steps", type=int, default=20000, help="total optimisation steps (epochs follow from the data size)")
-    opt.add_argument("--batch-size", type=int, default=4, help="volumes per step per process")
-    opt.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
-    opt.add_argument("--min-lr", type=float, default=1e-6, help="learning rate at the end of the cosine decay")
-    opt.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps")
-    opt.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (not on biases and norms)")
-    opt.add_argument("--adam-beta2", type=float, default=0.999,
-                     help="AdamW second-moment decay; 0.99 or 0.95 forget the large early gradients of the mean image "
-                          "sooner, so the noise-dependent part of the velocity is learnt in fewer steps")
-    opt.add_argument("--grad-clip-norm", type=float, default=1.0, help="gradient norm clip (0 disables)")
-    opt.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the weights (0 disables)")
-    opt.add_argument("--output-init", choices=OUTPUT_INITS, default="zero",
-                     help="initial weights of the network's last convolution: zero (the reference, improved-diffusion) "
-                          "or PyTorch's default random init, which learns to use the noisy input sooner in short runs")
-    opt.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                     help="rotation/intensity/noise augmentation of the reference")
-    opt.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                     help="CUDA autocast dtype (auto: bf16 where supported, else fp16 with a gradient scaler); CPU is fp32")
+    groups = {"architecture": arch, "optimisation": parser.add_argument_group("optimisation"),
+              "run": parser.add_argument_group("run")}
+    add_option_flags(groups)
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
-    run_group = parser.add_argument_group("run")
-    run_group.add_argument("--condition-ranges", type=Path,
-                           help="condition_ranges.json to normalise with (default: min/max of the table)")
-    run_group.add_argument("--val-split", type=float, default=0.2, help="fraction of rows held out for validation")
-    run_group.add_argument("--val-every", type=int, default=500, help="validate (and update checkpoint_best) every N steps")
-    run_group.add_argument("--checkpoint-every", type=int, default=500, help="write checkpoint_last.pth every N steps")
-    run_group.add_argument("--log-every", type=int, default=10, help="write a loss.tsv row (interval mean) every N steps")
-    run_group.add_argument("--max-steps-per-run", type=int,
-                           help="stop after this many steps in this invocation (for wall-time-limited jobs); rerun to continue")
-    run_group.add_argument("--seed", type=int, default=42, help="seed of the split, batches, augmentation, t and noise")
-    run_group.add_argument("--resume", type=Path,
-                           help="checkpoint to resume from (default: checkpoint_last.pth in --output-dir when present)")
-    run_group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device")
-    run_group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    run_group.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for augmentation")
+
+# Every TrainingOptions field but the two positional ones is a flag; its default lives only in the dataclass
+# (or in the preset's "training" block), so flags default to None, meaning "not given".
+OPTION_FLAGS: dict[str, tuple[str, str]] = {
+    # field: (group, help)
+    "model_input_size": ("architecture", "padded volume size D H W (default: the config's when it fits at --downsample 1, "
+                                         "else the smallest that fits)"),
+    "downsample": ("architecture", "train at 1/N resolution (2: 2 mm volumes become 4 mm; generation upsamples back)"),
+    "flow": ("optimisation", "probability path"),
+    "time_sampling": ("optimisation", "distribution of t (unset: uniform; stratified for vp_diffusion)"),
+    "prediction": ("optimisation", "what the network predicts: velocity (the reference) or data, the clean wavelet bands, "
+                                   "from which sampling derives the velocity (x1_hat - x_t) / (1 - t); recorded in the "
+                                   "checkpoint"),
+    "loss_space": ("optimisation", "compare prediction and target as velocities (the reference) or as clean data"),
+    "standardise_bands": ("optimisation", "standardise every wavelet subband to zero mean and unit variance over the "
+                                          "training set (raw Haar detail bands are near zero, so noise drowns them); "
+                                          "recorded in the checkpoint"),
+    "lll_loss_weight": ("optimisation", "weight of the LLL-band MSE"),
+    "detail_loss_weight": ("optimisation", "weight of the detail-band MSE"),
+    "steps": ("optimisation", "total optimisation steps (epochs follow from the data size)"),
+    "batch_size": ("optimisation", "volumes per step per process"),
+    "lr": ("optimisation", "peak AdamW learning rate"),
+    "min_lr": ("optimisation", "learning rate at the end of the cosine decay (equal to --lr: constant)"),
+    "warmup_steps": ("optimisation", "linear learning-rate warm-up steps"),
+    "weight_decay": ("optimisation", "AdamW weight decay (not on biases and norms)"),
+    "adam_beta2": ("optimisation", "AdamW second-moment decay; 0.99 or 0.95 forget the large early gradients of the "
+                                   "mean image sooner, so short runs learn faster"),
+    "grad_clip_norm": ("optimisation", "gradient norm clip (0 disables)"),
+    "ema_decay": ("optimisation", "EMA decay of the weights (0 disables), warmed up as min(decay, (1 + n) / (10 + n))"),
+    "output_init": ("optimisation", "initial weights of the last convolution: zero (the reference, improved-diffusion) or "
+                                    "PyTorch's default random init, which learns to use the noisy input sooner"),
+    "augment": ("optimisation", "rotation/intensity/noise augmentation of the reference"),
+    "flip_probability": ("optimisation", "probability of mirroring a training volume left-right (with --augment)"),
+    "precision": ("optimisation", "CUDA autocast dtype (auto: bf16 where supported, else fp16 with a gradient scaler); "
+                                  "CPU is fp32"),
+    "condition_ranges": ("run", "condition_ranges.json to normalise with (default: min/max of the table)"),
+    "val_split": ("run", "fraction of rows held out for validation"),
+    "val_every": ("run", "validate (and update checkpoint_best) every N steps"),
+    "checkpoint_every": ("run", "write checkpoint_last.pth every N steps"),
+    "log_every": ("run", "write a loss.tsv row (interval mean) every N steps"),
+    "max_steps_per_run": ("run", "stop after this many steps in this invocation (for wall-time-limited jobs); rerun "
+                                 "to continue"),
+    "seed": ("run", "seed of the split, batches, augmentation, t and noise"),
+    "resume": ("run", "checkpoint to resume from (default: checkpoint_last.pth in --output-dir when present)"),
+    "init_checkpoint": ("run", "start from these weights (ours or a released FlowLet checkpoint; EMA too where present) "
+                               "with a fresh optimiser and schedule; the architecture must match exactly"),
+    "device": ("run", "training device"),
+    "num_workers": ("run", "DataLoader worker processes for augmentation"),
+}
+OPTION_CHOICES = {
+    "flow": FLOW_NAMES, "time_sampling": tuple(TIME_SAMPLERS), "prediction": PREDICTIONS, "loss_space": LOSS_SPACES,
+    "output_init": OUTPUT_INITS, "precision": ("auto", "fp32", "bf16", "fp16"), "device": ("auto", "cpu", "cuda"),
+}
+POSITIONAL_OPTIONS = ("table", "output_dir")
+
+
+def add_option_flags(groups: dict[str, argparse._ArgumentGroup]) -> None:
+    types = typing.get_type_hints(TrainingOptions)
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainingOptions)}
+    for name, (group, help_text) in OPTION_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        kind = types[name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        default = defaults[name]
+        shown = f" (default: the preset's, else {default})" if default is not None else ""
+        if base is bool:
+            groups[group].add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text + shown)
+        elif typing.get_origin(base) is tuple:
+            groups[group].add_argument(flag, type=int, nargs=3, metavar=("D", "H", "W"), help=help_text)
+        else:
+            groups[group].add_argument(flag, type=base, choices=OPTION_CHOICES.get(name), help=help_text + shown)
+
+
+def options_from_args(args: argparse.Namespace) -> TrainingOptions:
+    """TrainingOptions from its defaults, then the preset's training settings, then the flags given."""
+    fields = {field.name for field in dataclasses.fields(TrainingOptions)}
+    recipe = preset_training(args.preset) if args.config is None else {}
+    unknown = sorted(set(recipe) - fields)
+    if unknown:
+        raise FlowletError(f"preset {args.preset}: unknown training settings {unknown}")
+    given = {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
+    if given.get("model_input_size") is not None:
+        given["model_input_size"] = tuple(given["model_input_size"])
+    return TrainingOptions(table=args.table, output_dir=args.output_dir, **{**recipe, **given})
 
 
 def architecture_from_args(args: argparse.Namespace) -> UNetConfig:
@@ -118,40 +170,7 @@ def architecture_from_args(args: argparse.Namespace) -> UNetConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    options = TrainingOptions(
-        table=args.table,
-        output_dir=args.output_dir,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        adam_beta2=args.adam_beta2,
-        warmup_steps=args.warmup_steps,
-        min_lr=args.min_lr,
-        grad_clip_norm=args.grad_clip_norm,
-        ema_decay=args.ema_decay,
-        output_init=args.output_init,
-        flow=args.flow,
-        time_sampling=args.time_sampling,
-        lll_loss_weight=args.lll_loss_weight,
-        detail_loss_weight=args.detail_loss_weight,
-        condition_ranges=args.condition_ranges,
-        val_split=args.val_split,
-        val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        max_steps_per_run=args.max_steps_per_run,
-        seed=args.seed,
-        precision=args.precision,
-        downsample=args.downsample,
-        model_input_size=tuple(args.model_input_size) if args.model_input_size else None,
-        augment=args.augment,
-        num_workers=args.num_workers,
-        device=args.device,
-        resume=args.resume,
-    )
-    summary = train(options, architecture_from_args(args), threads=args.threads)
+    summary = train(options_from_args(args), architecture_from_args(args), threads=args.threads)
     log.info("training stopped at step %d; best selection loss %.6g; outputs in %s",
              summary.steps_done, summary.best_metric, summary.output_dir)
     return 0

@@ -37,6 +37,8 @@ from flowlet.errors import FlowletError
 log = logging.getLogger(__name__)
 
 PRESETS_DIR = Path(__file__).with_name("presets")
+# A preset may carry the training settings it was tuned with under this key (not part of the network config).
+PRESET_TRAINING_KEY = "training"
 NORM_EPS = 1e-6
 
 # Reference config.json keys of the network, mapped to UNetConfig fields.
@@ -214,13 +216,25 @@ def load_config(path: str | Path) -> UNetConfig:
         raise FlowletError(f"{path}: {error}") from None
 
 
-def preset_config(name: str) -> UNetConfig:
-    """The shipped configurations: 'base' (356 M), 'large' (1.0 B) and 'tiny' (the fixture network)."""
+def _preset_path(name: str) -> Path:
     path = PRESETS_DIR / f"{name}.json"
     if not path.exists():
         available = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
         raise FlowletError(f"unknown preset '{name}'; available: {available}")
-    return load_config(path)
+    return path
+
+
+def preset_config(name: str) -> UNetConfig:
+    """The shipped architectures: 'base' (356 M) and 'large' (1.0 B), the published FlowLet ones; 'tiny' (the
+    fixture network); 'cpu' (a lean three-level network for 4 mm studies on a CPU)."""
+    config = load_config(_preset_path(name))
+    config.extra.pop(PRESET_TRAINING_KEY, None)
+    return config
+
+
+def preset_training(name: str) -> dict[str, Any]:
+    """A preset's training settings (TrainingOptions fields), empty for the reference presets."""
+    return dict(json.loads(_preset_path(name).read_text()).get(PRESET_TRAINING_KEY, {}))
 
 
 def zero_module(module: nn.Module) -> nn.Module:

@@ -91,7 +91,8 @@ def _realism(measures: pd.DataFrame, groups: dict[str, list[MeasuredImage]], atl
     n_synthetic = len(groups[SYNTHETIC])
     feature_note = (
         f"features: regional own-tissue volume + mean intensity of {len(regions)} regions, standardised and PCA-reduced to "
-        f"{projection.components} components on real training images; sample sizes differ between value and floor"
+        f"{projection.components} components on real training images; the value is the mean over random subsets of "
+        f"the synthetic images of the real test set's size, so value and floor are at equal n"
     )
     if n_synthetic == 0:
         feature_note = NO_SYNTHETIC
@@ -103,10 +104,11 @@ def _realism(measures: pd.DataFrame, groups: dict[str, list[MeasuredImage]], atl
             {
                 "metric": metric,
                 "set": "synthetic vs real train",
-                "value": function(features[SYNTHETIC], features["train"]) if n_synthetic >= 2 else np.nan,
+                "value": realism.equal_n_distance(function, features[SYNTHETIC], features["train"], len(groups["test"]),
+                                                  seed=options.seed) if n_synthetic >= 2 else np.nan,
                 "real_vs_real": function(features["test"], features["train"]),
                 "real_vs_real_definition": "real test vs real train",
-                "n_set": len(groups[SYNTHETIC]),
+                "n_set": min(len(groups[SYNTHETIC]), len(groups["test"])),
                 "n_real_vs_real": len(groups["test"]),
                 "note": feature_note,
             }

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from flowlet.regions.atlas import Atlas  # noqa: E402
-from flowlet.regions.measures import SYNTHETIC  # noqa: E402
+from flowlet.regions.measures import REAL_GROUPS, SYNTHETIC  # noqa: E402
 from flowlet.regions.trajectories import FAST_AGEING_PANELS, ols_slope  # noqa: E402
 
 COLOURS = {"real": "tab:blue", "synthetic": "tab:orange", "test": "tab:green"}
@@ -60,7 +60,7 @@ def trajectory_panels(measures: pd.DataFrame, path: Path, panels: tuple[tuple[st
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), layout="constrained")
     for axis, (region, measure) in zip(np.atleast_1d(axes), panels):
         table = measures[measures["region"] == region]
-        for source, subset in (("real", table[table["group"] != SYNTHETIC]), ("synthetic", table[table["group"] == SYNTHETIC])):
+        for source, subset in (("real", table[table["group"].isin(REAL_GROUPS)]), ("synthetic", table[table["group"] == SYNTHETIC])):
             if subset.empty:
                 continue
             axis.scatter(subset["age"], subset[measure], s=14, alpha=0.7, color=COLOURS[source], label=f"{source} (n={len(subset)})")

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 REAL_GROUPS = ("train", "test")
 SYNTHETIC = "synthetic"
+# The linear baseline generator's images: measured like the others, analysed only beside FlowLet's (scorecard).
+BASELINE = "baseline"
+REAL_GROUPS = ("train", "test")
 SPLIT_COLUMNS = ("participant_id", "age", "sex", "age_bin", "split", "image")
 MANIFEST_COLUMNS = ("image", "age")
 TABLE_TYPES = {"participant_id": str, "sex": str, "age_bin": str, "image": str}
@@ -35,7 +38,7 @@ class ImageEntry:
     """One image to analyse: who it is, which group it belongs to, its age (true or requested) and where it is."""
 
     image_id: str
-    group: str  # train | test | synthetic
+    group: str  # train | test | synthetic | baseline
     age: float
     sex: str
     age_bin: str
@@ -81,8 +84,8 @@ def read_split(path: str | Path) -> list[ImageEntry]:
     ]
 
 
-def read_manifests(paths: list[str | Path]) -> list[ImageEntry]:
-    """Synthetic images of one or more generation manifests (an empty manifest is allowed)."""
+def read_manifests(paths: list[str | Path], group: str = SYNTHETIC) -> list[ImageEntry]:
+    """Generated images of one or more generation manifests (an empty manifest is allowed), as ``group``."""
     entries: list[ImageEntry] = []
     seen: set[str] = set()
     for manifest in map(Path, paths):
@@ -97,7 +100,7 @@ def read_manifests(paths: list[str | Path]) -> list[ImageEntry]:
             if image_id in seen:
                 raise FlowletError(f"synthetic manifest: {manifest} lists {path} again (already in an earlier manifest or row)")
             seen.add(image_id)
-            entries.append(ImageEntry(image_id, SYNTHETIC, float(row.age), str(row.sex), str(row.age_bin), path))
+            entries.append(ImageEntry(image_id, group, float(row.age), str(row.sex), str(row.age_bin), path))
     return entries
 
 
@@ -151,7 +154,7 @@ def tissue_codes(tissue: str) -> tuple[int, ...]:
 def segmentation_file(entry: ImageEntry, index: int) -> str:
     """Where an image's tissue labels are saved, relative to the measures table: real images by participant,
     synthetic ones by their measuring order (generators reuse file names across age bins)."""
-    stem = entry.image_id if entry.group != SYNTHETIC else f"synthetic-{index:05d}_{entry.path.name.split('.')[0]}"
+    stem = entry.image_id if entry.group in REAL_GROUPS else f"{entry.group}-{index:05d}_{entry.path.name.split('.')[0]}"
     return f"{SEGMENTATION_FOLDER}/{stem}_dseg.nii.gz"
 
 
@@ -262,7 +265,7 @@ def regional_features(measures: pd.DataFrame) -> pd.DataFrame:
     images = measures.drop_duplicates("image_id").set_index("image_id").loc[wide.index]
     keys = pd.DataFrame(
         {
-            "participant_id": np.where(images["group"] != SYNTHETIC, images.index, ""),
+            "participant_id": np.where(images["group"].isin(REAL_GROUPS), images.index, ""),
             "image": images["image"].to_numpy(),
             "group": images["group"].to_numpy(),
             "segmentation": images["segmentation"].to_numpy(),

@@ -29,6 +29,8 @@ RESOLUTION_MM = 2
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, age_bin, split, image[, native_volume_factor])")
     parser.add_argument("--synthetic", nargs="*", default=[], type=Path, help="synthetic manifest TSV(s) (image, age[, sex, age_bin]); none is allowed")
+    parser.add_argument("--baseline-synthetic", nargs="*", default=[], type=Path,
+                        help="the linear baseline generator's manifests, measured as group baseline")
     parser.add_argument(
         "--output-dir",
         required=True,
@@ -62,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
     # ITK reads its thread count when the library loads, so it is set before ants is first imported.
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     from flowlet.regions.atlas import load_atlas
-    from flowlet.regions.measures import measure_images, read_manifests, read_split, regional_features
+    from flowlet.regions.measures import BASELINE, measure_images, read_manifests, read_split, regional_features
     from flowlet.regions.tissue import TissueSegmenter
 
     entries = read_split(args.split) + read_manifests(list(args.synthetic))
+    entries += read_manifests(list(args.baseline_synthetic), group=BASELINE)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     atlas = load_atlas(RESOLUTION_MM)

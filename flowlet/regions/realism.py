@@ -75,6 +75,18 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return frechet_distance_from_moments(features_a.mean(axis=0), covariance(features_a), features_b.mean(axis=0), covariance(features_b))
 
 
+def equal_n_distance(distance, sample: np.ndarray, reference: np.ndarray, n: int, repeats: int = 20, seed: int = 0) -> float:
+    """``distance(sample, reference)`` at sample size ``n``: the mean over ``repeats`` random n-subsets of ``sample``.
+
+    The Fréchet distance of finite samples is biased upwards, more for smaller samples, so a value and its
+    real-vs-real floor are only comparable at the same n.
+    """
+    if len(sample) <= n:
+        return distance(sample, reference)
+    rng = np.random.default_rng(seed)
+    return float(np.mean([distance(sample[rng.choice(len(sample), n, replace=False)], reference) for _ in range(repeats)]))
+
+
 def median_bandwidth(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """The median heuristic: the median of the pooled samples' pairwise distances (1 when they all coincide)."""
     pooled = np.concatenate([features_a, features_b])

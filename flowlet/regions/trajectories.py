@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from flowlet.regions.measures import SYNTHETIC
+from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC
 
 # The regions that change most with age in adults, with the measure plotted for each.
 FAST_AGEING_PANELS = (("ventricles", "volume_ml"), ("hippocampus", "volume_ml"), ("cortex", "volume_ml"), ("brain", "tissue_fraction"))
@@ -39,7 +39,7 @@ def ols_slope(ages: np.ndarray, values: np.ndarray, level: float = 0.95) -> dict
 
 
 def _source(group: str) -> str:
-    return "synthetic" if group == SYNTHETIC else "real"
+    return {SYNTHETIC: "synthetic", BASELINE: "baseline"}.get(group, "real")
 
 
 MEASURES = ("volume_ml", "tissue_fraction", "native_volume_ml")
@@ -59,7 +59,7 @@ def slopes_table(measures: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     present = [m for m in MEASURES if m in measures.columns and measures[m].notna().any()]
     for measure in present:
         for region, table in measures.groupby("region", sort=False):
-            real = table[table["group"] != SYNTHETIC]
+            real = table[table["group"].isin(REAL_GROUPS)]
             reference = float(real[measure].mean()) if len(real) else np.nan
             scale = 100.0 / reference if np.isfinite(reference) and reference != 0 else np.nan
             row: dict[str, object] = {"region": region, "measure": measure, "region_tissue": table["region_tissue"].iloc[0], "real_mean": reference}

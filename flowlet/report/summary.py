@@ -23,9 +23,16 @@ CITATIONS = {
 }
 
 
+def training_settings(section: dict) -> dict:
+    """The generator's training settings as they ran: the config's keys, the preset's where a key is null."""
+    from flowlet.generative.unet import preset_training
+
+    return {**preset_training(section["preset"]), **{k: v for k, v in section.items() if v is not None}}
+
+
 def methods_paragraph(config: dict, environment: dict[str, str], n_subjects: int, n_train: int, n_test: int) -> str:
     pre = config["preprocess"]
-    gen = config["train_generator"]
+    gen = training_settings(config["train_generator"])
     sample = config["generate"]
     brainage = config["brainage"]
     plan = config["plan_synthetic"]
@@ -46,8 +53,10 @@ def methods_paragraph(config: dict, environment: dict[str, str], n_subjects: int
         f"Subjects were split by age bin (edges {', '.join(f'{edge:g}' for edge in edges)} years; "
         f"{int(config['split']['test_fraction'] * 100)}% of each bin held out; seed {config['split']['seed']}) into "
         f"{n_train} training and {n_test} test subjects. A conditional wavelet flow-matching generator [flowlet] "
-        f"({gen.get('flow')} flow, preset {gen.get('preset')}, {gen.get('steps')} steps, batch {gen.get('batch_size')}, "
-        f"learning rate {gen.get('lr')}, PyTorch {version('torch')}) was trained on the training subjects; age bins "
+        f"({gen.get('flow', 'rectified')} flow, preset {gen.get('preset')}, {gen.get('prediction', 'velocity')} prediction"
+        f"{' on standardised wavelet bands' if gen.get('standardise_bands') else ''}, {gen.get('steps')} steps, batch "
+        f"{gen.get('batch_size')}, learning rate {gen.get('lr')}, PyTorch {version('torch')}) was trained on the training "
+        f"subjects, beside a linear baseline generator (per-voxel age lines plus residual PCA); age bins "
         f"whose training count fell below {plan.get('underrepresented_fraction')} of the largest bin received synthetic "
         f"subjects ({sample.get('sampler')} sampler, {sample.get('num_flow_steps')} steps). "
         f"Brain-age regressors ({', '.join(brainage.get('regressors', []))}; scikit-learn {version('scikit-learn')} [sklearn]) "
@@ -71,7 +80,13 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
 
     n_train = int((split["split"] == "train").sum())
     n_test = int((split["split"] == "test").sum())
+    scorecard = _read(results / "synthetic" / "scorecard.tsv")
     sections = ["# FlowLet augmentation study: summary", ""]
+    if scorecard is not None:
+        sections += ["## Are the synthetic brains usable? Generator scorecard", "",
+                     "Each generator's value beside its real reference (real test vs real training, or real slopes); "
+                     "definitions in `synthetic/scorecard.tsv`.", "",
+                     markdown_table(scorecard.drop(columns=["definition"])), ""]
     sections += ["## Methods", "", methods_paragraph(config, environment, len(split), n_train, n_test), ""]
 
     sections += ["## Subjects", ""]
@@ -94,7 +109,11 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
 
     if plan is not None:
         sections += ["## Synthetic cohort plan", "", markdown_table(plan), ""]
-    synthetic_qc = [pd.read_csv(path, sep="\t") for path in sorted((results / "synthetic").glob("bin-*/qc_summary.tsv"))]
+    synthetic_qc = [
+        pd.read_csv(path, sep="\t").assign(generator=generator)
+        for folder, generator in (("synthetic", "FlowLet"), ("synthetic_baseline", "linear baseline"))
+        for path in sorted((results / folder).glob("bin-*/qc_summary.tsv"))
+    ]
     if synthetic_qc:
         gate = "on: outliers were dropped" if config["generate"].get("qc_gate") else "off: outliers were counted, not dropped"
         sections += ["## Synthetic QC", "", f"Each synthetic volume was measured like a real scan (Dice and correlation with the "

@@ -5,7 +5,8 @@
 rule brainage:
     input:
         split=rules.split.output[0],
-        synthetic=synthetic_manifests(),
+        synthetic=synthetic_manifests("flowlet"),
+        baseline=synthetic_manifests("linear"),
         # Written by rule regional_measures (regions.smk, included after this file).
         regional_features=f"{RESULTS}/regional_measures/regional_features.tsv",
     output:
@@ -42,5 +43,6 @@ rule brainage:
     conda:
         f"{ENVS}/analysis.yaml"
     shell:
-        "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} --bin-edges {params.bin_edges} "
+        "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} "
+        "--baseline-synthetic {input.baseline} --bin-edges {params.bin_edges} "
         "--regional-features {input.regional_features} --output-dir {params.output_dir} {params.flags} > {log} 2>&1"

@@ -11,6 +11,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from flowlet.config import validate_config  # noqa: E402
 from flowlet.data.bids import ColumnNames, ages_missing_note, participant_table  # noqa: E402
 from flowlet.data.split import bin_labels  # noqa: E402
+from flowlet.generative.unet import preset_training  # noqa: E402
 
 # The schema in ../schemas/config.schema.yaml fills defaults and rejects unknown keys, wrong types and
 # impossible values before any job runs, naming the key.
@@ -30,6 +31,12 @@ RESOLUTION = config["preprocess"]["resolution"]
 DEMO = not config["data"]["bids_dir"]
 BIDS_DIR = f"{RESULTS}/demo/bids" if DEMO else config["data"]["bids_dir"]
 AGE_BINS = bin_labels(config["split"]["bin_edges"])
+# The generator's working resolution, which the QC reference and the baseline generator share with it: the
+# config's, else the preset's, else full resolution.
+GENERATOR_DOWNSAMPLE = (
+    config["train_generator"]["downsample"] or preset_training(config["train_generator"]["preset"]).get("downsample", 1)
+)
+BACKENDS = {"both": ("flowlet", "linear"), "flowlet": ("flowlet",), "linear": ("linear",)}[config["generate"]["backend"]]
 
 
 def demo_subjects():
@@ -89,5 +96,12 @@ def preprocessed(subject):
     }
 
 
-def synthetic_manifests():
-    return expand(f"{RESULTS}/synthetic/bin-{{age_bin}}/manifest.tsv", age_bin=AGE_BINS)
+# Each generator's volumes and QC'd manifests live in their own folder.
+GENERATED_DIRS = {"flowlet": "synthetic", "linear": "synthetic_baseline"}
+
+
+def synthetic_manifests(backend="flowlet"):
+    """The QC-gated per-bin manifests of one generator backend; none when the study does not use it."""
+    if backend not in BACKENDS:
+        return []
+    return expand(f"{RESULTS}/{GENERATED_DIRS[backend]}/bin-{{age_bin}}/manifest.tsv", age_bin=AGE_BINS)

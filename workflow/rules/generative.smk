@@ -8,8 +8,8 @@
 
 from flowlet.generative.chunks import chunks_per_bin  # noqa: E402
 
-# Keys of the generate section that configure the QC rules, not `flowlet generate`.
-GENERATE_QC_KEYS = ("qc_gate", "qc_max_robust_z", "qc_reference_max_images")
+# Keys of the generate section that configure the QC rules or choose the backend, not `flowlet generate` options.
+GENERATE_QC_KEYS = ("qc_gate", "qc_max_robust_z", "qc_reference_max_images", "backend")
 # From the config, not the plan, so that dry runs list every generation job and the DAG is built once (a
 # checkpoint on the plan would hide them until it had run); chunks past a bin's actual count are empty.
 GENERATION_CHUNKS = range(chunks_per_bin(config["generate"]["chunk_size"], config["plan_synthetic"]))
@@ -105,10 +105,57 @@ rule generate:
         "--manifest {output.manifest} --chunk {wildcards.chunk} {params.flags} > {log} 2>&1"
 
 
+rule fit_baseline:
+    input:
+        split=rules.split.output[0],
+    output:
+        f"{RESULTS}/baseline/linear_model.npz",
+    log:
+        f"{LOGS}/fit_baseline.log",
+    benchmark:
+        f"{BENCHMARKS}/fit_baseline.tsv"
+    params:
+        downsample=GENERATOR_DOWNSAMPLE,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        f"{ENVS}/generative.yaml"
+    shell:
+        "python -m flowlet fit-baseline {input.split} --downsample {params.downsample} --output {output} > {log} 2>&1"
+
+
+rule generate_baseline:
+    input:
+        model=rules.fit_baseline.output[0],
+        ages=f"{RESULTS}/synthetic/ages/bin-{{age_bin}}_ages.tsv",
+    output:
+        manifest=f"{RESULTS}/synthetic_baseline/bin-{{age_bin}}/chunk-{{chunk}}_manifest.tsv",
+    log:
+        f"{LOGS}/generate_baseline/bin-{{age_bin}}_chunk-{{chunk}}.log",
+    benchmark:
+        f"{BENCHMARKS}/generate_baseline/bin-{{age_bin}}_chunk-{{chunk}}.tsv"
+    wildcard_constraints:
+        chunk="[0-9]+",
+    params:
+        flags=cli_flags("generate", only=("seed", "batch_size", "chunk_size")),
+        output_dir=lambda wildcards, output: Path(output.manifest).parent,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        f"{ENVS}/generative.yaml"
+    shell:
+        "python -m flowlet generate --backend linear --checkpoint-path {input.model} --ages-tsv {input.ages} "
+        "--output-dir {params.output_dir} --manifest {output.manifest} --chunk {wildcards.chunk} {params.flags} "
+        "> {log} 2>&1"
+
+
 rule synthetic_qc_reference:
     input:
         split=rules.split.output[0],
-        config=rules.train.output.config,
     output:
         f"{RESULTS}/synthetic/qc_reference.tsv",
     log:
@@ -117,6 +164,7 @@ rule synthetic_qc_reference:
         f"{BENCHMARKS}/synthetic_qc_reference.tsv"
     params:
         max_images=config["generate"]["qc_reference_max_images"],
+        downsample=GENERATOR_DOWNSAMPLE,
     threads: 1
     resources:
         mem_mb=2000,
@@ -124,21 +172,26 @@ rule synthetic_qc_reference:
     conda:
         f"{ENVS}/generative.yaml"
     shell:
-        "python -m flowlet synthetic-qc reference --split {input.split} --generator-config {input.config} "
+        "python -m flowlet synthetic-qc reference --split {input.split} --downsample {params.downsample} "
         "--max-images {params.max_images} --output {output} > {log} 2>&1"
 
 
+# One gate for both generators: {generated} is synthetic (FlowLet) or synthetic_baseline (the linear baseline).
 rule synthetic_qc:
     input:
-        chunks=expand(f"{RESULTS}/synthetic/bin-{{{{age_bin}}}}/chunk-{{chunk}}_manifest.tsv", chunk=GENERATION_CHUNKS),
+        chunks=expand(
+            f"{RESULTS}/{{{{generated}}}}/bin-{{{{age_bin}}}}/chunk-{{chunk}}_manifest.tsv", chunk=GENERATION_CHUNKS
+        ),
         reference=rules.synthetic_qc_reference.output[0],
     output:
-        manifest=f"{RESULTS}/synthetic/bin-{{age_bin}}/manifest.tsv",
-        summary=f"{RESULTS}/synthetic/bin-{{age_bin}}/qc_summary.tsv",
+        manifest=f"{RESULTS}/{{generated}}/bin-{{age_bin}}/manifest.tsv",
+        summary=f"{RESULTS}/{{generated}}/bin-{{age_bin}}/qc_summary.tsv",
     log:
-        f"{LOGS}/synthetic_qc/bin-{{age_bin}}.log",
+        f"{LOGS}/{{generated}}_qc/bin-{{age_bin}}.log",
     benchmark:
-        f"{BENCHMARKS}/synthetic_qc/bin-{{age_bin}}.tsv"
+        f"{BENCHMARKS}/{{generated}}_qc/bin-{{age_bin}}.tsv"
+    wildcard_constraints:
+        generated="synthetic|synthetic_baseline",
     params:
         flags=cli_flags("generate", only=("qc_gate", "qc_max_robust_z")),
     threads: 1
@@ -155,7 +208,7 @@ rule synthetic_qc:
 
 rule synthetic_grid:
     input:
-        manifests=synthetic_manifests(),
+        manifests=synthetic_manifests("flowlet") or synthetic_manifests("linear"),
     output:
         report(
             f"{RESULTS}/synthetic/grid.png",

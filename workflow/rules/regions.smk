@@ -6,7 +6,8 @@
 rule regional_measures:
     input:
         split=rules.split.output[0],
-        synthetic=synthetic_manifests(),
+        synthetic=synthetic_manifests("flowlet"),
+        baseline=synthetic_manifests("linear"),
     output:
         measures=f"{RESULTS}/regional_measures/regional_measures.tsv",
         features=f"{RESULTS}/regional_measures/regional_features.tsv",
@@ -26,6 +27,7 @@ rule regional_measures:
         f"{ENVS}/analysis.yaml"
     shell:
         "python -m flowlet regional-measures --split {input.split} --synthetic {input.synthetic} "
+        "--baseline-synthetic {input.baseline} "
         "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"
 
 
@@ -104,3 +106,34 @@ rule regions:
         "python -m flowlet regions --split {input.split} --synthetic {input.synthetic} --measures {input.measures} "
         "--brainage-model {input.model} "
         "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"
+
+
+rule scorecard:
+    input:
+        split=rules.split.output[0],
+        synthetic=synthetic_manifests("flowlet"),
+        baseline=synthetic_manifests("linear"),
+        measures=rules.regional_measures.output.measures,
+        model=rules.brainage.output.model,
+    output:
+        report(
+            f"{RESULTS}/synthetic/scorecard.tsv",
+            caption="../report/scorecard.rst",
+            category="Synthetic cohorts",
+        ),
+    log:
+        f"{LOGS}/scorecard.log",
+    benchmark:
+        f"{BENCHMARKS}/scorecard.tsv"
+    params:
+        downsample=GENERATOR_DOWNSAMPLE,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        f"{ENVS}/analysis.yaml"
+    shell:
+        "python -m flowlet scorecard --split {input.split} --synthetic {input.synthetic} "
+        "--baseline-synthetic {input.baseline} --measures {input.measures} --brainage-model {input.model} "
+        "--downsample {params.downsample} --output {output} > {log} 2>&1"

@@ -21,10 +21,11 @@ rule report_summary:
     input:
         qc=rules.qc_table.output[0],
         split=rules.split.output[0],
-        losses=rules.train.output.losses,
+        losses=rules.train.output.losses if "flowlet" in BACKENDS else [],
         plan=rules.plan_synthetic.output.plan,
         grid=rules.synthetic_grid.output[0],
-        synthetic_qc=expand(f"{RESULTS}/synthetic/bin-{{age_bin}}/qc_summary.tsv", age_bin=AGE_BINS),
+        synthetic_qc=[manifest.replace("manifest.tsv", "qc_summary.tsv") for backend in BACKENDS for manifest in synthetic_manifests(backend)],
+        scorecard=rules.scorecard.output[0],
         brainage=rules.brainage.output.metrics,
         regions=rules.regions.output.table,
         slopes=rules.regions.output.slopes,

@@ -1,0 +1,150 @@
+"""Side-by-side training recipes for the generator on a study's real training split, judged on its samples.
+
+For each recipe: train from scratch on the split's ``train`` rows (``flowlet train`` in-process, fixed steps),
+sample ``--samples`` volumes at ages spread over the training range (EMA weights), and print one row: steps,
+minutes of training, final training loss, the share of samples that pass the synthetic QC gate (robust z <= 3
+against the real training images seen through the same working resolution), and a Fréchet distance and MMD
+of voxel features against the real training images, beside the same for the real test images (the floor), at
+equal sample size (synthetic subsets of the test set's size, averaged).
+
+Voxel features (fast, no segmentation): images in the generator's data path ([-1, 1], down- and upsampled like
+the samples), z-scored in the template brain mask, block-averaged to 8 mm inside it and reduced by a PCA of the
+real training images. The study's own realism table uses regional tissue features instead (``flowlet regions``).
+
+    python benchmarks/bench_generator_recipes.py --split results/data/split.tsv --recipes reference cpu --steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flowlet.data.nifti import load_nifti  # noqa: E402
+from flowlet.data.templates import template_brain_mask  # noqa: E402
+from flowlet.generative.data import read_training_table  # noqa: E402
+from flowlet.generative.generate import generate, load_generator, requests_from_table  # noqa: E402
+from flowlet.generative.synthetic_qc import flag_outliers, generator_view, read_reference, reference_metrics  # noqa: E402
+from flowlet.generative.train import TrainingOptions, train  # noqa: E402
+from flowlet.generative.unet import preset_config, preset_training  # noqa: E402
+from flowlet.regions.realism import equal_n_distance, frechet_distance, mmd_rbf  # noqa: E402
+
+# What each recipe changes from the reference's training options (TrainingOptions defaults).
+SHORT_RUN = dict(output_init="random", adam_beta2=0.99, grad_clip_norm=0.5, warmup_steps=50, ema_decay=0.995)
+RECIPES = {
+    "reference": dict(lr=2e-3, min_lr=2e-3, time_sampling="stratified", **SHORT_RUN),
+    "standardised": dict(lr=1e-3, min_lr=1e-3, standardise_bands=True, time_sampling="logit_normal", **SHORT_RUN),
+    "data-velocity-loss": dict(lr=1e-3, min_lr=1e-3, standardise_bands=True, prediction="data",
+                               time_sampling="logit_normal", **SHORT_RUN),
+    "data-data-loss": dict(lr=1e-3, min_lr=1e-3, standardise_bands=True, prediction="data", loss_space="data",
+                           time_sampling="logit_normal", **SHORT_RUN),
+    "data-data-loss-flip": dict(lr=1e-3, min_lr=1e-3, standardise_bands=True, prediction="data", loss_space="data",
+                                time_sampling="logit_normal", flip_probability=0.5, **SHORT_RUN),
+    "cpu": "preset",
+}
+
+
+def voxel_features(volumes: list[np.ndarray], mask: np.ndarray, block: int) -> np.ndarray:
+    rows = []
+    for volume in volumes:
+        inside = volume[mask]
+        z = np.where(mask, (volume - inside.mean()) / inside.std(), 0.0)
+        trimmed = z[: z.shape[0] // block * block, : z.shape[1] // block * block, : z.shape[2] // block * block]
+        coarse = trimmed.reshape(trimmed.shape[0] // block, block, trimmed.shape[1] // block, block, -1, block)
+        rows.append(coarse.mean(axis=(1, 3, 5)).ravel())
+    return np.asarray(rows)
+
+
+class Projection:
+    def __init__(self, training: np.ndarray, components: int) -> None:
+        self.mean = training.mean(axis=0)
+        _, _, vt = np.linalg.svd(training - self.mean, full_matrices=False)
+        self.axes = vt[: min(components, len(training) - 1)]
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return (features - self.mean) @ self.axes.T
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", type=Path, required=True, help="a study's results/data/split.tsv")
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--preset", default="cpu", help="architecture of every recipe")
+    parser.add_argument("--downsample", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--flow-steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="keep each recipe's run and samples under this folder")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    train_records = read_training_table(args.split, ["Age"])
+    import pandas as pd
+
+    split = pd.read_csv(args.split, sep="\t", dtype=str, keep_default_na=False)
+    test_images = [Path(p) for p in split.loc[split["split"] == "test", "image"]]
+    mask = np.asarray(template_brain_mask(2).dataobj) > 0
+    print(f"{len(train_records)} training and {len(test_images)} test images; {args.steps} steps per recipe", flush=True)
+
+    def real_view(path: Path) -> np.ndarray:
+        return generator_view(np.asarray(load_nifti(path, "real image").dataobj, dtype=np.float32), args.downsample)
+
+    train_views = [real_view(record.image) for record in train_records]
+    test_views = [real_view(path) for path in test_images]
+    projection = Projection(voxel_features(train_views, mask, 4), 10)
+    train_features, test_features = (projection(voxel_features(v, mask, 4)) for v in (train_views, test_views))
+    floor = {"frechet": frechet_distance(test_features, train_features), "mmd": mmd_rbf(test_features, train_features)}
+    print(f"real test vs train (n = {len(test_images)}): Fréchet {floor['frechet']:.2f}, MMD {floor['mmd']:.4f}")
+
+    work = Path(tempfile.mkdtemp(prefix="recipes-"))
+    reference_path = work / "qc_reference.tsv"
+    reference_metrics([record.image for record in train_records], args.downsample).to_csv(
+        reference_path, sep="\t", index=False)
+    reference = read_reference(reference_path)
+    ages = [float(r.conditions["Age"]) for r in train_records]
+    table = work / "ages.tsv"
+    table.write_text("age\tfile\n" + "".join(
+        f"{age:.2f}\tsample_{i}.nii.gz\n" for i, age in enumerate(np.linspace(min(ages), max(ages), args.samples))))
+
+    header = ("recipe", "steps", "minutes", "loss", "qc_pass", "frechet", "frechet_floor", "mmd", "mmd_floor")
+    print("\t".join(header), flush=True)
+    for name in args.recipes:
+        run_dir = work / name
+        settings = preset_training(args.preset) if RECIPES[name] == "preset" else RECIPES[name]
+        settings = {**settings, "steps": args.steps, "batch_size": args.batch_size, "downsample": args.downsample}
+        options = TrainingOptions(table=args.split, output_dir=run_dir / "run", val_split=0.0, val_every=10**6,
+                                  checkpoint_every=10**6, log_every=25, device="cpu", **settings)
+        started = time.perf_counter()
+        train(options, preset_config(args.preset), threads=args.threads)
+        minutes = (time.perf_counter() - started) / 60
+        losses = pd.read_csv(run_dir / "run" / "loss.tsv", sep="\t")
+        generator = load_generator(run_dir / "run" / "checkpoint_last.pth")
+        requests = requests_from_table(table, 1234, generator.config)
+        manifest = generate(generator, requests, run_dir / "samples", args.flow_steps, batch_size=4, intensity="unit")
+        measured = pd.read_csv(manifest, sep="\t")
+        passed = 1.0 - flag_outliers(measured, reference, 3.0)["qc_outlier"].mean()
+        samples = [np.asarray(load_nifti(run_dir / "samples" / f, "sample").dataobj) * 2 - 1 for f in measured["image"]]
+        synthetic = projection(voxel_features(samples, mask, 4))
+        frechet = equal_n_distance(frechet_distance, synthetic, train_features, len(test_images), seed=0)
+        mmd = equal_n_distance(mmd_rbf, synthetic, train_features, len(test_images), seed=0)
+        row = (name, args.steps, f"{minutes:.1f}", f"{losses['train_loss'].iloc[-4:].mean():.4f}", f"{passed:.2f}",
+               f"{frechet:.2f}", f"{floor['frechet']:.2f}", f"{mmd:.4f}", f"{floor['mmd']:.4f}")
+        print("\t".join(map(str, row)), flush=True)
+        if args.keep is not None:
+            shutil.copytree(run_dir, args.keep / name, dirs_exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

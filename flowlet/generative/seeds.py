@@ -1,0 +1,10 @@
+"""Seeds derived from several integer keys, shared by training (per step) and sampling (per request)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed that depends on every key (numpy's SeedSequence hashing), for torch and numpy generators."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> 1)

@@ -1,0 +1,199 @@
+"""The generator scorecard: is each generator's synthetic cohort usable, judged against real-vs-real floors.
+
+One row per generator (FlowLet, the linear baseline) and criterion, each value beside its real reference:
+
+- QC pass rate of every generated volume (the synthetic QC gate's verdicts).
+- Fréchet distance and MMD of voxel features of the kept volumes to the real training images, at the real test
+  set's sample size (mean over random subsets), beside real test vs real training (the floor). Real images are
+  seen through the generator's own data path (mapped to [-1, 1], down- and upsampled by its working resolution)
+  so that resolution is not counted as unrealism. Features: z-scored in the template brain mask, block-averaged
+  to 8 mm inside it, PCA of the real training images.
+- MS-SSIM within the kept volumes beside within the real test images (same data path): diversity.
+- Memorisation: each volume's highest shift-tolerant correlation with any real training image; flagged above the
+  chosen percentile of the real test images' own highest similarities; medians side by side.
+- Age fidelity: the real-only brain-age model's MAE and Pearson r against the requested age, beside its MAE on
+  the real test images against their true age.
+- Age slopes of ventricle CSF and total grey-matter volume (ml per year, from the regional measures), generated
+  beside real (training and test), with 95% intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from flowlet.data.nifti import load_nifti
+from flowlet.data.tables import read_tsv, synthetic_qc_passed
+from flowlet.data.templates import template_brain_mask
+from flowlet.generative.synthetic_qc import generator_view
+from flowlet.regions import realism
+from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC, ImageEntry, read_manifests, read_split
+from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity
+from flowlet.regions.trajectories import ols_slope
+
+log = logging.getLogger(__name__)
+
+GENERATORS = {SYNTHETIC: "FlowLet", BASELINE: "linear baseline"}
+FEATURE_BLOCK = 4  # 2 mm voxels -> 8 mm blocks
+FEATURE_COMPONENTS = 10
+SLOPES = (("ventricle CSF volume slope (ml/year)", "ventricles", "csf_ml"),
+          ("total grey-matter volume slope (ml/year)", "brain", "grey_ml"))
+COLUMNS = ("generator", "criterion", "value", "ci_low", "ci_high", "real_reference", "real_ci_low", "real_ci_high",
+           "n", "n_real", "definition")
+
+
+@dataclass(frozen=True)
+class ScorecardOptions:
+    downsample: int = 1
+    msssim_pairs: int = 30
+    memorisation_max_shift: int = 1
+    memorisation_percentile: float = 99.0
+    seed: int = 0
+
+
+def voxel_features(volumes: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """Each (mask-z-scored) volume block-averaged to FEATURE_BLOCK voxels, as one row."""
+    block = FEATURE_BLOCK
+    rows = []
+    for volume in volumes:
+        trimmed = volume[: z.shape[0] // block * block, : z.shape[1] // block * block, : z.shape[2] // block * block]
+        coarse = trimmed.reshape(trimmed.shape[0] // block, block, trimmed.shape[1] // block, block, -1, block)
+        rows.append(coarse.mean(axis=(1, 3, 5)).ravel())
+    return np.asarray(rows)
+
+
+def _pca(training: np.ndarray, components: int):
+    centre = training.mean(axis=0)
+    _, _, axes = np.linalg.svd(training - centre, full_matrices=False)
+    axes = axes[: max(1, min(components, len(training) - 1))]
+    return lambda features: (features - centre) @ axes.T
+
+
+def _load(entries: Sequence[ImageEntry], downsample: int | None, mask: np.ndarray) -> list[np.ndarray]:
+    """Volumes z-scored in the template brain mask (0 outside), the convention generated volumes are saved in;
+    real ones first pass through the generator's data path (``downsample`` None: generated, already on it)."""
+    volumes = []
+    for entry in entries:
+        data = np.asarray(load_nifti(entry.path, f"{entry.group} image").dataobj, dtype=np.float32)
+        if downsample:
+            data = generator_view(data, downsample)
+        inside = data[mask]
+        volumes.append(np.where(mask, (data - inside.mean()) / inside.std(), 0.0).astype(np.float32))
+    return volumes
+
+
+def _row(generator: str, criterion: str, value: float, reference: float, n: int, n_real: int, definition: str,
+         interval=(np.nan, np.nan), real_interval=(np.nan, np.nan)) -> dict:
+    return dict(zip(COLUMNS, (generator, criterion, value, *interval, reference, *real_interval, n, n_real, definition)))
+
+
+def _qc_counts(manifests: Sequence[Path]) -> tuple[int, int]:
+    generated = passed = 0
+    for manifest in manifests:
+        table = read_tsv(manifest, "synthetic manifest", dtype=str, keep_default_na=False)
+        verdict = (table["qc_outlier"].str.lower() != "true") if "qc_outlier" in table else synthetic_qc_passed(table, manifest)
+        generated += len(table)
+        passed += int(verdict.sum())
+    return generated, passed
+
+
+def scorecard(
+    split: Path,
+    manifests: dict[str, Sequence[Path]],
+    measures_path: Path | None,
+    brainage_model: Path | None,
+    options: ScorecardOptions,
+) -> pd.DataFrame:
+    """The scorecard table (see the module docstring); ``manifests`` maps synthetic/baseline to gated manifests."""
+    real = read_split(split)
+    train = [e for e in real if e.group == "train"]
+    test = [e for e in real if e.group == "test"]
+    mask = np.asarray(template_brain_mask(2).dataobj) > 0
+    train_volumes, test_volumes = _load(train, options.downsample, mask), _load(test, options.downsample, mask)
+    project = _pca(voxel_features(train_volumes, mask), FEATURE_COMPONENTS)
+    train_features, test_features = project(voxel_features(train_volumes, mask)), project(voxel_features(test_volumes, mask))
+    floors = {"frechet": realism.frechet_distance(test_features, train_features),
+              "mmd": realism.mmd_rbf(test_features, train_features)}
+    window = realism.intensity_window(train_volumes, [mask] * len(train_volumes))
+    test_pairs = realism.sample_pairs(len(test), None, options.msssim_pairs, options.seed + 1)
+    msssim_real = realism.mean_ms_ssim([(test_volumes[i], test_volumes[j]) for i, j in test_pairs], window)
+    test_best, _ = nearest_training_similarity(test_volumes, train_volumes, mask, options.memorisation_max_shift)
+    threshold = memorisation_threshold(test_best, options.memorisation_percentile)
+    measures = read_tsv(measures_path, "regional measures") if measures_path is not None else None
+    test_predicted = _predict(brainage_model, test)
+
+    rows = []
+    for group, paths in manifests.items():
+        name = GENERATORS[group]
+        generated, passed = _qc_counts(paths)
+        rows.append(_row(name, "QC pass rate", passed / generated if generated else np.nan, 1.0, generated, 0,
+                         "share of generated volumes within the QC gate's robust-z limits of real training brains"))
+        entries = read_manifests(list(paths), group=group)
+        if len(entries) < 2:
+            rows.append(_row(name, "note", np.nan, np.nan, len(entries), 0,
+                             "fewer than two volumes passed QC: no distribution to score"))
+            continue
+        volumes = _load(entries, None, mask)
+        features = project(voxel_features(volumes, mask))
+        n_test = len(test)
+        for key, criterion, function in (("frechet", "Fréchet distance", realism.frechet_distance),
+                                         ("mmd", "MMD^2 (RBF, median bandwidth)", realism.mmd_rbf)):
+            value = realism.equal_n_distance(function, features, train_features, n_test, seed=options.seed)
+            rows.append(_row(name, criterion, value, floors[key], min(len(entries), n_test), n_test,
+                             f"kept volumes vs real training images at n = {min(len(entries), n_test)} (mean of random "
+                             "subsets); reference: real test vs training; real images through the generator's "
+                             f"working resolution (1/{options.downsample}); voxel features, {FEATURE_COMPONENTS} PCs"))
+        pairs = realism.sample_pairs(len(volumes), None, options.msssim_pairs, options.seed)
+        rows.append(_row(name, "MS-SSIM within set", realism.mean_ms_ssim([(volumes[i], volumes[j]) for i, j in pairs], window),
+                         msssim_real, len(pairs), len(test_pairs),
+                         "mean over random pairs of kept volumes; reference: pairs of real test images (same data path)"))
+        best, _ = nearest_training_similarity(volumes, train_volumes, mask, options.memorisation_max_shift)
+        rows.append(_row(name, "memorised (flagged count)", float((best > threshold).sum()), 0.0, len(best), len(test_best),
+                         f"highest correlation with a training image above {threshold:.4f}, the "
+                         f"{options.memorisation_percentile:g}th percentile of real test images' own"))
+        rows.append(_row(name, "median highest training similarity", float(np.median(best)), float(np.median(test_best)),
+                         len(best), len(test_best), "median over volumes of the highest shift-tolerant correlation with "
+                         "any real training image; reference: the same for real test images"))
+        predicted = _predict(brainage_model, entries)
+        if predicted is not None:
+            requested = np.array([e.age for e in entries])
+            true_test = np.array([e.age for e in test])
+            definition = "real-only brain-age model on kept volumes vs requested age; reference: on real test vs true age"
+            rows.append(_row(name, "age fidelity MAE (years)", float(np.abs(predicted - requested).mean()),
+                             float(np.abs(test_predicted - true_test).mean()), len(entries), len(test), definition))
+            rows.append(_row(name, "age fidelity r", _pearson(requested, predicted), _pearson(true_test, test_predicted),
+                             len(entries), len(test), definition))
+        if measures is not None:
+            rows += _slope_rows(name, group, measures)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _predict(model: Path | None, entries: Sequence[ImageEntry]) -> np.ndarray | None:
+    if model is None or not entries:
+        return None
+    from flowlet.regions.fidelity import predict_ages
+
+    return predict_ages(model, list(entries), corrected=False)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(stats.pearsonr(a, b)[0]) if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0 else np.nan
+
+
+def _slope_rows(name: str, group: str, measures: pd.DataFrame) -> list[dict]:
+    rows = []
+    for criterion, region, column in SLOPES:
+        table = measures[measures["region"] == region]
+        real_fit = ols_slope(table.loc[table["group"].isin(REAL_GROUPS), "age"], table.loc[table["group"].isin(REAL_GROUPS), column])
+        fit = ols_slope(table.loc[table["group"] == group, "age"], table.loc[table["group"] == group, column])
+        rows.append(_row(name, criterion, fit["slope"], real_fit["slope"], fit["n"], real_fit["n"],
+                         f"OLS slope of {column} in region {region} on (requested) age, 95% t interval; reference: real "
+                         "training and test images", (fit["ci_low"], fit["ci_high"]),
+                         (real_fit["ci_low"], real_fit["ci_high"])))
+    return rows
