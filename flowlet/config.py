@@ -28,12 +28,14 @@ def _with_defaults(validator_class):
 def validate_config(config: dict) -> dict:
     """Fill defaults and validate; the error names the offending key and what is wrong with it.
 
-    For the demo cohort (no ``data.bids_dir``) the ``demo`` section's settings replace the sections' own first.
+    For the demo cohort (no ``data.bids_dir``) the ``demo`` section first fills the keys its sections leave
+    null or out.
     """
     if not (config.get("data") or {}).get("bids_dir"):
         for section, values in (config.get("demo") or {}).items():
-            if isinstance(values, dict) and isinstance(config.get(section, {}), dict):
-                config[section] = {**(config.get(section) or {}), **values}
+            own = config.get(section) or {}
+            if isinstance(values, dict) and isinstance(own, dict):
+                config[section] = {**own, **{key: value for key, value in values.items() if own.get(key) is None}}
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))

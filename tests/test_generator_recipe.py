@@ -1,0 +1,256 @@
+"""The training recipe's recorded hand-off to sampling, fine-tuning from pretrained weights, and the linear baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flowlet.cli import main
+from flowlet.data.nifti import save_nifti
+from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
+from flowlet.errors import FlowletError
+from flowlet.generative.checkpoint import read_checkpoint
+from flowlet.generative.generate import load_generator, sample_batch
+from flowlet.generative.linear_baseline import LinearBaseline
+from flowlet.generative.loss import prediction_and_target
+from flowlet.generative.sampling_spec import SamplingSpec, band_statistics, sampling_spec
+from flowlet.generative.train import TrainingOptions, train
+from flowlet.generative.unet import UNetConfig, preset_config, preset_training
+from flowlet.generative.wavelets import dwt3d
+
+SMALL_NETWORK = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+                     norm_num_groups=8, num_heads=4, condition_embedding_dim=32)
+
+
+def small_config() -> UNetConfig:
+    return dataclasses.replace(preset_config("tiny"), **SMALL_NETWORK)
+
+
+@pytest.fixture(scope="module")
+def brains(tmp_path_factory) -> Path:
+    """Four z-scored template brains whose intensities drift with age, and their training table."""
+    work = tmp_path_factory.mktemp("brains")
+    data = np.asarray(template_t1(2).dataobj, dtype=np.float32)
+    mask = np.asarray(template_brain_mask(2).dataobj) > 0
+    rows = []
+    for age in (25.0, 40.0, 55.0, 70.0):
+        image = np.where(mask, (data - data[mask].mean()) / data[mask].std() * (1 + (age - 50) / 200), 0.0)
+        rows.append(f"{save_nifti(image, mni_grid(2)[1], work / f'brain_{age:g}.nii.gz')}\t{age}\n")
+    (work / "train.tsv").write_text("image\tage\n" + "".join(rows))
+    return work / "train.tsv"
+
+
+def options(table: Path, output_dir: Path, **overrides) -> TrainingOptions:
+    settings = dict(table=table, output_dir=output_dir, steps=30, batch_size=2, lr=3e-3, min_lr=3e-3, warmup_steps=5,
+                    downsample=4, val_split=0.0, log_every=5, checkpoint_every=100, val_every=100, ema_decay=0.9,
+                    output_init="random", device="cpu")
+    settings.update(overrides)
+    return TrainingOptions(**settings)
+
+
+def loss_rows(run: Path) -> list[float]:
+    lines = (run / "loss.tsv").read_text().splitlines()[1:]
+    return [float(line.split("\t")[2]) for line in lines]
+
+
+# ------------------------------------------------------------------------------------- sampling spec
+
+
+def test_band_standardisation_round_trips_and_data_prediction_gives_the_straight_velocity():
+    bands = [dwt3d(torch.randn(1, 1, 8, 8, 8) * 3 + 1)[0] for _ in range(3)]
+    mean, std = band_statistics(bands)
+    spec = SamplingSpec(prediction="data", band_mean=mean, band_std=std)
+    batch = torch.stack(bands)
+    standard = spec.to_model_units(batch)
+    assert standard.mean(dim=(0, 2, 3, 4)).abs().max() < 1e-5
+    assert (standard.std(dim=(0, 2, 3, 4), unbiased=False) - 1).abs().max() < 1e-4
+    torch.testing.assert_close(spec.from_model_units(standard), batch)
+    # The velocity a perfect data prediction stands for is the straight path's x1 - x0.
+    x0, x1, t = torch.randn(3, 8, 4, 4, 4), torch.randn(3, 8, 4, 4, 4), torch.tensor([0.1, 0.5, 0.9])
+    x_t = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * x1
+    torch.testing.assert_close(spec.velocity(x1, x_t, t), x1 - x0)
+    predicted, target = prediction_and_target(x1, x1, x_t, t, x1 - x0, "data", "velocity")
+    torch.testing.assert_close(predicted, target)
+    assert SamplingSpec.from_dict(spec.to_dict(), "test") == spec
+
+
+def test_training_records_the_spec_and_generation_applies_it(brains, tmp_path):
+    run = tmp_path / "run"
+    train(options(brains, run, prediction="data", loss_space="data", standardise_bands=True, flip_probability=0.5),
+          small_config(), threads=1)
+    stored = read_checkpoint(run / "checkpoint_last.pth")["config"]["sampling"]
+    assert stored["prediction"] == "data" and stored["downsample"] == 4
+    assert stored["full_resolution_size"] == [91, 109, 91] and len(stored["band_mean"]) == 8
+    generator = load_generator(run / "checkpoint_last.pth")
+    assert generator.spec.standardised and generator.spec.prediction == "data"
+    conditions = {"Age": torch.tensor([[0.5]])}
+    recorded = sample_batch(generator, conditions, [3], num_steps=4)
+    # The same network read as if it predicted raw-band velocities (what ignoring the record would do) differs.
+    ignored = dataclasses.replace(generator, spec=SamplingSpec(downsample=4, full_resolution_size=(91, 109, 91)))
+    assert not np.allclose(recorded, sample_batch(ignored, conditions, [3], num_steps=4))
+    # And the recorded path is the standardised data-prediction path, computed here by hand.
+    noise = torch.randn((8, *generator.config.wavelet_grid), generator=torch.Generator().manual_seed(3))[None]
+    x = noise
+    with torch.no_grad():
+        for step in range(4):
+            t = torch.full((1,), step / 4)
+            x = x + 0.25 * (generator.model(x, t, conditions) - x) / (1 - t.view(-1, 1, 1, 1, 1))
+    by_hand = generator.spec.from_model_units(x)
+    from flowlet.generative.data import upsample_to_grid
+    from flowlet.generative.wavelets import center_crop, idwt3d
+
+    volume = upsample_to_grid(center_crop(idwt3d(by_hand).clamp(-1, 1), (23, 28, 23)), 4, (91, 109, 91))[:, 0].numpy()
+    np.testing.assert_allclose(recorded, volume, atol=1e-5)
+
+
+def test_a_checkpoint_without_a_record_samples_as_the_reference_with_one_log_line(reference_checkpoint_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="flowlet.generative.sampling_spec"):
+        generator = load_generator(reference_checkpoint_dir / "tiny_slim.pth",
+                                   condition_ranges_path=reference_checkpoint_dir / "condition_ranges.json")
+    assert generator.spec == SamplingSpec()
+    said = [record.getMessage() for record in caplog.records if "sampling as the reference does" in record.getMessage()]
+    assert len(said) == 1
+    assert sampling_spec({"downsample": 2, "full_resolution_size": [91, 109, 91]}).downsample == 2
+
+
+# ---------------------------------------------------------------------------------------- fine-tuning
+
+
+@pytest.mark.slow
+def test_fine_tuning_continues_from_the_pretrained_loss_level(brains, tmp_path):
+    recipe = dict(prediction="data", loss_space="data", standardise_bands=True)
+    pretrained = tmp_path / "pretrained"
+    train(options(brains, pretrained, steps=60, **recipe), small_config(), threads=1)
+    scratch = loss_rows(pretrained)
+    tuned = tmp_path / "tuned"
+    train(options(brains, tuned, steps=10, seed=7, init_checkpoint=pretrained / "checkpoint_last.pth", **recipe),
+          small_config(), threads=1)
+    continued = loss_rows(tuned)
+    fresh = tmp_path / "fresh"
+    train(options(brains, fresh, steps=10, seed=7, **recipe), small_config(), threads=1)
+    # From pretrained weights the first steps sit where pretraining ended, well below a fresh start's.
+    assert continued[0] < 0.6 * loss_rows(fresh)[0]
+    assert continued[0] < 1.3 * np.mean(scratch[-3:])
+    stored = read_checkpoint(tuned / "checkpoint_last.pth")
+    assert stored["step"] == 10 and stored["training_options"]["init_checkpoint"].endswith("checkpoint_last.pth")
+
+
+def test_fine_tuning_from_the_released_reference_checkpoint_loads_its_weights(brains, reference_checkpoint_dir, tmp_path):
+    run = tmp_path / "from_reference"
+    train(options(brains, run, steps=1, lr=1e-12, min_lr=1e-12, ema_decay=0.0,
+                  init_checkpoint=reference_checkpoint_dir / "tiny_slim.pth"), preset_config("tiny"), threads=1)
+    reference = read_checkpoint(reference_checkpoint_dir / "tiny_slim.pth")["model_state_dict"]
+    tuned = read_checkpoint(run / "checkpoint_last.pth")["flow_net_state_dict"]
+    for name, value in reference.items():
+        torch.testing.assert_close(tuned[name], value, atol=1e-6, rtol=0)
+    # A reference checkpoint predicts velocities on raw bands, and fine-tuning keeps that.
+    assert sampling_spec(read_checkpoint(run / "checkpoint_last.pth")["config"]) == SamplingSpec(
+        downsample=4, full_resolution_size=(91, 109, 91))
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "pickled", "architecture"])
+def test_a_bad_init_checkpoint_is_an_error_naming_the_file_and_reason(brains, reference_checkpoint_dir, tmp_path, problem):
+    path = tmp_path / f"{problem}.pth"
+    if problem == "corrupt":
+        whole = (reference_checkpoint_dir / "tiny_slim.pth").read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    elif problem == "pickled":
+        torch.save({"model_state_dict": {}, "payload": Path("arbitrary-object")}, path)
+    elif problem == "architecture":
+        path = reference_checkpoint_dir / "tiny_slim.pth"
+    expected = {"missing": "does not exist", "corrupt": "unreadable or corrupt", "pickled": "refusing to load",
+                "architecture": r"does not match the network to train.*shape mismatches"}[problem]
+    with pytest.raises(FlowletError, match=expected):
+        train(options(brains, tmp_path / "run", steps=1, init_checkpoint=path), small_config(), threads=1)
+
+
+def test_a_mismatched_checkpoint_lists_missing_and_unexpected_keys(brains, reference_checkpoint_dir, tmp_path):
+    state = read_checkpoint(reference_checkpoint_dir / "tiny_slim.pth")["model_state_dict"]
+    state = {("renamed." + name if i < 3 else name): value for i, (name, value) in enumerate(state.items())}
+    path = tmp_path / "renamed.pth"
+    torch.save({"model_state_dict": state}, path)
+    with pytest.raises(FlowletError, match=r"3 missing keys: .*3 unexpected keys: renamed\."):
+        train(options(brains, tmp_path / "run", steps=1, init_checkpoint=path), preset_config("tiny"), threads=1)
+
+
+# --------------------------------------------------------------------------------------------- presets
+
+
+def test_the_cpu_preset_carries_its_recipe_and_flags_override_it(brains, tmp_path):
+    from flowlet.generative.train_cli import build_parser, options_from_args
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    build_parser(parser)
+    recipe = preset_training("cpu")
+    chosen = options_from_args(parser.parse_args([str(brains), "--output-dir", str(tmp_path), "--preset", "cpu"]))
+    assert (chosen.prediction, chosen.standardise_bands, chosen.steps) == ("data", True, recipe["steps"])
+    overridden = options_from_args(parser.parse_args([str(brains), "--output-dir", str(tmp_path), "--preset", "cpu",
+                                                      "--steps", "7", "--no-standardise-bands"]))
+    assert (overridden.steps, overridden.standardise_bands, overridden.prediction) == (7, False, "data")
+    reference = options_from_args(parser.parse_args([str(brains), "--output-dir", str(tmp_path), "--preset", "base"]))
+    assert reference == TrainingOptions(table=brains, output_dir=tmp_path)
+    assert "training" not in preset_config("cpu").extra
+
+
+# ------------------------------------------------------------------------------------------ baseline
+
+
+def test_the_linear_baseline_recovers_a_known_age_effect(tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (10, 12, 10)
+    slope_map = rng.normal(0, 0.005, shape).astype(np.float32)
+    base = rng.normal(0, 0.1, shape).astype(np.float32)
+    ages = rng.uniform(20, 80, 60)
+    images = [base + slope_map * (age - 50) + rng.normal(0, 0.02, shape).astype(np.float32) for age in ages]
+    model = LinearBaseline.fit(images, ages, downsample=1, full_resolution_size=shape)
+    assert np.corrcoef(model.slope.ravel(), slope_map.ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(model.slope, slope_map, atol=0.001)
+    young, old = model.sample([25.0] * 40, range(40)), model.sample([75.0] * 40, range(40, 80))
+    np.testing.assert_allclose(old.mean(0) - young.mean(0), 50 * slope_map, atol=0.05)
+    # Residuals are drawn with the training residuals' spread, and each seed gives its own brain.
+    assert 0.01 < young.std(axis=0).mean() < 0.03
+    np.testing.assert_array_equal(model.sample([30.0], [5]), model.sample([30.0], [5]))
+    model.save(tmp_path / "model.npz")
+    np.testing.assert_array_equal(LinearBaseline.load(tmp_path / "model.npz").sample([30.0], [5]), model.sample([30.0], [5]))
+
+
+def test_the_linear_baseline_refuses_too_few_images_and_bad_files(tmp_path):
+    with pytest.raises(FlowletError, match="needs at least 4 training images"):
+        LinearBaseline.fit([np.zeros((4, 4, 4))] * 3, [20, 30, 40], 1, (4, 4, 4))
+    with pytest.raises(FlowletError, match="all 5 training images have age 30"):
+        LinearBaseline.fit([np.zeros((4, 4, 4))] * 5, [30] * 5, 1, (4, 4, 4))
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(FlowletError, match="unreadable or not one"):
+        LinearBaseline.load(tmp_path / "bad.npz")
+    with pytest.raises(FlowletError, match="does not exist"):
+        LinearBaseline.load(tmp_path / "missing.npz")
+
+
+def test_baseline_cli_fits_and_generates_with_qc_metrics(brains, tmp_path, capsys):
+    model = tmp_path / "linear.npz"
+    assert main(["fit-baseline", str(brains), "--downsample", "2", "--output", str(model)]) == 0
+    out = tmp_path / "samples"
+    assert main(["generate", "--backend", "linear", "--checkpoint-path", str(model), "--generation-conditions",
+                 "Age=30", "Age=60", "--num-synthetic", "2", "--output-dir", str(out)]) == 0
+    manifest = (out / "manifest.tsv").read_text().splitlines()
+    assert len(manifest) == 5 and "dice_template" in manifest[0]
+    three = tmp_path / "three.tsv"
+    three.write_text("\n".join(brains.read_text().splitlines()[:4]) + "\n")
+    assert main(["fit-baseline", str(three), "--output", str(tmp_path / "few.npz")]) == 1
+    assert "needs at least 4 training images" in capsys.readouterr().err
+
+
+def test_config_json_carries_the_same_record_as_the_checkpoint(brains, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    train(options(brains, run, steps=2, standardise_bands=True), small_config(), threads=1)
+    from_json = json.loads((run / "config.json").read_text())["sampling"]
+    assert from_json == read_checkpoint(run / "checkpoint_last.pth")["config"]["sampling"]
+    assert from_json["band_std"] is not None and from_json["prediction"] == "velocity"
