@@ -254,3 +254,63 @@ def test_config_json_carries_the_same_record_as_the_checkpoint(brains, tmp_path)
     from_json = json.loads((run / "config.json").read_text())["sampling"]
     assert from_json == read_checkpoint(run / "checkpoint_last.pth")["config"]["sampling"]
     assert from_json["band_std"] is not None and from_json["prediction"] == "velocity"
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_tiny_configuration_on_a_cpu():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    result = subprocess.run([sys.executable, str(script), "--train-steps", "4", "--samples", "2", "--threads", "1"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("device cpu (CPU)") and "dtype float32" in lines[0]
+    assert any("training step:" in line and "batch 2" in line for line in lines)
+    assert any("QC pass rate" in line and "4 steps" in line for line in lines)
+
+
+@pytest.fixture(scope="module")
+def small_cohort(tmp_path_factory) -> Path:
+    """Twelve template brains, each smoothly and individually warped, with ventricles and contrast that change with
+    age: a cohort (not one brain) a generator must learn as a distribution."""
+    from scipy import ndimage
+
+    work = tmp_path_factory.mktemp("cohort")
+    data = np.asarray(template_t1(2).dataobj, dtype=np.float32)
+    mask = np.asarray(template_brain_mask(2).dataobj) > 0
+    grid = np.indices(data.shape, dtype=np.float32)
+    rng = np.random.default_rng(11)
+    rows = ["image\tage\tsplit"]
+    for index, age in enumerate(np.linspace(22, 80, 12)):
+        displacement = [ndimage.gaussian_filter(rng.normal(0, 1, data.shape[:1] + data.shape[1:]).astype(np.float32), 8)
+                        * 200 for _ in range(3)]
+        warped = ndimage.map_coordinates(data, grid + np.stack(displacement), order=1)
+        brain = ndimage.map_coordinates(mask.astype(np.float32), grid + np.stack(displacement), order=1) > 0.5
+        image = np.where(brain, (warped - warped[brain].mean()) / warped[brain].std() * (1 + (age - 50) / 150), 0.0)
+        path = save_nifti(image.astype(np.float32), mni_grid(2)[1], work / f"sub-{index:02d}.nii.gz")
+        rows.append(f"{path}\t{age:.1f}\t{'train' if index % 4 else 'test'}")
+    (work / "split.tsv").write_text("\n".join(rows) + "\n")
+    return work / "split.tsv"
+
+
+@pytest.mark.slow
+def test_the_cpu_recipe_learns_a_small_cohort_whose_samples_pass_qc(small_cohort, tmp_path):
+    """A few minutes of the cpu preset's recipe (at 8 mm here) give samples that QC takes for brains of the cohort."""
+    import pandas as pd
+
+    from flowlet.generative.generate import generate, requests_from_table
+    from flowlet.generative.synthetic_qc import flag_outliers, read_reference, reference_metrics
+
+    recipe = {**preset_training("cpu"), "steps": 400, "downsample": 4, "val_split": 0.0, "log_every": 50,
+              "checkpoint_every": 1000, "val_every": 1000, "device": "cpu"}
+    train(TrainingOptions(table=small_cohort, output_dir=tmp_path / "run", **recipe), small_config(), threads=2)
+    generator = load_generator(tmp_path / "run" / "checkpoint_last.pth")
+    ages = tmp_path / "ages.tsv"
+    ages.write_text("age\tfile\n" + "".join(f"{age:.1f}\ts{i}.nii.gz\n" for i, age in enumerate(np.linspace(25, 75, 10))))
+    manifest = generate(generator, requests_from_table(ages, 5, generator.config), tmp_path / "samples", 20, batch_size=5)
+    images = [Path(line.split("\t")[0]) for line in small_cohort.read_text().splitlines()[1:] if line.endswith("train")]
+    reference_metrics(images, 4).to_csv(tmp_path / "reference.tsv", sep="\t", index=False)
+    verdicts = flag_outliers(pd.read_csv(manifest, sep="\t"), read_reference(tmp_path / "reference.tsv"), 3.0)
+    assert (~verdicts["qc_outlier"]).mean() >= 0.7, verdicts[["dice_template", "ncc_template", "qc_reasons"]]
