@@ -91,25 +91,28 @@ def _realism(measures: pd.DataFrame, groups: dict[str, list[MeasuredImage]], atl
     n_synthetic = len(groups[SYNTHETIC])
     feature_note = (
         f"features: regional own-tissue volume + mean intensity of {len(regions)} regions, standardised and PCA-reduced to "
-        f"{projection.components} components on real training images; the value is the mean over random subsets of "
-        f"the synthetic images of the real test set's size, so value and floor are at equal n"
+        f"{projection.components} components on real training images; value and floor at the same n (the smaller "
+        f"set's size; means over random subsets of the larger)"
     )
     if n_synthetic == 0:
         feature_note = NO_SYNTHETIC
     elif n_synthetic == 1:
         feature_note = "a single synthetic image has no distribution to compare: not defined"
+    # Value and floor at one sample size: the smaller of the two sets (subsets of the larger are averaged).
+    n_equal = min(n_synthetic, len(groups["test"])) if n_synthetic >= 2 else len(groups["test"])
     rows = []
     for metric, function in (("frechet_distance", realism.frechet_distance), ("mmd2_rbf_median", realism.mmd_rbf)):
         rows.append(
             {
                 "metric": metric,
                 "set": "synthetic vs real train",
-                "value": realism.equal_n_distance(function, features[SYNTHETIC], features["train"], len(groups["test"]),
+                "value": realism.equal_n_distance(function, features[SYNTHETIC], features["train"], n_equal,
                                                   seed=options.seed) if n_synthetic >= 2 else np.nan,
-                "real_vs_real": function(features["test"], features["train"]),
+                "real_vs_real": realism.equal_n_distance(function, features["test"], features["train"], n_equal,
+                                                         seed=options.seed),
                 "real_vs_real_definition": "real test vs real train",
-                "n_set": min(len(groups[SYNTHETIC]), len(groups["test"])),
-                "n_real_vs_real": len(groups["test"]),
+                "n_set": n_equal if n_synthetic >= 2 else 0,
+                "n_real_vs_real": n_equal,
                 "note": feature_note,
             }
         )
