@@ -37,6 +37,7 @@ from flowlet.generative.synthetic_qc import flag_outliers, generator_view, read_
 from flowlet.generative.train import TrainingOptions, train  # noqa: E402
 from flowlet.generative.unet import preset_config, preset_training  # noqa: E402
 from flowlet.regions.realism import equal_n_distance, frechet_distance, mmd_rbf  # noqa: E402
+from flowlet.regions.scorecard import pca_projection, voxel_features, zscore_in_mask  # noqa: E402
 
 # What each recipe changes from the reference's training options (TrainingOptions defaults).
 SHORT_RUN = dict(output_init="random", adam_beta2=0.99, grad_clip_norm=0.5, warmup_steps=50, ema_decay=0.995)
@@ -51,27 +52,6 @@ RECIPES = {
                                 time_sampling="logit_normal", flip_probability=0.5, **SHORT_RUN),
     "cpu": "preset",
 }
-
-
-def voxel_features(volumes: list[np.ndarray], mask: np.ndarray, block: int) -> np.ndarray:
-    rows = []
-    for volume in volumes:
-        inside = volume[mask]
-        z = np.where(mask, (volume - inside.mean()) / inside.std(), 0.0)
-        trimmed = z[: z.shape[0] // block * block, : z.shape[1] // block * block, : z.shape[2] // block * block]
-        coarse = trimmed.reshape(trimmed.shape[0] // block, block, trimmed.shape[1] // block, block, -1, block)
-        rows.append(coarse.mean(axis=(1, 3, 5)).ravel())
-    return np.asarray(rows)
-
-
-class Projection:
-    def __init__(self, training: np.ndarray, components: int) -> None:
-        self.mean = training.mean(axis=0)
-        _, _, vt = np.linalg.svd(training - self.mean, full_matrices=False)
-        self.axes = vt[: min(components, len(training) - 1)]
-
-    def __call__(self, features: np.ndarray) -> np.ndarray:
-        return (features - self.mean) @ self.axes.T
 
 
 def main() -> None:
@@ -98,12 +78,13 @@ def main() -> None:
     print(f"{len(train_records)} training and {len(test_images)} test images; {args.steps} steps per recipe", flush=True)
 
     def real_view(path: Path) -> np.ndarray:
-        return generator_view(np.asarray(load_nifti(path, "real image").dataobj, dtype=np.float32), args.downsample)
+        volume = generator_view(np.asarray(load_nifti(path, "real image").dataobj, dtype=np.float32), args.downsample)
+        return zscore_in_mask(volume, mask)
 
     train_views = [real_view(record.image) for record in train_records]
     test_views = [real_view(path) for path in test_images]
-    projection = Projection(voxel_features(train_views, mask, 4), 10)
-    train_features, test_features = (projection(voxel_features(v, mask, 4)) for v in (train_views, test_views))
+    projection = pca_projection(voxel_features(train_views, mask))
+    train_features, test_features = (projection(voxel_features(v, mask)) for v in (train_views, test_views))
     floor = {"frechet": frechet_distance(test_features, train_features), "mmd": mmd_rbf(test_features, train_features)}
     print(f"real test vs train (n = {len(test_images)}): Fréchet {floor['frechet']:.2f}, MMD {floor['mmd']:.4f}")
 
@@ -134,8 +115,9 @@ def main() -> None:
         manifest = generate(generator, requests, run_dir / "samples", args.flow_steps, batch_size=4, intensity="unit")
         measured = pd.read_csv(manifest, sep="\t")
         passed = 1.0 - flag_outliers(measured, reference, 3.0)["qc_outlier"].mean()
-        samples = [np.asarray(load_nifti(run_dir / "samples" / f, "sample").dataobj) * 2 - 1 for f in measured["image"]]
-        synthetic = projection(voxel_features(samples, mask, 4))
+        samples = [zscore_in_mask(np.asarray(load_nifti(run_dir / "samples" / f, "sample").dataobj), mask)
+                   for f in measured["image"]]
+        synthetic = projection(voxel_features(samples, mask))
         frechet = equal_n_distance(frechet_distance, synthetic, train_features, len(test_images), seed=0)
         mmd = equal_n_distance(mmd_rbf, synthetic, train_features, len(test_images), seed=0)
         row = (name, args.steps, f"{minutes:.1f}", f"{losses['train_loss'].iloc[-4:].mean():.4f}", f"{passed:.2f}",

@@ -315,3 +315,23 @@ def test_region_mask_is_region_intersected_with_its_tissue(atlas):
     assert region_mask(labels, ventricles).sum() == 10
     brain = atlas.region("brain")
     assert region_mask(labels, brain).sum() == 10  # grey + white: the white voxels only
+
+
+def test_equal_n_frechet_and_mmd_of_one_distribution_sit_at_the_real_floor():
+    from flowlet.regions.realism import equal_n_distance, frechet_distance, mmd_rbf
+
+    rng = np.random.default_rng(4)
+    dimensions, n_test = 5, 15
+    training = rng.normal(size=(60, dimensions))
+    many = rng.normal(size=(300, dimensions))  # a "generator" that samples the real distribution exactly
+    for distance in (frechet_distance, mmd_rbf):
+        floors = [distance(rng.normal(size=(n_test, dimensions)), training) for _ in range(40)]
+        value = equal_n_distance(distance, many, training, n_test, repeats=40, seed=1)
+        spread = np.std(floors)
+        assert abs(value - np.mean(floors)) < 0.5 * spread + 1e-3, (distance.__name__, value, np.mean(floors), spread)
+    frechet_floor = np.mean([frechet_distance(rng.normal(size=(n_test, dimensions)), training) for _ in range(40)])
+    # Without equal n the Fréchet distance of 300 perfect samples would look far better than the floor,
+    assert frechet_distance(many, training) < 0.6 * frechet_floor
+    # and a shifted distribution stays well above the floor at equal n.
+    shifted = rng.normal(0.8, 1.0, size=(300, dimensions))
+    assert equal_n_distance(frechet_distance, shifted, training, n_test) > 2 * frechet_floor

@@ -68,7 +68,8 @@ def voxel_features(volumes: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarra
     return np.asarray(rows)
 
 
-def _pca(training: np.ndarray, components: int):
+def pca_projection(training: np.ndarray, components: int = FEATURE_COMPONENTS):
+    """Projection onto the leading principal components of ``training`` (rows are images)."""
     centre = training.mean(axis=0)
     _, _, axes = np.linalg.svd(training - centre, full_matrices=False)
     axes = axes[: max(1, min(components, len(training) - 1))]
@@ -81,11 +82,13 @@ def _load(entries: Sequence[ImageEntry], downsample: int | None, mask: np.ndarra
     volumes = []
     for entry in entries:
         data = np.asarray(load_nifti(entry.path, f"{entry.group} image").dataobj, dtype=np.float32)
-        if downsample:
-            data = generator_view(data, downsample)
-        inside = data[mask]
-        volumes.append(np.where(mask, (data - inside.mean()) / inside.std(), 0.0).astype(np.float32))
+        volumes.append(zscore_in_mask(generator_view(data, downsample) if downsample else data, mask))
     return volumes
+
+
+def zscore_in_mask(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    inside = volume[mask]
+    return np.where(mask, (volume - inside.mean()) / inside.std(), 0.0).astype(np.float32)
 
 
 def _row(generator: str, criterion: str, value: float, reference: float, n: int, n_real: int, definition: str,
@@ -116,7 +119,7 @@ def scorecard(
     test = [e for e in real if e.group == "test"]
     mask = np.asarray(template_brain_mask(2).dataobj) > 0
     train_volumes, test_volumes = _load(train, options.downsample, mask), _load(test, options.downsample, mask)
-    project = _pca(voxel_features(train_volumes, mask), FEATURE_COMPONENTS)
+    project = pca_projection(voxel_features(train_volumes, mask))
     train_features, test_features = project(voxel_features(train_volumes, mask)), project(voxel_features(test_volumes, mask))
     window = realism.intensity_window(train_volumes, [mask] * len(train_volumes))
     test_pairs = realism.sample_pairs(len(test), None, options.msssim_pairs, options.seed + 1)
