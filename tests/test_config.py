@@ -35,8 +35,21 @@ def test_every_schema_key_has_a_default_and_a_description():
 def test_empty_config_gets_all_defaults():
     config = validate_config({})
     assert config["preprocess"]["skullstrip_backend"] == "deepbet"
-    assert config["generate"]["num_flow_steps"] == 10
+    assert config["generate"]["num_flow_steps"] == 20
     assert config["data"]["bids_dir"] == ""
+
+
+def test_demo_values_fill_only_the_keys_left_null_and_only_for_the_demo(tmp_path):
+    demo = {"demo": {"train_generator": {"steps": 700, "lr": 5e-4}}, "train_generator": {"steps": None, "lr": 1e-3}}
+    config = validate_config(demo)
+    assert (config["train_generator"]["steps"], config["train_generator"]["lr"]) == (700, 1e-3)
+    real = validate_config({**demo, "train_generator": {"steps": None}, "data": {"bids_dir": str(tmp_path)}})
+    assert real["train_generator"]["steps"] is None
+
+
+def test_a_missing_init_checkpoint_is_rejected_before_any_job(tmp_path):
+    with pytest.raises(FlowletError, match="train_generator.init_checkpoint: .*missing.pth does not exist"):
+        validate_config({"train_generator": {"init_checkpoint": str(tmp_path / "missing.pth")}})
 
 
 @pytest.mark.parametrize(
@@ -51,6 +64,8 @@ def test_empty_config_gets_all_defaults():
         ({"split": {"bin_edges": [30, 20, 40]}}, "split.bin_edges"),
         ({"plan_synthetic": {"target": "fixed", "target_count": None}}, "plan_synthetic.target_count"),
         ({"data": {"bids_dir": "/no/such/dataset"}}, "data.bids_dir"),
+        ({"train_generator": {"prediction": "noise"}}, "train_generator.prediction"),
+        ({"generate": {"backend": "gan"}}, "generate.backend"),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_key(overrides, key):

@@ -6,6 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from flowlet.brainage.bins import AGE_SAMPLING_MODES, TARGET_MODES, AgeBins, make_plan
 from flowlet.brainage.tables import read_split
 
@@ -41,6 +44,21 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the age and sex draws")
     parser.add_argument("--output", required=True, type=Path, help="plan table to write (TSV)")
     parser.add_argument("--ages-dir", required=True, type=Path, help="folder for the per-bin tables bin-<label>_ages.tsv")
+    parser.add_argument("--evaluation-count", type=int, default=0,
+                        help="also write bin-evaluation_ages.tsv: this many ages evenly spread over the real training "
+                             "ages, the cohort the generator scorecard judges each generator on (0: none)")
+
+
+EVALUATION = "evaluation"
+
+
+def evaluation_ages(split: pd.DataFrame, count: int) -> pd.DataFrame:
+    """``count`` ages evenly spread over the real training subjects' ages, for judging a generator across all ages
+    (the plan's bins may cover only a few years)."""
+    train = split[split["split"] == "train"]
+    ages = np.linspace(train["age"].min(), train["age"].max(), count)
+    return pd.DataFrame({"age": ages.round(2), "sex": "", "age_bin": EVALUATION,
+                         "file": [f"evaluation_{index:04d}.nii.gz" for index in range(count)]})
 
 
 def ages_file(ages_dir: Path, label: str) -> Path:
@@ -75,5 +93,7 @@ def run(args: argparse.Namespace) -> int:
             "under-represented" if row.underrepresented else "not under-represented",
             row.n_synthetic,
         )
+    if args.evaluation_count > 0:
+        evaluation_ages(split, args.evaluation_count).to_csv(ages_file(args.ages_dir, EVALUATION), sep="\t", index=False)
     log.info("wrote %s and %d age tables in %s", args.output, len(ages_per_bin), args.ages_dir)
     return 0

@@ -31,6 +31,7 @@ from scipy import stats
 from flowlet.data.nifti import load_nifti
 from flowlet.data.tables import read_tsv, synthetic_qc_passed
 from flowlet.data.templates import template_brain_mask
+from flowlet.errors import FlowletError
 from flowlet.generative.synthetic_qc import generator_view
 from flowlet.regions import realism
 from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC, ImageEntry, read_manifests, read_split
@@ -172,7 +173,7 @@ def scorecard(
             rows.append(_row(name, "age fidelity r", _pearson(requested, predicted), _pearson(true_test, test_predicted),
                              len(entries), len(test), definition))
         if measures is not None:
-            rows += _slope_rows(name, group, measures)
+            rows += _slope_rows(name, measures, {entry.image_id for entry in entries})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -188,12 +189,16 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.pearsonr(a, b)[0]) if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0 else np.nan
 
 
-def _slope_rows(name: str, group: str, measures: pd.DataFrame) -> list[dict]:
+def _slope_rows(name: str, measures: pd.DataFrame, image_ids: set[str]) -> list[dict]:
     rows = []
     for criterion, region, column in SLOPES:
         table = measures[measures["region"] == region]
-        real_fit = ols_slope(table.loc[table["group"].isin(REAL_GROUPS), "age"], table.loc[table["group"].isin(REAL_GROUPS), column])
-        fit = ols_slope(table.loc[table["group"] == group, "age"], table.loc[table["group"] == group, column])
+        real = table["group"].isin(REAL_GROUPS)
+        scored = table["image_id"].isin(image_ids)
+        if not scored.any():
+            raise FlowletError(f"regional measures lack the scored {name} volumes: run flowlet regional-measures on them")
+        real_fit = ols_slope(table.loc[real, "age"], table.loc[real, column])
+        fit = ols_slope(table.loc[scored, "age"], table.loc[scored, column])
         rows.append(_row(name, criterion, fit["slope"], real_fit["slope"], fit["n"], real_fit["n"],
                          f"OLS slope of {column} in region {region} on (requested) age, 95% t interval; reference: real "
                          "training and test images", (fit["ci_low"], fit["ci_high"]),

@@ -65,7 +65,7 @@ else:
 
 wildcard_constraints:
     subject="sub-[A-Za-z0-9]+",
-    age_bin="[0-9.]+-[0-9.]+",
+    age_bin="[0-9.]+-[0-9.]+|evaluation",
 
 
 def cli_flags(section, skip=(), only=None):
@@ -100,8 +100,17 @@ def preprocessed(subject):
 GENERATED_DIRS = {"flowlet": "synthetic", "linear": "synthetic_baseline"}
 
 
-def synthetic_manifests(backend="flowlet"):
+# The scorecard's own cohort per generator, spread over all training ages (generate.scorecard_samples).
+EVALUATION_BINS = ["evaluation"] if config["generate"]["scorecard_samples"] else []
+
+
+def synthetic_manifests(backend="flowlet", bins=AGE_BINS):
     """The QC-gated per-bin manifests of one generator backend; none when the study does not use it."""
     if backend not in BACKENDS:
         return []
-    return expand(f"{RESULTS}/{GENERATED_DIRS[backend]}/bin-{{age_bin}}/manifest.tsv", age_bin=AGE_BINS)
+    return expand(f"{RESULTS}/{GENERATED_DIRS[backend]}/bin-{{age_bin}}/manifest.tsv", age_bin=bins)
+
+
+def scored_manifests(backend):
+    """What the scorecard judges: the evaluation cohort when there is one, else the plan's volumes."""
+    return synthetic_manifests(backend, EVALUATION_BINS or AGE_BINS)

@@ -9,10 +9,15 @@
 from flowlet.generative.chunks import chunks_per_bin  # noqa: E402
 
 # Keys of the generate section that configure the QC rules or choose the backend, not `flowlet generate` options.
-GENERATE_QC_KEYS = ("qc_gate", "qc_max_robust_z", "qc_reference_max_images", "backend")
+GENERATE_QC_KEYS = ("qc_gate", "qc_max_robust_z", "qc_reference_max_images", "backend", "scorecard_samples")
 # From the config, not the plan, so that dry runs list every generation job and the DAG is built once (a
 # checkpoint on the plan would hide them until it had run); chunks past a bin's actual count are empty.
-GENERATION_CHUNKS = range(chunks_per_bin(config["generate"]["chunk_size"], config["plan_synthetic"]))
+GENERATION_CHUNKS = range(
+    max(
+        chunks_per_bin(config["generate"]["chunk_size"], config["plan_synthetic"]),
+        chunks_per_bin(config["generate"]["chunk_size"], {"max_per_bin": config["generate"]["scorecard_samples"]}),
+    )
+)
 
 
 rule train:
@@ -57,13 +62,14 @@ rule plan_synthetic:
             caption="../report/synthetic_plan.rst",
             category="Synthetic cohorts",
         ),
-        ages=expand(f"{RESULTS}/synthetic/ages/bin-{{age_bin}}_ages.tsv", age_bin=AGE_BINS),
+        ages=expand(f"{RESULTS}/synthetic/ages/bin-{{age_bin}}_ages.tsv", age_bin=AGE_BINS + EVALUATION_BINS),
     log:
         f"{LOGS}/plan_synthetic.log",
     params:
         flags=cli_flags("plan_synthetic"),
         bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
         ages_dir=lambda wildcards, output: Path(output.ages[0]).parent,
+        evaluation=config["generate"]["scorecard_samples"],
     threads: 1
     resources:
         mem_mb=1000,
@@ -72,7 +78,7 @@ rule plan_synthetic:
         f"{ENVS}/analysis.yaml"
     shell:
         "python -m flowlet plan --split {input.split} --bin-edges {params.bin_edges} {params.flags} "
-        "--output {output.plan} --ages-dir {params.ages_dir} > {log} 2>&1"
+        "--output {output.plan} --ages-dir {params.ages_dir} --evaluation-count {params.evaluation} > {log} 2>&1"
 
 
 rule generate:

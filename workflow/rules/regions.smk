@@ -6,8 +6,8 @@
 rule regional_measures:
     input:
         split=rules.split.output[0],
-        synthetic=synthetic_manifests("flowlet"),
-        baseline=synthetic_manifests("linear"),
+        synthetic=synthetic_manifests("flowlet", AGE_BINS + EVALUATION_BINS),
+        baseline=synthetic_manifests("linear", AGE_BINS + EVALUATION_BINS),
     output:
         measures=f"{RESULTS}/regional_measures/regional_measures.tsv",
         features=f"{RESULTS}/regional_measures/regional_features.tsv",
@@ -111,8 +111,8 @@ rule regions:
 rule scorecard:
     input:
         split=rules.split.output[0],
-        synthetic=synthetic_manifests("flowlet"),
-        baseline=synthetic_manifests("linear"),
+        synthetic=scored_manifests("flowlet"),
+        baseline=scored_manifests("linear"),
         measures=rules.regional_measures.output.measures,
         model=rules.brainage.output.model,
     output:
