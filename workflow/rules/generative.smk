@@ -199,7 +199,9 @@ rule synthetic_qc:
     wildcard_constraints:
         generated="synthetic|synthetic_baseline",
     params:
-        flags=cli_flags("generate", only=("qc_gate", "qc_max_robust_z")),
+        # The scorecard judges a generator by all it makes, so its evaluation cohort is flagged, never dropped.
+        flags=lambda wildcards: cli_flags("generate", only=("qc_max_robust_z",))
+        + (" --no-qc-gate" if wildcards.age_bin == "evaluation" else " " + cli_flags("generate", only=("qc_gate",))),
     threads: 1
     resources:
         mem_mb=1000,
