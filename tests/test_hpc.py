@@ -188,5 +188,8 @@ def test_dag_for_5000_subjects_has_one_job_per_subject_and_per_age_bin(tmp_path)
     print(f"dry run for {n_subjects} subjects: {time.perf_counter() - started:.1f} s")
     jobs = job_counts(result.stdout + result.stderr)
     assert jobs["preprocess"] == n_subjects
-    assert jobs["generate"] == len(bin_labels(yaml.safe_load(TINY.read_text())["split"]["bin_edges"]))
+    # One job per age bin and generator, plus each generator's scorecard evaluation cohort.
+    bins = len(bin_labels(yaml.safe_load(TINY.read_text())["split"]["bin_edges"]))
+    assert jobs["generate"] == jobs["generate_baseline"] == bins + 1
+    assert jobs["synthetic_qc"] == 2 * (bins + 1) and jobs["fit_baseline"] == jobs["scorecard"] == 1
     assert jobs["qc_table"] == jobs["train"] == jobs["participants"] == 1 and "phantoms" not in jobs
