@@ -63,7 +63,7 @@ def voxel_features(volumes: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarra
     block = FEATURE_BLOCK
     rows = []
     for volume in volumes:
-        trimmed = volume[: z.shape[0] // block * block, : z.shape[1] // block * block, : z.shape[2] // block * block]
+        trimmed = volume[: volume.shape[0] // block * block, : volume.shape[1] // block * block, : volume.shape[2] // block * block]
         coarse = trimmed.reshape(trimmed.shape[0] // block, block, trimmed.shape[1] // block, block, -1, block)
         rows.append(coarse.mean(axis=(1, 3, 5)).ravel())
     return np.asarray(rows)
