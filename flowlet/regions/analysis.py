@@ -239,6 +239,9 @@ def run_analysis(split_path: Path, manifest_paths: list[Path], measures_path: Pa
         background = np.asarray(template_t1(resolution).get_fdata())
         captions["slope_difference_map.png"] = figures.slope_difference_map(slopes, atlas, background, figure_dir / "slope_difference_map.png")
         captions["slope_correlation.png"] = figures.slope_correlation(slopes, single, agreement, figure_dir / "slope_correlation.png")
+    else:
+        for name in ("slope_difference_map.png", "slope_correlation.png"):
+            captions[name] = figures.not_defined(NO_SYNTHETIC, figure_dir / name)
 
     fidelity, fidelity_images = _fidelity(groups, options)
     _write(fidelity, output_dir, "fidelity.tsv", written)

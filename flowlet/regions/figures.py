@@ -25,6 +25,15 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
+def not_defined(reason: str, path: Path) -> str:
+    """A figure that says why it has nothing to show (the workflow declares every figure as an output)."""
+    figure, axis = plt.subplots(figsize=(6, 1.6))
+    axis.axis("off")
+    axis.text(0.5, 0.5, reason, ha="center", va="center", wrap=True, fontsize=10)
+    _save(figure, path)
+    return f"Not drawn: {reason}."
+
+
 def slope_difference_map(slopes: pd.DataFrame, atlas: Atlas, background: np.ndarray, path: Path) -> str:
     """Axial slices of the atlas coloured by synthetic minus real slope (% of the real mean volume per year)."""
     volumes = slopes[slopes["measure"] == "volume_ml"]
