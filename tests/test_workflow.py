@@ -43,7 +43,7 @@ def test_dry_run_lists_every_stage(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, "-n"))
     assert set(STAGES) <= set(jobs)
     assert jobs["preprocess"] == 12
-    assert jobs["generate"] == 3
+    assert jobs["generate"] == 3 + 1  # one per age bin, plus the scorecard's evaluation cohort
 
 
 def test_lint_reports_nothing(tmp_path):

@@ -20,6 +20,12 @@ GENERATION_CHUNKS = range(
 )
 
 
+def qc_gate_flags(wildcards):
+    """The scorecard judges a generator by all it makes, so its evaluation cohort is flagged, never dropped."""
+    gate = "--no-qc-gate" if wildcards.age_bin == "evaluation" else cli_flags("generate", only=("qc_gate",))
+    return f"{cli_flags('generate', only=('qc_max_robust_z',))} {gate}"
+
+
 rule train:
     input:
         split=rules.split.output[0],
@@ -199,9 +205,7 @@ rule synthetic_qc:
     wildcard_constraints:
         generated="synthetic|synthetic_baseline",
     params:
-        # The scorecard judges a generator by all it makes, so its evaluation cohort is flagged, never dropped.
-        flags=lambda wildcards: cli_flags("generate", only=("qc_max_robust_z",))
-        + (" --no-qc-gate" if wildcards.age_bin == "evaluation" else " " + cli_flags("generate", only=("qc_gate",))),
+        flags=qc_gate_flags,
     threads: 1
     resources:
         mem_mb=1000,
