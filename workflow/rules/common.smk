@@ -114,3 +114,9 @@ def synthetic_manifests(backend="flowlet", bins=AGE_BINS):
 def scored_manifests(backend):
     """What the scorecard judges: the evaluation cohort when there is one, else the plan's volumes."""
     return synthetic_manifests(backend, EVALUATION_BINS or AGE_BINS)
+
+
+def qc_gate_flags(wildcards):
+    """The scorecard judges a generator by all it makes, so its evaluation cohort is flagged, never dropped."""
+    gate = "--no-qc-gate" if wildcards.age_bin == "evaluation" else cli_flags("generate", only=("qc_gate",))
+    return f"{cli_flags('generate', only=('qc_max_robust_z',))} {gate}"

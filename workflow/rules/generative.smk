@@ -20,12 +20,6 @@ GENERATION_CHUNKS = range(
 )
 
 
-def qc_gate_flags(wildcards):
-    """The scorecard judges a generator by all it makes, so its evaluation cohort is flagged, never dropped."""
-    gate = "--no-qc-gate" if wildcards.age_bin == "evaluation" else cli_flags("generate", only=("qc_gate",))
-    return f"{cli_flags('generate', only=('qc_max_robust_z',))} {gate}"
-
-
 rule train:
     input:
         split=rules.split.output[0],
