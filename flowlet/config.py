@@ -8,6 +8,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from flowlet.data.split import bin_labels
 from flowlet.errors import FlowletError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -54,6 +55,10 @@ def check_config(config: dict) -> None:
     edges = config["split"]["bin_edges"]
     if any(high <= low for low, high in zip(edges, edges[1:])):
         raise FlowletError(f"split.bin_edges: must be strictly increasing, got {edges}")
+    labels = bin_labels(edges)
+    unknown = [label for label in config["split"]["scarcity_bins"] if label not in labels]
+    if unknown:
+        raise FlowletError(f"split.scarcity_bins: {unknown} are not age bins of split.bin_edges; the bins are {labels}")
     plan = config["plan_synthetic"]
     if plan["target"] == "fixed" and plan["target_count"] is None:
         raise FlowletError("plan_synthetic.target_count: required when plan_synthetic.target is 'fixed'")

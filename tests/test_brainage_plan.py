@@ -119,7 +119,8 @@ def test_plan_command_writes_the_table_and_one_ages_file_per_bin(tmp_path: Path)
     )
     assert code == 0
     plan = pd.read_csv(tmp_path / "plan.tsv", sep="\t")
-    assert list(plan.columns) == ["age_bin", "low", "high", "n_train_real", "n_test_real", "underrepresented", "n_synthetic", "note"]
+    assert list(plan.columns) == ["age_bin", "low", "high", "n_train_real", "n_test_real", "n_withheld", "underrepresented",
+                                   "reduced", "n_synthetic", "note"]
     assert list(plan["n_synthetic"]) == [0, 5, 0]
     assert len(pd.read_csv(tmp_path / "ages" / "bin-30-40_ages.tsv", sep="\t")) == 5
     empty = (tmp_path / "ages" / "bin-20-30_ages.tsv").read_text().splitlines()

@@ -66,6 +66,9 @@ def test_a_missing_init_checkpoint_is_rejected_before_any_job(tmp_path):
         ({"data": {"bids_dir": "/no/such/dataset"}}, "data.bids_dir"),
         ({"train_generator": {"prediction": "noise"}}, "train_generator.prediction"),
         ({"generate": {"backend": "gan"}}, "generate.backend"),
+        ({"split": {"scarcity_bins": ["45-55"]}}, "split.scarcity_bins"),
+        ({"split": {"scarcity_keep": 0}}, "split.scarcity_keep"),
+        ({"brainage": {"verdict_model": "voxels/lasso"}}, "brainage.verdict_model"),
     ],
 )
 def test_bad_configs_are_rejected_naming_the_key(overrides, key):

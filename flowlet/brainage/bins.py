@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from flowlet.data.split import WITHHELD
 from flowlet.errors import FlowletError
 
 TARGET_MODES = ("largest", "fixed", "ratio")
@@ -76,13 +77,13 @@ class AgeBins:
 
 
 def split_counts(split: pd.DataFrame, bins: AgeBins) -> pd.DataFrame:
-    """Real training and test subjects per bin (every bin listed, zeros included)."""
+    """Real training, test and withheld (controlled scarcity) subjects per bin (every bin listed, zeros included)."""
     labels = bins.assign(split["age"].to_numpy(), split["participant_id"].tolist(), what="split table")
     table = pd.DataFrame({"age_bin": bins.labels, "low": bins.edges[:-1], "high": bins.edges[1:]})
-    for part in ("train", "test"):
+    for part in ("train", "test", WITHHELD):
         in_part = split["split"].to_numpy() == part
         counts = pd.Series(labels[in_part]).value_counts()
-        table[f"n_{part}_real"] = [int(counts.get(label, 0)) for label in bins.labels]
+        table[f"n_{part}_real" if part != WITHHELD else "n_withheld"] = [int(counts.get(label, 0)) for label in bins.labels]
     return table
 
 
@@ -201,8 +202,16 @@ def make_plan(
     underrepresented, n_synthetic = synthetic_counts(
         table["n_train_real"].to_numpy(), underrepresented_fraction, target, target_count, target_ratio, max_per_bin
     )
-    table["underrepresented"] = underrepresented
-    table["n_synthetic"] = n_synthetic
+    # Controlled scarcity: a reduced bin gets as many synthetic subjects as it lost, so that real+synthetic
+    # trains on the oracle's count there.
+    reduced = table["n_withheld"].to_numpy() > 0
+    if max_per_bin is not None:
+        restored = np.minimum(table["n_withheld"].to_numpy(), max_per_bin)
+    else:
+        restored = table["n_withheld"].to_numpy()
+    table["underrepresented"] = underrepresented | reduced
+    table["reduced"] = reduced
+    table["n_synthetic"] = np.where(reduced, restored, n_synthetic)
     train = split[split["split"] == "train"]
     train_ages = train["age"].to_numpy(dtype=float)
     train_sexes = train["sex"] if "sex" in train.columns else pd.Series([], dtype=object)

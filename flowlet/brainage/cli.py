@@ -8,11 +8,13 @@ from pathlib import Path
 
 from flowlet.brainage.bins import AgeBins
 from flowlet.brainage.cnn import CNN_ARCHITECTURES, DEFAULT_SFCN_CHANNELS, CNNSettings
-from flowlet.brainage.experiment import ARMS, FEATURE_SETS, REGRESSORS, Settings, run_experiment
+from flowlet.brainage.experiment import ARMS, FEATURE_SETS, REDUCED, REGRESSORS, Settings, run_experiment
 from flowlet.brainage.features import DEFAULT_TISSUE_FWHM_MM
-from flowlet.brainage.figures import mae_per_bin, pred_vs_true
+from flowlet.brainage.figures import gap_closed_per_bin, mae_per_bin, pred_vs_true
 from flowlet.brainage.plan_cli import DEFAULT_BIN_EDGES
 from flowlet.brainage.predict import save_model
+from flowlet.brainage.verdict import AUTO, verdict_table
+from flowlet.data.tables import read_tsv
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--densenet-blocks", type=int, nargs="+", default=[6, 12, 24, 16], help="DenseNet layers per dense block")
     parser.add_argument("--densenet-init-features", type=int, default=64, help="DenseNet stem width")
     parser.add_argument("--device", default="auto", help="torch device for the CNN: auto, cpu, cuda, cuda:1")
+    parser.add_argument("--plan", type=Path, default=None,
+                        help="the synthetic plan (plan.tsv of `flowlet plan`): which bins the verdict answers for")
+    parser.add_argument("--verdict-model", default=AUTO,
+                        help="feature_set/regressor the verdict reports (e.g. tissue/ridge); auto: the real arm's "
+                             "lowest cross-validated MAE inside the training split")
+    parser.add_argument("--verdict-correction", choices=("raw", "corrected"), default="corrected",
+                        help="whether the verdict reads raw or age-bias-corrected predictions")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -105,7 +114,15 @@ def run(args: argparse.Namespace) -> int:
     results.metrics.to_csv(output / "metrics.tsv", sep="\t", index=False, float_format="%.4f")
     results.predictions.to_csv(output / "predictions.tsv", sep="\t", index=False, float_format="%.4f")
     results.models.to_csv(output / "models.tsv", sep="\t", index=False, float_format="%.4f")
+    plan = (read_tsv(args.plan, "synthetic plan", required=("age_bin", "n_synthetic"), dtype={"age_bin": str})
+            if args.plan else None)
+    verdict = verdict_table(results.metrics, results.models, plan, results.bin_counts, REDUCED,
+                            args.verdict_model, args.verdict_correction)
+    verdict.to_csv(output / "verdict.tsv", sep="\t", index=False, float_format="%.4f")
+    for line in verdict["sentence"]:
+        log.info("verdict: %s", line)
     mae_per_bin(results.metrics, bin_labels(settings), output / "mae_per_bin.png")
+    gap_closed_per_bin(results.metrics, bin_labels(settings), output / "gap_closed.png")
     pred_vs_true(results.predictions, output / "pred_vs_true.png")
     best = results.best_real_model
     if best is not None:

@@ -4,7 +4,10 @@ Arms: ``real`` (real training subjects only), ``real+synthetic`` (the same plus 
 synthetic volume that passed QC) and ``synthetic`` (synthetic only: a diagnostic of
 what the generator learned about age); ``real+baseline`` and ``baseline`` are the same two
 with the linear baseline generator's volumes, so that every FlowLet number has the
-baseline's beside it.
+baseline's beside it. Under controlled scarcity (subjects ``withheld`` in the split table),
+``oracle`` trains on the real training subjects plus the withheld ones: the accuracy the
+synthetic subjects try to win back. The share they win back is the gap closed,
+(MAE real - MAE real+synthetic) / (MAE real - MAE oracle).
 
 Age-bias correction: for every fitted model, the linear fit predicted-on-true age is
 made on *out-of-sample* predictions of the real training subjects, never on test
@@ -47,6 +50,7 @@ from flowlet.brainage.metrics import (
     bootstrap_indices,
     bootstrap_mae,
     bootstrap_mae_difference,
+    percentile_interval,
     regression_metrics,
 )
 from flowlet.brainage.regressors import (
@@ -59,15 +63,20 @@ from flowlet.brainage.regressors import (
     make_search,
 )
 from flowlet.brainage.tables import SyntheticSet, read_split, read_synthetic
+from flowlet.data.split import WITHHELD
 from flowlet.errors import FlowletError
 
 log = logging.getLogger(__name__)
 
-ARMS = ("real", "real+synthetic", "synthetic", "real+baseline", "baseline")
+ARMS = ("real", "real+synthetic", "synthetic", "real+baseline", "baseline", "oracle")
 # Where each arm's generated volumes come from (the real arm has none), and which arms also train on real subjects.
 ARM_SOURCES = {"real+synthetic": "synthetic", "synthetic": "synthetic", "real+baseline": "baseline", "baseline": "baseline"}
 SOURCES = ("synthetic", "baseline")
-ARMS_WITH_REAL = ("real", "real+synthetic", "real+baseline")
+ARMS_WITH_REAL = ("real", "real+synthetic", "real+baseline", "oracle")
+# Arms whose gain over ``real`` is measured against the oracle's.
+AUGMENTED_ARMS = ("real+synthetic", "real+baseline")
+# The per-bin rows pool the test subjects of every bin reduced by controlled scarcity under this label.
+REDUCED = "reduced bins"
 REGRESSORS = (*CLASSICAL_REGRESSORS, "cnn")
 FEATURE_SETS = ("voxels", "regional", "tissue")
 TABLE_FEATURE_SETS = ("regional", "tissue")
@@ -125,6 +134,13 @@ class Cohort:
     bins: AgeBins
     notes: list[str]
     arms: list[str] = field(default_factory=lambda: list(ARMS))
+    withheld: pd.DataFrame = field(default_factory=pd.DataFrame)  # controlled scarcity: the oracle's extra subjects
+
+    @property
+    def reduced_bins(self) -> list[str]:
+        if self.withheld.empty:
+            return []
+        return [label for label in self.bins.labels if (self.withheld["age_bin"] == label).any()]
 
 
 def _with_bins(table: pd.DataFrame, bins: AgeBins, what: str, id_column: str = "participant_id") -> pd.DataFrame:
@@ -142,6 +158,7 @@ def load_cohort(
     split = _with_bins(read_split(split_path), bins, f"split table {split_path}")
     train = split[split["split"] == "train"].reset_index(drop=True)
     test = split[split["split"] == "test"].reset_index(drop=True)
+    withheld = split[split["split"] == WITHHELD].reset_index(drop=True)
     notes: list[str] = []
     if len(test) < MIN_TEST_SUBJECTS:
         raise FlowletError(f"split table {split_path}: {len(test)} test subject(s); at least {MIN_TEST_SUBJECTS} are needed to evaluate")
@@ -157,6 +174,9 @@ def load_cohort(
         test_sets["external"] = _with_bins(external, bins, f"external test table {external_split_path}").reset_index(drop=True)
         notes.append(f"external test set {external_split_path}: all {len(external)} subjects used for evaluation only")
     arms = list(settings.arms)
+    if "oracle" in arms and withheld.empty:
+        notes.append("arm oracle skipped: no real training subjects are withheld (controlled scarcity, split.scarcity_*, is off)")
+        arms.remove("oracle")
     given = {"synthetic": list(synthetic_paths), "baseline": list(baseline_paths or [])}
     generated = {}
     for source in SOURCES:
@@ -190,7 +210,8 @@ def load_cohort(
     for label in bins.labels:
         if not (test["age_bin"] == label).any():
             notes.append(f"age bin {label}: no real test subjects, so no per-bin metrics for it")
-    return Cohort(train=train, test_sets=test_sets, generated=generated, bins=bins, notes=notes, arms=arms)
+    return Cohort(train=train, test_sets=test_sets, generated=generated, bins=bins, notes=notes, arms=arms,
+                  withheld=withheld)
 
 
 @dataclass
@@ -202,11 +223,13 @@ class FeatureSet:
     generated: dict[str, np.ndarray | None]  # by source, as Cohort.generated
     tests: dict[str, np.ndarray]
     volumetric: bool
+    withheld: np.ndarray | None = None  # Cohort.withheld's rows, for the oracle arm
 
 
 def voxel_feature_set(cohort: Cohort, settings: Settings) -> tuple[FeatureSet, VoxelFeatures]:
     generated = {source: volumes.table["image"].tolist() for source, volumes in cohort.generated.items()}
-    groups = [cohort.train["image"].tolist(), *generated.values()]
+    withheld = cohort.withheld["image"].tolist() if not cohort.withheld.empty else []
+    groups = [cohort.train["image"].tolist(), withheld, *generated.values()]
     groups += [table["image"].tolist() for table in cohort.test_sets.values()]
     unique = list(dict.fromkeys(image for group in groups for image in group))
     voxels = load_voxel_features(unique, downsample=settings.downsample)
@@ -221,6 +244,7 @@ def voxel_feature_set(cohort: Cohort, settings: Settings) -> tuple[FeatureSet, V
         generated={source: rows(images) if images else None for source, images in generated.items()},
         tests={name: rows(table["image"].tolist()) for name, table in cohort.test_sets.items()},
         volumetric=True,
+        withheld=rows(withheld) if withheld else None,
     )
     return feature_set, voxels
 
@@ -247,6 +271,7 @@ def table_feature_set(cohort: Cohort, name: str, path: Path, matrix_of) -> Featu
         },
         tests={test_name: matched(subjects, f"{test_name} test", True) for test_name, subjects in cohort.test_sets.items()},
         volumetric=False,
+        withheld=matched(cohort.withheld, WITHHELD, True) if not cohort.withheld.empty else None,
     )
 
 
@@ -267,6 +292,8 @@ def tissue_feature_set(cohort: Cohort, path: Path, settings: Settings) -> Featur
         source: matrix[:, varying] if matrix is not None else None for source, matrix in features.generated.items()
     }
     features.tests = {name: matrix[:, varying] for name, matrix in features.tests.items()}
+    if features.withheld is not None:
+        features.withheld = features.withheld[:, varying]
     return features
 
 
@@ -311,7 +338,7 @@ def _out_of_sample_training_predictions(
     for fold_train, fold_held in KFold(settings.cv_folds, shuffle=True, random_state=seed).split(train_real):
         features = train_real[fold_train]
         ages = ages_real[fold_train]
-        if arm != "real":
+        if synthetic is not None:
             features = np.concatenate([features, synthetic])
             ages = np.concatenate([ages, ages_synthetic])
         model = fit_quietly(_refit_copy(estimator, settings, seed), features, ages)
@@ -326,10 +353,13 @@ def fit_one(
     flat = (lambda array: array) if uses_volumes else (lambda array: _flatten(array, features.volumetric, mask))
     train_real = flat(features.train)
     ages_real = cohort.train["age"].to_numpy(dtype=float)
+    if arm == "oracle":
+        train_real = np.concatenate([train_real, flat(features.withheld)])
+        ages_real = np.concatenate([ages_real, cohort.withheld["age"].to_numpy(dtype=float)])
     source = ARM_SOURCES.get(arm)
     synthetic = flat(features.generated[source]) if source is not None else None
     ages_synthetic = cohort.generated[source].table["age"].to_numpy(dtype=float) if source is not None else None
-    if arm == "real":
+    if source is None:
         train, ages, n_real, n_synthetic = train_real, ages_real, len(ages_real), 0
     elif arm in ARMS_WITH_REAL:
         train = np.concatenate([train_real, synthetic])
@@ -369,6 +399,7 @@ class Results:
     notes: list[str]
     best_real_model: FittedModel | None
     voxels: VoxelFeatures | None
+    bin_counts: dict[str, dict[str, int]]  # per bin: real training, withheld and QC-passed synthetic subjects
 
 
 def _prediction_rows(model: FittedModel, cohort: Cohort, notes: list[str]) -> pd.DataFrame:
@@ -420,8 +451,12 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                 table = table[sorted(table.columns, key=order.__getitem__)]
                 predicted[arm] = table.to_numpy()
                 errors[arm] = np.abs(predicted[arm] - subjects["age"].to_numpy()[None, :]).mean(axis=0)
-            for age_bin in ["all", *cohort.bins.labels]:
-                chosen = np.ones(len(subjects), bool) if age_bin == "all" else subjects["age_bin"].to_numpy() == age_bin
+            reduced = [REDUCED] if cohort.reduced_bins else []
+            for age_bin in ["all", *cohort.bins.labels, *reduced]:
+                if age_bin == "all":
+                    chosen = np.ones(len(subjects), bool)
+                else:
+                    chosen = subjects["age_bin"].isin(cohort.reduced_bins if age_bin == REDUCED else [age_bin]).to_numpy()
                 if not chosen.any():
                     continue
                 true_ages = subjects["age"].to_numpy(dtype=float)[chosen]
@@ -453,6 +488,9 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                         "delta_mae_vs_real": np.nan,
                         "delta_ci_low": np.nan,
                         "delta_ci_high": np.nan,
+                        "gap_closed": np.nan,
+                        "gap_ci_low": np.nan,
+                        "gap_ci_high": np.nan,
                         "n_train_real": int(model_rows["n_train_real"].iloc[0]),
                         "n_train_synthetic": int(model_rows["n_train_synthetic"].iloc[0]),
                         "n_seeds": int(predicted[arm].shape[0]),
@@ -464,6 +502,12 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                             errors[arm][chosen], errors["real"][chosen], indices
                         )
                     row_notes = []
+                    if arm in AUGMENTED_ARMS and {"real", "oracle"} <= set(errors):
+                        gap = gap_closed(errors["real"][chosen], errors[arm][chosen], errors["oracle"][chosen], indices)
+                        if gap is None:
+                            row_notes.append("gap closed not estimable: the oracle's gain over real has an interval that includes 0")
+                        else:
+                            row["gap_closed"], row["gap_ci_low"], row["gap_ci_high"] = gap
                     if int(chosen.sum()) < MIN_TEST_SUBJECTS:
                         row_notes.append(f"only {int(chosen.sum())} test subject(s): interval is rough")
                     if np.isnan(row["r"]):
@@ -473,6 +517,20 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                     row["notes"] = "; ".join(row_notes)
                     rows.append(row)
     return pd.DataFrame(rows)
+
+
+def gap_closed(
+    errors_real: np.ndarray, errors_augmented: np.ndarray, errors_oracle: np.ndarray, indices: np.ndarray
+) -> tuple[float, float, float] | None:
+    """Share of the oracle's gain over real that an augmented arm wins back, with a paired bootstrap interval;
+    None when the oracle's gain itself is not distinguishable from 0 (its interval includes 0)."""
+    won = errors_real - errors_augmented
+    possible = errors_real - errors_oracle
+    possible_low, possible_high = percentile_interval(possible[indices].mean(axis=1))
+    if possible_low <= 0 <= possible_high:
+        return None
+    low, high = percentile_interval(won[indices].mean(axis=1) / possible[indices].mean(axis=1))
+    return float(won.mean() / possible.mean()), low, high
 
 
 def run_experiment(
@@ -505,7 +563,7 @@ def run_experiment(
             notes.append("the CNN runs on voxel volumes only, not on regional features")
         for regressor in regressors:
             for arm in cohort.arms:
-                if arm != "real" and features.generated.get(ARM_SOURCES[arm]) is None:
+                if arm in ARM_SOURCES and features.generated.get(ARM_SOURCES[arm]) is None:
                     continue
                 for seed in settings.seeds if regressor != BASELINE else settings.seeds[:1]:
                     log.info("fitting %s/%s on arm %s, seed %d", features.name, regressor, arm, seed)
@@ -538,4 +596,14 @@ def run_experiment(
     best = min(candidates, key=lambda model: model.cv_mae) if candidates else None
     if best is None:
         notes.append("no classical voxel regressor was trained on the real arm, so model_real.joblib is not written")
-    return Results(metrics=metrics, predictions=predictions, models=models, notes=notes, best_real_model=best, voxels=voxels)
+    return Results(metrics=metrics, predictions=predictions, models=models, notes=notes, best_real_model=best,
+                   voxels=voxels, bin_counts=bin_counts(cohort))
+
+
+def bin_counts(cohort: Cohort) -> dict[str, dict[str, int]]:
+    synthetic = cohort.generated.get("synthetic")
+    groups = {"train": cohort.train, "withheld": cohort.withheld,
+              "synthetic": synthetic.table if synthetic is not None else pd.DataFrame()}
+    return {label: {name: int((table["age_bin"] == label).sum()) if not table.empty else 0
+                    for name, table in groups.items()}
+            for label in cohort.bins.labels}

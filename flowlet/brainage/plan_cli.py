@@ -85,14 +85,10 @@ def run(args: argparse.Namespace) -> int:
     for label, ages in ages_per_bin.items():
         ages.to_csv(ages_file(args.ages_dir, label), sep="\t", index=False)
     for row in plan.itertuples(index=False):
-        log.info(
-            "bin %s: %d train / %d test real, %s, %d synthetic",
-            row.age_bin,
-            row.n_train_real,
-            row.n_test_real,
-            "under-represented" if row.underrepresented else "not under-represented",
-            row.n_synthetic,
-        )
+        state = ("reduced (controlled scarcity)" if row.reduced
+                 else "under-represented" if row.underrepresented else "not under-represented")
+        log.info("bin %s: %d train / %d test / %d withheld real, %s, %d synthetic",
+                 row.age_bin, row.n_train_real, row.n_test_real, row.n_withheld, state, row.n_synthetic)
     if args.evaluation_count > 0:
         evaluation_ages(split, args.evaluation_count).to_csv(ages_file(args.ages_dir, EVALUATION), sep="\t", index=False)
     log.info("wrote %s and %d age tables in %s", args.output, len(ages_per_bin), args.ages_dir)

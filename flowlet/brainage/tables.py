@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flowlet.data.split import WITHHELD
 from flowlet.data.tables import read_tsv, resolve_image_path, synthetic_qc_passed
 from flowlet.errors import FlowletError
 
@@ -43,9 +44,10 @@ def read_split(path: str | Path, what: str = "split table") -> pd.DataFrame:
     # The workflow's split keeps subjects without age or with failed preprocessing as 'excluded', with the reason.
     table = table[table["split"] != "excluded"].reset_index(drop=True)
     table["age"] = _numeric_ages(table, path, what, "participant_id")
-    unknown = table.loc[~table["split"].isin(["train", "test"]), "participant_id"].tolist()
+    unknown = table.loc[~table["split"].isin(["train", "test", WITHHELD]), "participant_id"].tolist()
     if unknown:
-        raise FlowletError(f"{what}: {path}: split must be 'train' or 'test'; not so for {', '.join(unknown[:10])}")
+        raise FlowletError(f"{what}: {path}: split must be 'train', 'test' or '{WITHHELD}'; not so for "
+                           f"{', '.join(unknown[:10])}")
     if "sex" not in table.columns:
         table["sex"] = ""
     table["sex"] = table["sex"].fillna("").astype(str)

@@ -82,3 +82,49 @@ def stratified_split(
             f"out of {len(table)} ({int(no_age.sum())} without age, {int(failed_mask.sum())} failed preprocessing)"
         )
     return table
+
+
+WITHHELD = "withheld"
+
+
+def scarcity_bins(table: pd.DataFrame, edges: Sequence[float], bins: Sequence[str], best_covered: int) -> list[str]:
+    """The bins to reduce: those named, else the ``best_covered`` bins with the most real training subjects."""
+    labels = bin_labels(edges)
+    unknown = [label for label in bins if label not in labels]
+    if unknown:
+        raise FlowletError(f"split.scarcity_bins: {unknown} are not age bins; the bins are {labels}")
+    if bins:
+        return list(bins)
+    if best_covered < 1:
+        return []
+    counts = table[table["split"] == "train"]["age_bin"].value_counts()
+    # Ties go to the younger bin, so the choice does not depend on the table's order.
+    ranked = sorted(labels, key=lambda label: (-int(counts.get(label, 0)), labels.index(label)))
+    return ranked[:best_covered]
+
+
+def withhold_training_subjects(
+    table: pd.DataFrame, reduced_bins: Sequence[str], keep: float, seed: int
+) -> pd.DataFrame:
+    """Controlled scarcity: in each reduced bin keep ``keep`` real training subjects (a count when >= 1, else a
+    share, at least one) and mark the rest ``withheld``: they train only the oracle arm, never the generator."""
+    if not keep > 0:
+        raise FlowletError(f"split.scarcity_keep must be positive (a count >= 1 or a share below 1), got {keep}")
+    if keep >= 1 and keep != int(keep):
+        raise FlowletError(f"split.scarcity_keep: a count must be a whole number, got {keep}")
+    table = table.copy()
+    # Its own stream, so turning scarcity on does not change who is in the test set.
+    rng = np.random.default_rng([seed, 1])
+    for label in reduced_bins:
+        members = np.sort(table.index[(table["split"] == "train") & (table["age_bin"] == label)].to_numpy())
+        if not ((table["split"] == "test") & (table["age_bin"] == label)).any():
+            raise FlowletError(f"split.scarcity_bins: bin {label} has no real test subjects, so what withholding its "
+                               "training subjects costs cannot be measured; choose a bin with test subjects")
+        kept = int(keep) if keep >= 1 else max(1, int(round(keep * len(members))))
+        if len(members) <= kept:
+            raise FlowletError(f"split.scarcity_keep: bin {label} has {len(members)} real training subject(s), so keeping "
+                               f"{kept} withholds none; choose a smaller count or another bin")
+        withheld = rng.choice(members, size=len(members) - kept, replace=False)
+        table.loc[withheld, "split"] = WITHHELD
+        table.loc[withheld, "reason"] = f"controlled scarcity: withheld from bin {label} (oracle arm only)"
+    return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from flowlet.data.nifti import load_nifti, save_nifti
+from flowlet.data.split import WITHHELD
 from flowlet.data.split_cli import NATIVE_VOLUME_COLUMN
 from flowlet.data.tables import read_tsv, resolve_image_path, synthetic_qc_passed
 from flowlet.data.templates import MNI_GRIDS
@@ -20,11 +22,13 @@ from flowlet.regions.tissue import Segmentation, TissueSegmenter
 
 log = logging.getLogger(__name__)
 
-REAL_GROUPS = ("train", "test")
 SYNTHETIC = "synthetic"
 # The linear baseline generator's images: measured like the others, analysed only beside FlowLet's (scorecard).
 BASELINE = "baseline"
 REAL_GROUPS = ("train", "test")
+# Controlled scarcity's withheld training subjects are measured too (the brain-age oracle arm uses their
+# regional features) but stay out of every regional analysis, whose reference is the study's training set.
+MEASURED_REAL_GROUPS = (*REAL_GROUPS, WITHHELD)
 SPLIT_COLUMNS = ("participant_id", "age", "sex", "age_bin", "split", "image")
 MANIFEST_COLUMNS = ("image", "age")
 TABLE_TYPES = {"participant_id": str, "sex": str, "age_bin": str, "image": str}
@@ -63,13 +67,13 @@ def _checked_ages(table: pd.DataFrame, path: Path, what: str) -> pd.DataFrame:
     return table.assign(age=ages.astype(float))
 
 
-def read_split(path: str | Path) -> list[ImageEntry]:
-    """Training and test images of the split table; excluded rows are skipped (and counted in the log)."""
+def read_split(path: str | Path, groups: Sequence[str] = REAL_GROUPS) -> list[ImageEntry]:
+    """The images of the split table in ``groups`` (default training and test); the other rows are counted in the log."""
     path = Path(path)
     table = read_tsv(path, "split table", required=SPLIT_COLUMNS, dtype=TABLE_TYPES)
-    kept = _checked_ages(table[table["split"].isin(REAL_GROUPS)], path, "split table")
+    kept = _checked_ages(table[table["split"].isin(groups)], path, "split table")
     if len(kept) < len(table):
-        log.info("split table %s: %d row(s) neither train nor test are left out", path, len(table) - len(kept))
+        log.info("split table %s: %d row(s) not in %s left out", path, len(table) - len(kept), ", ".join(groups))
     if not (kept["split"] == "train").any():
         raise FlowletError(f"split table: {path} has no training subjects")
     factors = np.full(len(kept), np.nan)
@@ -154,7 +158,7 @@ def tissue_codes(tissue: str) -> tuple[int, ...]:
 def segmentation_file(entry: ImageEntry, index: int) -> str:
     """Where an image's tissue labels are saved, relative to the measures table: real images by participant,
     synthetic ones by their measuring order (generators reuse file names across age bins)."""
-    stem = entry.image_id if entry.group in REAL_GROUPS else f"{entry.group}-{index:05d}_{entry.path.name.split('.')[0]}"
+    stem = entry.image_id if entry.group in MEASURED_REAL_GROUPS else f"{entry.group}-{index:05d}_{entry.path.name.split('.')[0]}"
     return f"{SEGMENTATION_FOLDER}/{stem}_dseg.nii.gz"
 
 
@@ -265,7 +269,7 @@ def regional_features(measures: pd.DataFrame) -> pd.DataFrame:
     images = measures.drop_duplicates("image_id").set_index("image_id").loc[wide.index]
     keys = pd.DataFrame(
         {
-            "participant_id": np.where(images["group"].isin(REAL_GROUPS), images.index, ""),
+            "participant_id": np.where(images["group"].isin(MEASURED_REAL_GROUPS), images.index, ""),
             "image": images["image"].to_numpy(),
             "group": images["group"].to_numpy(),
             "segmentation": images["segmentation"].to_numpy(),

@@ -64,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
     # ITK reads its thread count when the library loads, so it is set before ants is first imported.
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     from flowlet.regions.atlas import load_atlas
-    from flowlet.regions.measures import BASELINE, measure_images, read_manifests, read_split, regional_features
+    from flowlet.regions.measures import (
+        BASELINE, MEASURED_REAL_GROUPS, measure_images, read_manifests, read_split, regional_features,
+    )
     from flowlet.regions.tissue import TissueSegmenter
 
-    entries = read_split(args.split) + read_manifests(list(args.synthetic))
+    entries = read_split(args.split, MEASURED_REAL_GROUPS) + read_manifests(list(args.synthetic))
     entries += read_manifests(list(args.baseline_synthetic), group=BASELINE)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,19 @@ def methods_paragraph(config: dict, environment: dict[str, str], n_subjects: int
     )
 
 
+def verdict_section(verdict: pd.DataFrame) -> list[str]:
+    """The answer first: one sentence and one row per bin synthetic subjects were meant to help."""
+    lines = ["## The answer: did synthetic subjects help where real ones are scarce?", ""]
+    if verdict.empty:
+        return lines + ["No bin was reduced or under-represented, so synthetic subjects were not asked to help.", ""]
+    model = verdict["model"].iloc[0]
+    lines += [f"Brain-age model: {model}, on the held-out real test subjects; MAE in years with 95% paired "
+              "bootstrap intervals; gap closed = (MAE real - MAE real+synthetic) / (MAE real - MAE oracle).", ""]
+    lines += [f"- {text}" for text in verdict["sentence"]] + [""]
+    shown = verdict.drop(columns=["sentence", "model"])
+    return lines + [markdown_table(shown), ""]
+
+
 def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, sep="\t") if path.exists() else None
 
@@ -81,7 +94,10 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
     n_train = int((split["split"] == "train").sum())
     n_test = int((split["split"] == "test").sum())
     scorecard = _read(results / "synthetic" / "scorecard.tsv")
+    verdict = _read(results / "brainage" / "verdict.tsv")
     sections = ["# FlowLet augmentation study: summary", ""]
+    if verdict is not None:
+        sections += verdict_section(verdict)
     if scorecard is not None:
         sections += ["## Are the synthetic brains usable? Generator scorecard", "",
                      "Each generator's value beside its real reference (real test vs real training, or real slopes); "

@@ -5,6 +5,7 @@
 rule brainage:
     input:
         split=rules.split.output[0],
+        plan=rules.plan_synthetic.output.plan,
         synthetic=synthetic_manifests("flowlet"),
         baseline=synthetic_manifests("linear"),
         # Written by rule regional_measures (regions.smk, included after this file).
@@ -21,11 +22,17 @@ rule brainage:
             caption="../report/brainage_mae_per_bin.rst",
             category="Brain age",
         ),
+        gap_closed=report(
+            f"{RESULTS}/brainage/gap_closed.png",
+            caption="../report/brainage_gap_closed.rst",
+            category="Brain age",
+        ),
         pred_vs_true=report(
             f"{RESULTS}/brainage/pred_vs_true.png",
             caption="../report/brainage_pred_vs_true.rst",
             category="Brain age",
         ),
+        verdict=f"{RESULTS}/brainage/verdict.tsv",
         model=f"{RESULTS}/brainage/model_real.joblib",
     log:
         f"{LOGS}/brainage.log",
@@ -44,5 +51,5 @@ rule brainage:
         f"{ENVS}/analysis.yaml"
     shell:
         "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} "
-        "--baseline-synthetic {input.baseline} --bin-edges {params.bin_edges} "
+        "--baseline-synthetic {input.baseline} --plan {input.plan} --bin-edges {params.bin_edges} "
         "--regional-features {input.regional_features} --output-dir {params.output_dir} {params.flags} > {log} 2>&1"
