@@ -67,9 +67,10 @@ def check_config(config: dict) -> None:
     init_checkpoint = config["train_generator"]["init_checkpoint"]
     if init_checkpoint and not Path(init_checkpoint).is_file():
         raise FlowletError(f"train_generator.init_checkpoint: {init_checkpoint} does not exist")
-    bids_dir = config["data"]["bids_dir"]
-    if bids_dir and not Path(bids_dir).is_dir():
-        raise FlowletError(f"data.bids_dir: {bids_dir} is not a directory")
+    for key in ("bids_dir", "external_bids_dir"):
+        folder = config["data"][key]
+        if folder and not Path(folder).is_dir():
+            raise FlowletError(f"data.{key}: {folder} is not a directory")
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> dict:

@@ -31,10 +31,16 @@ def reference_checkpoint_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> Path:
-    """The tiny end-to-end study (every stage, a few minutes), run once for every test that inspects its results."""
+    """The tiny end-to-end study (every stage, a few minutes), run once for every test that inspects its results;
+    with an external cohort of four phantoms from another seed, which reuse the study's subject names."""
     workdir = tmp_path_factory.mktemp("study")
+    external = workdir / "external_bids"
+    subprocess.run([sys.executable, "-m", "flowlet", "phantoms", "--output-dir", str(external), "--n-subjects", "4",
+                    "--seed", "99", "--threads", "2"], check=True, capture_output=True)
+    config = workdir / "tiny.yaml"
+    config.write_text(TINY_CONFIG.read_text().replace('  bids_dir: ""\n', f'  bids_dir: ""\n  external_bids_dir: "{external}"\n'))
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-               "--directory", str(workdir), "--configfile", str(TINY_CONFIG), "--cores", "2"]
+               "--directory", str(workdir), "--configfile", str(config), "--cores", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
         pytest.fail(f"the tiny study failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")

@@ -340,3 +340,24 @@ def test_baseline_generator_arms_sit_beside_flowlets_on_the_same_test_subjects(c
     assert by_arm.loc["real+baseline", "mae"] == pytest.approx(by_arm.loc["real+synthetic", "mae"])
     assert by_arm.loc["baseline", "n_train_real"] == 0 and by_arm.loc["real+baseline", "n_train_synthetic"] == 10
     assert np.isfinite(by_arm.loc["real+baseline", ["delta_mae_vs_real", "delta_ci_low", "delta_ci_high"]].astype(float)).all()
+
+
+def test_an_external_cohort_is_only_evaluated_on(cohort_dir: Path, tmp_path: Path):
+    rng = np.random.default_rng(9)
+    ages = rng.uniform(25, 75, 6)
+    # Another dataset may reuse the study's subject names; its rows stay apart by test set.
+    pd.DataFrame({"participant_id": [f"sub-{i:03d}" for i in range(len(ages))], "age": ages.round(2), "sex": "",
+                  "split": "test", "image": write_volumes(tmp_path, ages, "ext-", 5)}).to_csv(
+        tmp_path / "external.tsv", sep="\t", index=False)
+    settings = Settings(regressors=["ridge"], seeds=[0], bootstrap=100, bin_edges=[20, 40, 60, 80, 100],
+                        feature_sets=["voxels"], downsample=4, arms=["real"])
+    results = run_experiment(cohort_dir / "split.tsv", [], settings, external_split_path=tmp_path / "external.tsv")
+    internal_only = run_experiment(cohort_dir / "split.tsv", [], settings)
+    external = results.predictions[results.predictions["test_set"] == "external"]
+    assert sorted(external["participant_id"].unique()) == [f"sub-{i:03d}" for i in range(6)]
+    overall = results.metrics[(results.metrics["age_bin"] == "all") & (results.metrics["correction"] == "raw")]
+    assert set(overall["test_set"]) == {"internal", "external"}
+    # The external subjects never train: the internal results are exactly those of a study without them.
+    internal = results.predictions[results.predictions["test_set"] == "internal"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(internal, internal_only.predictions.reset_index(drop=True))
+    assert (overall["n_train_real"] == len(pd.read_csv(cohort_dir / "split.tsv", sep="\t").query("split == 'train'"))).all()

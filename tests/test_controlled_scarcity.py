@@ -15,7 +15,7 @@ from flowlet.brainage.metrics import bootstrap_indices
 from flowlet.brainage.regressors import BASELINE
 from flowlet.brainage.verdict import chosen_model, verdict_table
 from flowlet.cli import main
-from flowlet.data.split import WITHHELD, scarcity_bins, stratified_split, withhold_training_subjects
+from flowlet.data.split import WITHHELD, evaluation_only, scarcity_bins, stratified_split, withhold_training_subjects
 from flowlet.errors import FlowletError
 
 EDGES = [20, 40, 60, 80]
@@ -160,3 +160,11 @@ def test_split_command_writes_withheld_rows(tmp_path: Path):
     split = pd.read_csv(output, sep="\t")
     assert ((split["age_bin"] == "20-40") & (split["split"] == "train")).sum() == 2
     assert (split["split"] == WITHHELD).sum() == 10
+
+
+def test_an_evaluation_only_dataset_puts_every_usable_subject_in_test():
+    table = participants([3, 2, 1])
+    table.loc[0, "age"] = np.nan
+    split = evaluation_only(table, EDGES, failed={"sub-001": "preprocessing failed: empty mask"})
+    assert split.set_index("participant_id").loc[["sub-000", "sub-001"], "split"].tolist() == ["excluded", "excluded"]
+    assert (split["split"] == "test").sum() == 4 and not (split["split"] == "train").any()

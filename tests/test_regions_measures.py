@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from flowlet.errors import FlowletError
-from flowlet.regions.measures import SYNTHETIC, ImageEntry, read_measures, regional_features, segmentation_file
+from flowlet.regions.measures import (
+    EXTERNAL, SYNTHETIC, ImageEntry, read_external, read_measures, regional_features, segmentation_file,
+)
 
 
 def _long_table() -> pd.DataFrame:
@@ -56,3 +58,17 @@ def test_measures_of_other_images_or_another_split_are_refused(tmp_path: Path):
     table.drop(columns="segmentation").to_csv(path, sep="\t", index=False)
     with pytest.raises(FlowletError, match="lacks the column.*segmentation"):
         read_measures(path, [real])
+
+
+def test_external_subjects_are_told_apart_from_study_subjects_of_the_same_name(tmp_path: Path):
+    image = tmp_path / "sub-01.nii.gz"
+    image.write_bytes(b"")
+    pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "age": [50.0, np.nan], "sex": "", "age_bin": "40-60",
+                  "split": ["test", "excluded"], "image": [str(image)] * 2}).to_csv(tmp_path / "external.tsv", sep="\t", index=False)
+    (entry,) = read_external(tmp_path / "external.tsv")
+    assert entry.group == EXTERNAL and entry.image_id == "external/sub-01"
+    assert segmentation_file(entry, 3) != segmentation_file(ImageEntry("sub-01", "train", 50.0, "", "", image), 3)
+    rows = _long_table().assign(image_id=lambda t: t["image_id"].where(t["group"] != "train", entry.image_id),
+                                group=lambda t: t["group"].where(t["group"] != "train", EXTERNAL))
+    # Matched by image, never by a participant_id it may share with a study subject.
+    assert regional_features(rows)["participant_id"].tolist() == ["", ""]

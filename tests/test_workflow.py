@@ -69,6 +69,23 @@ def test_bad_dataset_is_rejected_before_any_job(tmp_path):
     assert "participants.tsv is missing" in result.stdout + result.stderr
 
 
+def test_an_external_cohort_is_preprocessed_by_the_same_rules_and_only_evaluated(tmp_path):
+    external = tmp_path / "external"
+    subprocess.run([sys.executable, "-m", "flowlet", "phantoms", "--output-dir", str(external), "--n-subjects", "3",
+                    "--seed", "5"], check=True, capture_output=True)
+    result = snakemake(tmp_path, "-n", "-p", "--config", f"data={{'external_bids_dir': '{external}'}}")
+    jobs = planned_jobs(result)
+    assert jobs["preprocess_external"] == 3 and jobs["preprocess"] == 12
+    commands = result.stdout + result.stderr
+    train = next(line for line in commands.splitlines() if "python -m flowlet train " in line)
+    assert "results/data/split.tsv" in train and "external" not in train
+    assert commands.count("--external-split results/external/data/split.tsv") == 2  # brain age and regional measures
+    participants = pd.read_csv(external / "participants.tsv", sep="\t")
+    participants.rename(columns={"age": "years"}).to_csv(external / "participants.tsv", sep="\t", index=False)
+    result = snakemake(tmp_path, "-n", "--config", f"data={{'external_bids_dir': '{external}'}}", check=False)
+    assert result.returncode != 0 and "data.external_age_column" in result.stdout + result.stderr
+
+
 def test_bad_config_is_rejected_naming_the_key(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(TINY.read_text().replace("test_fraction: 0.25", "test_fraction: 2"))
@@ -84,7 +101,7 @@ def test_regional_slopes_on_the_demo_phantoms_match_the_ageing_put_in(tiny_study
     results = tiny_study / "results"
     truth = pd.read_csv(results / "demo" / "bids" / "derivatives" / "phantoms" / "ground_truth.tsv", sep="\t")
     split = pd.read_csv(results / "data" / "split.tsv", sep="\t")
-    truth = truth[truth["participant_id"].isin(split.loc[split["split"] != "excluded", "participant_id"])]
+    truth = truth[truth["participant_id"].isin(split.loc[split["split"].isin(["train", "test"]), "participant_id"])]
     slopes = pd.read_csv(results / "regions" / "slopes.tsv", sep="\t")
     native = slopes[slopes["measure"] == "native_volume_ml"].set_index("region")["real_slope"]
     for region, column in (("ventricles", "ventricle_volume_ml"), ("brain", "brain_volume_ml")):
@@ -105,9 +122,45 @@ def test_tiny_study_produces_every_result(tiny_study):
     split = pd.read_csv(results / "data" / "split.tsv", sep="\t")
     tested_bins = set(split.loc[split["split"] == "test", "age_bin"])
     assert tested_bins <= set(metrics["age_bin"])
-    assert {"real", "real+synthetic"} <= set(metrics["arm"])
+    assert {"real", "real+synthetic", "oracle"} <= set(metrics["arm"])
     summary = (results / "report" / "summary.md").read_text()
     assert "## Methods" in summary and "N4" in summary
+
+
+@pytest.mark.slow
+def test_controlled_scarcity_gives_the_oracle_and_the_verdict_opens_the_summary(tiny_study):
+    results = tiny_study / "results"
+    split = pd.read_csv(results / "data" / "split.tsv", sep="\t")
+    reduced = split.loc[split["split"] == "withheld", "age_bin"].unique().tolist()
+    assert len(reduced) == 1 and ((split["age_bin"] == reduced[0]) & (split["split"] == "train")).sum() == 2
+    plan = pd.read_csv(results / "synthetic" / "plan.tsv", sep="\t").set_index("age_bin")
+    assert plan.loc[reduced[0], "n_synthetic"] == plan.loc[reduced[0], "n_withheld"] > 0
+    verdict = pd.read_csv(results / "brainage" / "verdict.tsv", sep="\t")
+    assert reduced[0] in verdict["age_bin"].tolist()
+    assert (results / "brainage" / "gap_closed.png").stat().st_size > 0
+    summary = (results / "report" / "summary.md").read_text()
+    assert summary.index("## The answer") < summary.index("## Methods")
+    assert verdict["sentence"].iloc[0] in summary
+
+
+@pytest.mark.slow
+def test_the_external_cohort_is_evaluated_and_never_trained_on(tiny_study):
+    results = tiny_study / "results"
+    external = pd.read_csv(results / "external" / "data" / "split.tsv", sep="\t")
+    assert set(external["split"]) <= {"test", "excluded"} and (external["split"] == "test").sum() == 4
+    metrics = pd.read_csv(results / "brainage" / "metrics.tsv", sep="\t")
+    assert set(metrics["test_set"]) == {"internal", "external"}
+    predictions = pd.read_csv(results / "brainage" / "predictions.tsv", sep="\t")
+    assert (predictions["test_set"] == "external").sum() > 0
+    for name in ("mae_per_bin_external.png", "pred_vs_true_external.png"):
+        assert (results / "brainage" / name).stat().st_size > 0
+    # Same subject names as the study's, but their own images: nothing of the external dataset is in the split
+    # the generator and the regressors train from.
+    internal = pd.read_csv(results / "data" / "split.tsv", sep="\t")
+    assert not internal["image"].str.contains("external").any()
+    assert (results / "external" / "qc" / "qc.tsv").stat().st_size > 0
+    regional = pd.read_csv(results / "regional_measures" / "regional_features.tsv", sep="\t")
+    assert (regional["group"] == "external").sum() == 4
 
 
 @pytest.mark.slow

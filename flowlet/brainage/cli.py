@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     mae_per_bin(results.metrics, bin_labels(settings), output / "mae_per_bin.png")
     gap_closed_per_bin(results.metrics, bin_labels(settings), output / "gap_closed.png")
     pred_vs_true(results.predictions, output / "pred_vs_true.png")
+    if (results.metrics["test_set"] == "external").any():
+        mae_per_bin(results.metrics, bin_labels(settings), output / "mae_per_bin_external.png", test_set="external")
+        pred_vs_true(results.predictions, output / "pred_vs_true_external.png", test_set="external")
     best = results.best_real_model
     if best is not None:
         save_model(

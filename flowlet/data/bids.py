@@ -22,6 +22,8 @@ class ColumnNames:
 
     age: str = "age"
     sex: str = "sex"
+    # The config key that names the age column, for the error when the column is missing.
+    age_key: str = "data.age_column"
 
 
 def participants_path(bids_dir: str | Path) -> Path:
@@ -42,7 +44,7 @@ def read_participants(bids_dir: str | Path, columns: ColumnNames = ColumnNames()
     if columns.age not in table.columns:
         raise FlowletError(
             f"{path}: no age column '{columns.age}' (columns: {', '.join(table.columns)}); "
-            "set data.age_column in the config to the column that holds age in years"
+            f"set {columns.age_key} in the config to the column that holds age in years"
         )
     ids = table["participant_id"].str.strip()
     ids = ids.where(ids.str.startswith("sub-"), "sub-" + ids)

@@ -9,6 +9,8 @@ import pandas as pd
 
 from flowlet.errors import FlowletError
 
+WITHHELD = "withheld"
+
 
 def check_bin_edges(edges: Sequence[float]) -> np.ndarray:
     edges = np.asarray(edges, dtype=float)
@@ -39,6 +41,27 @@ def assign_bins(ages: pd.Series, edges: Sequence[float], ids: pd.Series | None =
     return result
 
 
+def mark_unusable(table: pd.DataFrame, failed: dict[str, str]) -> pd.Series:
+    """Set split and reason of subjects without age or with failed preprocessing to excluded; returns who is usable."""
+    no_age = table["age"].isna()
+    table.loc[no_age, ["split", "reason"]] = ["excluded", "no age"]
+    failed_mask = table["participant_id"].isin(list(failed))
+    table.loc[failed_mask, "split"] = "excluded"
+    table.loc[failed_mask, "reason"] = table.loc[failed_mask, "participant_id"].map(failed)
+    return ~(no_age | failed_mask)
+
+
+def evaluation_only(participants: pd.DataFrame, edges: Sequence[float], failed: dict[str, str] | None = None) -> pd.DataFrame:
+    """A second dataset used only for evaluation: every usable subject is a test subject."""
+    table = participants.copy()
+    table["age_bin"] = assign_bins(table["age"], edges, table["participant_id"])
+    table["split"] = "test"
+    table["reason"] = ""
+    if not mark_unusable(table, failed or {}).any():
+        raise FlowletError(f"no usable subject to evaluate on among {len(table)} (all without age or failed preprocessing)")
+    return table
+
+
 def stratified_split(
     participants: pd.DataFrame,
     edges: Sequence[float],
@@ -59,11 +82,7 @@ def stratified_split(
     table["age_bin"] = assign_bins(table["age"], edges, table["participant_id"])
     table["split"] = "train"
     table["reason"] = ""
-    no_age = table["age"].isna()
-    table.loc[no_age, ["split", "reason"]] = ["excluded", "no age"]
-    failed_mask = table["participant_id"].isin(list(failed))
-    table.loc[failed_mask, "split"] = "excluded"
-    table.loc[failed_mask, "reason"] = table.loc[failed_mask, "participant_id"].map(failed)
+    mark_unusable(table, failed)
 
     rng = np.random.default_rng(seed)
     usable = table["split"] == "train"
@@ -79,12 +98,12 @@ def stratified_split(
     if counts.get("train", 0) < 2 or counts.get("test", 0) < 1:
         raise FlowletError(
             f"too few usable subjects to split: {counts.get('train', 0)} for training and {counts.get('test', 0)} for testing "
-            f"out of {len(table)} ({int(no_age.sum())} without age, {int(failed_mask.sum())} failed preprocessing)"
+            f"out of {len(table)} ({int(table['age'].isna().sum())} without age, "
+            f"{int(table['participant_id'].isin(list(failed)).sum())} failed preprocessing)"
         )
     return table
 
 
-WITHHELD = "withheld"
 
 
 def scarcity_bins(table: pd.DataFrame, edges: Sequence[float], bins: Sequence[str], best_covered: int) -> list[str]:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from flowlet.data.split import WITHHELD, scarcity_bins, stratified_split, withhold_training_subjects
+from flowlet.data.split import (
+    WITHHELD, evaluation_only, scarcity_bins, stratified_split, withhold_training_subjects,
+)
 from flowlet.data.tables import read_tsv
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bin-edges", nargs="+", type=float, required=True, help="age bin edges in years")
     parser.add_argument("--test-fraction", type=float, default=0.25, help="share of each age bin held out for testing")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    parser.add_argument("--evaluation-only", action="store_true",
+                        help="a second dataset used only for evaluation: every usable subject is a test subject")
     parser.add_argument("--scarcity-bins", nargs="*", default=[], help="controlled scarcity: age bins whose real "
                         "training subjects are reduced to --scarcity-keep (the rest train only the oracle arm)")
     parser.add_argument("--scarcity-best-covered", type=int, default=0,
@@ -52,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
     participants = pd.read_csv(args.participants, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"sex": str})
     participants["sex"] = participants["sex"].fillna("")
     qc = read_tsv(args.qc, "QC table", dtype={"subject": str}) if args.qc else pd.DataFrame(columns=["subject"])
-    table = stratified_split(participants, args.bin_edges, args.test_fraction, args.seed, failed_subjects(qc))
-    reduced = scarcity_bins(table, args.bin_edges, args.scarcity_bins, args.scarcity_best_covered)
-    table = withhold_training_subjects(table, reduced, args.scarcity_keep, args.seed)
+    if args.evaluation_only:
+        table = evaluation_only(participants, args.bin_edges, failed_subjects(qc))
+    else:
+        table = stratified_split(participants, args.bin_edges, args.test_fraction, args.seed, failed_subjects(qc))
+        reduced = scarcity_bins(table, args.bin_edges, args.scarcity_bins, args.scarcity_best_covered)
+        table = withhold_training_subjects(table, reduced, args.scarcity_keep, args.seed)
     table["image"] = [args.image_pattern.format(participant_id=pid) for pid in table["participant_id"]]
     factors = native_volume_factors(qc)
     for reason, group in table[table["split"] == WITHHELD].groupby("reason"):

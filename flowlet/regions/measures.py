@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 SYNTHETIC = "synthetic"
 # The linear baseline generator's images: measured like the others, analysed only beside FlowLet's (scorecard).
 BASELINE = "baseline"
+# A second dataset's subjects, measured for the brain-age external test set only.
+EXTERNAL = "external"
 REAL_GROUPS = ("train", "test")
 # Controlled scarcity's withheld training subjects are measured too (the brain-age oracle arm uses their
 # regional features) but stay out of every regional analysis, whose reference is the study's training set.
@@ -74,7 +76,7 @@ def read_split(path: str | Path, groups: Sequence[str] = REAL_GROUPS) -> list[Im
     kept = _checked_ages(table[table["split"].isin(groups)], path, "split table")
     if len(kept) < len(table):
         log.info("split table %s: %d row(s) not in %s left out", path, len(table) - len(kept), ", ".join(groups))
-    if not (kept["split"] == "train").any():
+    if "train" in groups and not (kept["split"] == "train").any():
         raise FlowletError(f"split table: {path} has no training subjects")
     factors = np.full(len(kept), np.nan)
     if NATIVE_VOLUME_COLUMN in kept.columns:
@@ -86,6 +88,12 @@ def read_split(path: str | Path, groups: Sequence[str] = REAL_GROUPS) -> list[Im
         ImageEntry(row.participant_id, row.split, float(row.age), str(row.sex), str(row.age_bin), resolve_image_path(row.image, path), float(factor))
         for row, factor in zip(kept.itertuples(index=False), factors)
     ]
+
+
+def read_external(path: str | Path) -> list[ImageEntry]:
+    """The external dataset's subjects (evaluation only) as group ``external``; their ids are prefixed, since
+    another dataset may reuse the study's subject names."""
+    return [replace(entry, image_id=f"{EXTERNAL}/{entry.image_id}", group=EXTERNAL) for entry in read_split(path, ("test",))]
 
 
 def read_manifests(paths: list[str | Path], group: str = SYNTHETIC) -> list[ImageEntry]:

@@ -31,6 +31,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic", nargs="*", default=[], type=Path, help="synthetic manifest TSV(s) (image, age[, sex, age_bin]); none is allowed")
     parser.add_argument("--baseline-synthetic", nargs="*", default=[], type=Path,
                         help="the linear baseline generator's manifests, measured as group baseline")
+    parser.add_argument("--external-split", type=Path, default=None,
+                        help="a second dataset's split table (flowlet split --evaluation-only): its subjects are "
+                             "measured as group external, for the brain-age external test set")
     parser.add_argument(
         "--output-dir",
         required=True,
@@ -65,12 +68,14 @@ def run(args: argparse.Namespace) -> int:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     from flowlet.regions.atlas import load_atlas
     from flowlet.regions.measures import (
-        BASELINE, MEASURED_REAL_GROUPS, measure_images, read_manifests, read_split, regional_features,
+        BASELINE, MEASURED_REAL_GROUPS, measure_images, read_external, read_manifests, read_split, regional_features,
     )
     from flowlet.regions.tissue import TissueSegmenter
 
     entries = read_split(args.split, MEASURED_REAL_GROUPS) + read_manifests(list(args.synthetic))
     entries += read_manifests(list(args.baseline_synthetic), group=BASELINE)
+    if args.external_split:
+        entries += read_external(args.external_split)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     atlas = load_atlas(RESOLUTION_MM)

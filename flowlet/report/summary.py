@@ -137,7 +137,7 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
                      f"gate {gate}.", "", markdown_table(pd.concat(synthetic_qc, ignore_index=True)), ""]
 
     if metrics is not None:
-        columns = [c for c in ["feature_set", "regressor", "arm", "correction", "n_test", "mae", "mae_ci_low", "mae_ci_high",
+        columns = [c for c in ["test_set", "feature_set", "regressor", "arm", "correction", "n_test", "mae", "mae_ci_low", "mae_ci_high",
                                "delta_mae_vs_real", "delta_ci_low", "delta_ci_high", "n_train_real", "n_train_synthetic"] if c in metrics]
         overall = metrics.loc[metrics["age_bin"] == "all", columns]
         sections += ["## Brain age (held-out real test subjects)", "", markdown_table(overall), "",

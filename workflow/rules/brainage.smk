@@ -1,11 +1,19 @@
 # Brain-age regressors trained on real only, real plus synthetic, and synthetic only data,
 # all evaluated on the same held-out real test subjects.
 
+# With an external cohort, the MAE-per-bin and predicted-versus-true figures are drawn for it too.
+EXTERNAL_FIGURES = {
+    f"{name}_external": report(f"{RESULTS}/brainage/{name}_external.png", caption=f"../report/brainage_{name}.rst",
+                               category="Brain age", subcategory="External cohort")
+    for name in ("mae_per_bin", "pred_vs_true")
+} if EXTERNAL_DIR else {}
+
 
 rule brainage:
     input:
         split=rules.split.output[0],
         plan=rules.plan_synthetic.output.plan,
+        external=EXTERNAL_INPUTS,
         synthetic=synthetic_manifests("flowlet"),
         baseline=synthetic_manifests("linear"),
         # Written by rule regional_measures (regions.smk, included after this file).
@@ -34,6 +42,7 @@ rule brainage:
         ),
         verdict=f"{RESULTS}/brainage/verdict.tsv",
         model=f"{RESULTS}/brainage/model_real.joblib",
+        **EXTERNAL_FIGURES,
     log:
         f"{LOGS}/brainage.log",
     benchmark:
@@ -42,6 +51,7 @@ rule brainage:
         flags=cli_flags("brainage"),
         bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
         output_dir=lambda wildcards, output: Path(output.metrics).parent,
+        external=external_split_flag,
     threads: 2
     resources:
         mem_mb=8000,
@@ -51,5 +61,5 @@ rule brainage:
         f"{ENVS}/analysis.yaml"
     shell:
         "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} "
-        "--baseline-synthetic {input.baseline} --plan {input.plan} --bin-edges {params.bin_edges} "
+        "--baseline-synthetic {input.baseline} --plan {input.plan} {params.external} --bin-edges {params.bin_edges} "
         "--regional-features {input.regional_features} --output-dir {params.output_dir} {params.flags} > {log} 2>&1"

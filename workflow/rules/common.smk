@@ -43,15 +43,11 @@ def demo_subjects():
     return [f"sub-demo{index:03d}" for index in range(1, config["phantoms"]["n_subjects"] + 1)]
 
 
-def dataset_subjects():
-    table = participant_table(
-        BIDS_DIR,
-        ColumnNames(config["data"]["age_column"], config["data"]["sex_column"]),
-        config["data"]["exclude_subjects"],
-    )
+def dataset_subjects(bids_dir, columns, exclude=()):
+    table = participant_table(bids_dir, columns, exclude)
     note = ages_missing_note(table)
     if note:
-        logger.info(f"Note: {note}")
+        logger.info(f"Note ({bids_dir}): {note}")
     return dict(zip(table["participant_id"], table["image"]))
 
 
@@ -59,8 +55,28 @@ if DEMO:
     SUBJECTS = demo_subjects()
     T1W = {subject: f"{BIDS_DIR}/{subject}/anat/{subject}_T1w.nii.gz" for subject in SUBJECTS}
 else:
-    T1W = dataset_subjects()
+    T1W = dataset_subjects(
+        BIDS_DIR, ColumnNames(config["data"]["age_column"], config["data"]["sex_column"]), config["data"]["exclude_subjects"]
+    )
     SUBJECTS = list(T1W)
+
+# The external cohort (rules/external.smk): evaluation only, its outputs under results/external/.
+EXTERNAL = "external"
+EXTERNAL_DIR = config["data"]["external_bids_dir"]
+EXTERNAL_COLUMNS = ColumnNames(
+    config["data"]["external_age_column"] or config["data"]["age_column"],
+    config["data"]["sex_column"],
+    "data.external_age_column",
+)
+EXTERNAL_COLUMN_FLAGS = f"--age-column {shlex.quote(EXTERNAL_COLUMNS.age)} --sex-column {shlex.quote(EXTERNAL_COLUMNS.sex)}"
+EXTERNAL_T1W = dataset_subjects(EXTERNAL_DIR, EXTERNAL_COLUMNS) if EXTERNAL_DIR else {}
+EXTERNAL_SPLIT = f"{RESULTS}/{EXTERNAL}/data/split.tsv"
+# What rules brainage and regional_measures add for it: inputs, and the flag that passes them.
+EXTERNAL_INPUTS = [EXTERNAL_SPLIT] if EXTERNAL_DIR else []
+
+
+def external_split_flag(wildcards, input):
+    return f"--external-split {input.external}" if input.external else ""
 
 
 wildcard_constraints:
@@ -85,14 +101,16 @@ def cli_flags(section, skip=(), only=None):
     return " ".join(parts)
 
 
-def preprocessed(subject):
-    base = f"{RESULTS}/preprocess/{subject}/anat/{subject}"
+def preprocessed(subject, cohort=""):
+    """A subject's preprocessing outputs; ``cohort`` "external" puts them under results/external/."""
+    folder = f"{RESULTS}/{cohort}/preprocess/{subject}" if cohort else f"{RESULTS}/preprocess/{subject}"
+    base = f"{folder}/anat/{subject}"
     return {
         "image": f"{base}_space-{TEMPLATE}_res-{RESOLUTION}_desc-preproc_T1w.nii.gz",
         "mask": f"{base}_desc-brain_mask.nii.gz",
         "transform": f"{base}_from-T1w_to-{TEMPLATE}_mode-image_xfm.mat",
-        "qc_png": f"{RESULTS}/preprocess/{subject}/figures/{subject}_desc-qc_T1w.png",
-        "qc_tsv": f"{RESULTS}/preprocess/{subject}/{subject}_desc-qc_metrics.tsv",
+        "qc_png": f"{folder}/figures/{subject}_desc-qc_T1w.png",
+        "qc_tsv": f"{folder}/{subject}_desc-qc_metrics.tsv",
     }
 
 

@@ -33,7 +33,7 @@ rule participants:
         f"{LOGS}/participants.log",
     params:
         bids_dir=lambda wildcards, input: Path(input.participants).parent,
-        flags=cli_flags("data", skip=("bids_dir", "on_error")),
+        flags=cli_flags("data", skip=("bids_dir", "on_error", "external_bids_dir", "external_age_column")),
     threads: 1
     resources:
         mem_mb=1000,

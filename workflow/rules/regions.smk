@@ -8,6 +8,7 @@ rule regional_measures:
         split=rules.split.output[0],
         synthetic=synthetic_manifests("flowlet", AGE_BINS + EVALUATION_BINS),
         baseline=synthetic_manifests("linear", AGE_BINS + EVALUATION_BINS),
+        external=EXTERNAL_INPUTS,
     output:
         measures=f"{RESULTS}/regional_measures/regional_measures.tsv",
         features=f"{RESULTS}/regional_measures/regional_features.tsv",
@@ -19,6 +20,7 @@ rule regional_measures:
     params:
         flags=cli_flags("regional_measures"),
         output_dir=lambda wildcards, output: Path(output.measures).parent,
+        external=external_split_flag,
     threads: 2
     resources:
         mem_mb=4000,
@@ -27,7 +29,7 @@ rule regional_measures:
         f"{ENVS}/analysis.yaml"
     shell:
         "python -m flowlet regional-measures --split {input.split} --synthetic {input.synthetic} "
-        "--baseline-synthetic {input.baseline} "
+        "--baseline-synthetic {input.baseline} {params.external} "
         "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"
 
 
