@@ -148,6 +148,8 @@ def test_the_verdict_model_is_chosen_inside_training_and_few_test_subjects_give_
     row = verdict_table(metrics, models, None, counts, REDUCED).iloc[0]
     assert row["mae_real_ci"] == "n too small" and row["delta_ci"] == "n too small"
     assert "too few to tell" in row["sentence"]
+    no_test = verdict_table(metrics, models, None, {**counts, "40-60": {"train": 4, "withheld": 0, "synthetic": 2}}, REDUCED)
+    assert no_test.set_index("age_bin").loc["40-60", "sentence"].endswith("no held-out real test subjects: no answer.")
 
 
 def test_split_command_writes_withheld_rows(tmp_path: Path):

@@ -16,7 +16,9 @@ STAGES = ["phantoms", "participants", "preprocess", "qc_table", "split", "train"
           "generate", "synthetic_grid", "brainage", "regions", "report_summary"]
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path = TINY, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Snakemake on ``workdir`` with ``configfile``, else the config the tiny study ran with there, else TINY."""
+    configfile = configfile or next((path for path in [workdir / "tiny.yaml"] if path.is_file()), TINY)
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
                "--directory", str(workdir), "--configfile", str(configfile), *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)

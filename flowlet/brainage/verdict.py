@@ -99,8 +99,12 @@ def verdict_table(
                            if augmented is not None else "")
         has_gap = augmented is not None and pd.notna(augmented.get("gap_closed", np.nan))
         row["gap_closed"] = float(augmented["gap_closed"]) if has_gap else np.nan
-        row["gap_closed_ci"] = (f"[{100 * augmented['gap_ci_low']:.0f}%, {100 * augmented['gap_ci_high']:.0f}%]"
-                                if has_gap else "")
+        if not has_gap:
+            row["gap_closed_ci"] = ""
+        elif row["n_test"] < MIN_TEST_FOR_INTERVAL:
+            row["gap_closed_ci"] = "n too small"
+        else:
+            row["gap_closed_ci"] = f"[{100 * augmented['gap_ci_low']:.0f}%, {100 * augmented['gap_ci_high']:.0f}%]"
         row["sentence"] = sentence(row, augmented)
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -114,8 +118,10 @@ def sentence(row: dict, augmented: pd.Series | None) -> str:
         where += f" (kept {kept} of {kept + row['n_withheld']} real training subjects)"
     else:
         where += f" ({row['n_train_real']} real training subjects)"
+    if row["n_test"] == 0:
+        return f"{where}, there are no held-out real test subjects: no answer."
     if augmented is None or math.isnan(row["delta"]):
-        return f"{where}, no synthetic subject passed QC or the real+synthetic arm was not trained: no answer."
+        return f"{where}, no synthetic subject passed QC (or the real+synthetic arm was not trained): no answer."
     if row["n_test"] < MIN_TEST_FOR_INTERVAL:
         return (f"{where}, {row['n_test']} held-out test subject(s) are too few to tell whether "
                 f"{row['n_synthetic']} synthetic subjects helped.")
