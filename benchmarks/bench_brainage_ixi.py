@@ -56,7 +56,9 @@ def preprocess(ixi_dir: Path, cache_dir: Path, limit: int | None) -> pd.DataFram
     participants = pd.read_csv(ixi_dir / "participants.tsv", sep="\t", dtype={"participant_id": str})
     participants = participants.dropna(subset=["age"]).sort_values("age").reset_index(drop=True)
     if limit:
-        participants = participants.iloc[np.linspace(0, len(participants) - 1, limit).round().astype(int)].reset_index(drop=True)
+        participants = participants.iloc[np.linspace(0, len(participants) - 1, limit).round().astype(int)].reset_index(
+            drop=True
+        )
     images = []
     for participant in tqdm(participants["participant_id"], desc="to MNI", unit="subject"):
         output = cache_dir / f"{participant}_space-MNI152_T1w.nii.gz"
@@ -77,7 +79,9 @@ def main() -> None:
     parser.add_argument("--ixi-dir", type=Path, default=REPO.parent / "shared" / "data" / "ixi")
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--limit", type=int, default=None, help="use only this many subjects (spread over the age range)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use only this many subjects (spread over the age range)"
+    )
     parser.add_argument("--regressors", nargs="+", default=["ridge", "svr", "gpr"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--downsample", type=int, default=2)
@@ -96,7 +100,11 @@ def main() -> None:
 
     start = time.perf_counter()
     settings = Settings(
-        regressors=args.regressors, arms=["real"], seeds=args.seeds, downsample=args.downsample, pca_components=args.pca_components
+        regressors=args.regressors,
+        arms=["real"],
+        seeds=args.seeds,
+        downsample=args.downsample,
+        pca_components=args.pca_components,
     )
     results = run_experiment(split_path, [], settings, regional_features_path=args.regional_features)
     experiment_seconds = time.perf_counter() - start
@@ -108,9 +116,13 @@ def main() -> None:
     print(f"IXI: {len(table)} subjects, {n_train} train / {len(table) - n_train} test; downsample {args.downsample}")
     print(f"{'features':<9} {'regressor':<14} {'correction':<10} {'MAE':>6}  95% CI          r")
     for row in overall.sort_values(["correction", "mae"]).itertuples(index=False):
-        print(f"{row.feature_set:<9} {row.regressor:<14} {row.correction:<10} {row.mae:6.2f}  [{row.mae_ci_low:5.2f}, {row.mae_ci_high:5.2f}]  {row.r:5.2f}")
+        print(
+            f"{row.feature_set:<9} {row.regressor:<14} {row.correction:<10} {row.mae:6.2f}  [{row.mae_ci_low:5.2f}, {row.mae_ci_high:5.2f}]  {row.r:5.2f}"
+        )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"preprocessing {preprocess_seconds:.0f} s (cached after the first run), experiment {experiment_seconds:.0f} s, peak RSS {peak_mib:.0f} MiB")
+    print(
+        f"preprocessing {preprocess_seconds:.0f} s (cached after the first run), experiment {experiment_seconds:.0f} s, peak RSS {peak_mib:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

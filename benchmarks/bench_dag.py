@@ -44,8 +44,21 @@ def fake_bids(root: Path, n_subjects: int) -> Path:
 
 
 def dry_run_command(workdir: Path, configfile: Path, bids: Path, profile: Path | None) -> list[str]:
-    command = ["-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(configfile), "--config", f"data={{'bids_dir': '{bids}'}}", "-n", "--quiet", "rules"]
+    command = [
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--config",
+        f"data={{'bids_dir': '{bids}'}}",
+        "-n",
+        "--quiet",
+        "rules",
+    ]
     return command + (["--profile", str(profile)] if profile else [])
 
 
@@ -73,10 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=5000, help="subjects in the fake cohort (default 5000)")
     parser.add_argument("--repeats", type=int, default=3, help="dry runs to take the median of (default 3)")
-    parser.add_argument("--configfile", type=Path, default=REPO / "config" / "config.yaml",
-                        help="study config; its data.bids_dir is replaced by the fake cohort (default config/config.yaml)")
-    parser.add_argument("--profile", type=Path, help="a Snakemake profile to dry-run with, e.g. workflow/profiles/slurm")
-    parser.add_argument("--cprofile", action="store_true", help="profile one more dry run and print where the time goes")
+    parser.add_argument(
+        "--configfile",
+        type=Path,
+        default=REPO / "config" / "config.yaml",
+        help="study config; its data.bids_dir is replaced by the fake cohort (default config/config.yaml)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="a Snakemake profile to dry-run with, e.g. workflow/profiles/slurm"
+    )
+    parser.add_argument(
+        "--cprofile", action="store_true", help="profile one more dry run and print where the time goes"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_dag_") as scratch:
@@ -97,11 +118,16 @@ def main(argv: list[str] | None = None) -> int:
             seconds.append(elapsed)
             cpu_seconds.append(children_cpu_seconds() - cpu_before)
         jobs = job_counts(output)
-        print(f"jobs: {sum(jobs.values())} in all; " + ", ".join(f"{rule} {count}" for rule, count in sorted(jobs.items())))
+        print(
+            f"jobs: {sum(jobs.values())} in all; "
+            + ", ".join(f"{rule} {count}" for rule, count in sorted(jobs.items()))
+        )
         median = statistics.median(seconds)
-        print(f"dry run (DAG build) for {args.subjects} subjects: median {median:.1f} s "
-              f"(min {min(seconds):.1f}, max {max(seconds):.1f}, {args.repeats} runs); "
-              f"CPU time median {statistics.median(cpu_seconds):.1f} s (what the wall time approaches on an idle machine)")
+        print(
+            f"dry run (DAG build) for {args.subjects} subjects: median {median:.1f} s "
+            f"(min {min(seconds):.1f}, max {max(seconds):.1f}, {args.repeats} runs); "
+            f"CPU time median {statistics.median(cpu_seconds):.1f} s (what the wall time approaches on an idle machine)"
+        )
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"peak memory of the dry run: {peak_mb:.0f} MB")
         print(f"target <= {TARGET_SECONDS:.0f} s: {'met' if median <= TARGET_SECONDS else 'MISSED'}")

@@ -29,8 +29,16 @@ from flowlet.generative.wavelets import idwt3d
 
 def configurations():
     tiny = dataclasses.replace(
-        preset_config("tiny"), model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-        norm_num_groups=8, num_heads=4, condition_embedding_dim=32, model_input_size=(24, 28, 24), save_size=(23, 28, 23),
+        preset_config("tiny"),
+        model_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(2,),
+        norm_num_groups=8,
+        num_heads=4,
+        condition_embedding_dim=32,
+        model_input_size=(24, 28, 24),
+        save_size=(23, 28, 23),
     )
     return {"tiny (8 mm grid 24x28x24)": tiny, "base (112^3)": preset_config("base")}
 
@@ -61,8 +69,15 @@ def timed(function, repeats: int, device: torch.device, warm_up: bool = True) ->
 
 
 def bench(
-    name: str, config, device: torch.device, dtype: torch.dtype, batch: int, repeats: int, full_sampling: bool,
-    warm_up: bool, time_training: bool = True,
+    name: str,
+    config,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+    repeats: int,
+    full_sampling: bool,
+    warm_up: bool,
+    time_training: bool = True,
 ) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -101,20 +116,25 @@ def bench(
 
     if full_sampling:
         for steps in (10, 100):
-            seconds = timed(lambda: sample(steps), max(1, repeats // 2) if steps == 10 else 1, device)
+            seconds = timed(lambda steps=steps: sample(steps), max(1, repeats // 2) if steps == 10 else 1, device)
             print(f"{label} sampling {steps} Euler steps: {seconds:.2f} s per volume (batch 1)", flush=True)
     else:
         seconds = timed(lambda: sample(1), 1, device, warm_up)
         for steps in (10, 100):
-            print(f"{label} sampling {steps} Euler steps: ~{steps * seconds:.1f} s per volume, extrapolated from "
-                  f"one timed step of {seconds:.2f} s (batch 1)", flush=True)
-    del model, optimizer
+            print(
+                f"{label} sampling {steps} Euler steps: ~{steps * seconds:.1f} s per volume, extrapolated from "
+                f"one timed step of {seconds:.2f} s (batch 1)",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats; the base network: single steps on CUDA, only one sampling step on a CPU")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer repeats; the base network: single steps on CUDA, only one sampling step on a CPU",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     args = parser.parse_args(argv)
     if args.threads:
@@ -130,7 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             repeats = 1 if slow else (3 if args.quick else 5)
             batch = 1 if is_base and not on_gpu else 4
             bench(
-                name, config, device, dtype, batch, repeats, full_sampling=not slow, warm_up=not slow,
+                name,
+                config,
+                device,
+                dtype,
+                batch,
+                repeats,
+                full_sampling=not slow,
+                warm_up=not slow,
                 time_training=not (is_base and args.quick and not on_gpu),
             )
     return 0

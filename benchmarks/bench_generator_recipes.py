@@ -17,7 +17,6 @@ real training images. The study's own realism table uses regional tissue feature
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import sys
 import tempfile
@@ -44,12 +43,28 @@ SHORT_RUN = dict(output_init="random", adam_beta2=0.99, grad_clip_norm=0.5, warm
 RECIPES = {
     "reference": dict(lr=2e-3, min_lr=2e-3, time_sampling="stratified", **SHORT_RUN),
     "standardised": dict(lr=1e-3, min_lr=1e-3, standardise_bands=True, time_sampling="logit_normal", **SHORT_RUN),
-    "data-velocity-loss": dict(lr=1e-3, min_lr=1e-3, standardise_bands=True, prediction="data",
-                               time_sampling="logit_normal", **SHORT_RUN),
-    "data-data-loss": dict(lr=1e-3, min_lr=1e-3, standardise_bands=True, prediction="data", loss_space="data",
-                           time_sampling="logit_normal", **SHORT_RUN),
-    "data-data-loss-flip": dict(lr=1e-3, min_lr=1e-3, standardise_bands=True, prediction="data", loss_space="data",
-                                time_sampling="logit_normal", flip_probability=0.5, **SHORT_RUN),
+    "data-velocity-loss": dict(
+        lr=1e-3, min_lr=1e-3, standardise_bands=True, prediction="data", time_sampling="logit_normal", **SHORT_RUN
+    ),
+    "data-data-loss": dict(
+        lr=1e-3,
+        min_lr=1e-3,
+        standardise_bands=True,
+        prediction="data",
+        loss_space="data",
+        time_sampling="logit_normal",
+        **SHORT_RUN,
+    ),
+    "data-data-loss-flip": dict(
+        lr=1e-3,
+        min_lr=1e-3,
+        standardise_bands=True,
+        prediction="data",
+        loss_space="data",
+        time_sampling="logit_normal",
+        flip_probability=0.5,
+        **SHORT_RUN,
+    ),
     "cpu": "preset",
 }
 
@@ -75,7 +90,9 @@ def main() -> None:
     split = pd.read_csv(args.split, sep="\t", dtype=str, keep_default_na=False)
     test_images = [Path(p) for p in split.loc[split["split"] == "test", "image"]]
     mask = np.asarray(template_brain_mask(2).dataobj) > 0
-    print(f"{len(train_records)} training and {len(test_images)} test images; {args.steps} steps per recipe", flush=True)
+    print(
+        f"{len(train_records)} training and {len(test_images)} test images; {args.steps} steps per recipe", flush=True
+    )
 
     def real_view(path: Path) -> np.ndarray:
         volume = generator_view(np.asarray(load_nifti(path, "real image").dataobj, dtype=np.float32), args.downsample)
@@ -91,12 +108,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="recipes-"))
     reference_path = work / "qc_reference.tsv"
     reference_metrics([record.image for record in train_records], args.downsample).to_csv(
-        reference_path, sep="\t", index=False)
+        reference_path, sep="\t", index=False
+    )
     reference = read_reference(reference_path)
     ages = [float(r.conditions["Age"]) for r in train_records]
     table = work / "ages.tsv"
-    table.write_text("age\tfile\n" + "".join(
-        f"{age:.2f}\tsample_{i}.nii.gz\n" for i, age in enumerate(np.linspace(min(ages), max(ages), args.samples))))
+    table.write_text(
+        "age\tfile\n"
+        + "".join(
+            f"{age:.2f}\tsample_{i}.nii.gz\n" for i, age in enumerate(np.linspace(min(ages), max(ages), args.samples))
+        )
+    )
 
     header = ("recipe", "steps", "minutes", "loss", "qc_pass", "frechet", "frechet_floor", "mmd", "mmd_floor")
     print("\t".join(header), flush=True)
@@ -104,8 +126,16 @@ def main() -> None:
         run_dir = work / name
         settings = preset_training(args.preset) if RECIPES[name] == "preset" else RECIPES[name]
         settings = {**settings, "steps": args.steps, "batch_size": args.batch_size, "downsample": args.downsample}
-        options = TrainingOptions(table=args.split, output_dir=run_dir / "run", val_split=0.0, val_every=10**6,
-                                  checkpoint_every=10**6, log_every=25, device="cpu", **settings)
+        options = TrainingOptions(
+            table=args.split,
+            output_dir=run_dir / "run",
+            val_split=0.0,
+            val_every=10**6,
+            checkpoint_every=10**6,
+            log_every=25,
+            device="cpu",
+            **settings,
+        )
         started = time.perf_counter()
         train(options, preset_config(args.preset), threads=args.threads)
         minutes = (time.perf_counter() - started) / 60
@@ -115,13 +145,24 @@ def main() -> None:
         manifest = generate(generator, requests, run_dir / "samples", args.flow_steps, batch_size=4, intensity="unit")
         measured = pd.read_csv(manifest, sep="\t")
         passed = 1.0 - flag_outliers(measured, reference, 3.0)["qc_outlier"].mean()
-        samples = [zscore_in_mask(np.asarray(load_nifti(run_dir / "samples" / f, "sample").dataobj), mask)
-                   for f in measured["image"]]
+        samples = [
+            zscore_in_mask(np.asarray(load_nifti(run_dir / "samples" / f, "sample").dataobj), mask)
+            for f in measured["image"]
+        ]
         synthetic = projection(voxel_features(samples, mask))
         frechet = equal_n_distance(frechet_distance, synthetic, train_features, len(test_images), seed=0)
         mmd = equal_n_distance(mmd_rbf, synthetic, train_features, len(test_images), seed=0)
-        row = (name, args.steps, f"{minutes:.1f}", f"{losses['train_loss'].iloc[-4:].mean():.4f}", f"{passed:.2f}",
-               f"{frechet:.2f}", f"{floor['frechet']:.2f}", f"{mmd:.4f}", f"{floor['mmd']:.4f}")
+        row = (
+            name,
+            args.steps,
+            f"{minutes:.1f}",
+            f"{losses['train_loss'].iloc[-4:].mean():.4f}",
+            f"{passed:.2f}",
+            f"{frechet:.2f}",
+            f"{floor['frechet']:.2f}",
+            f"{mmd:.4f}",
+            f"{floor['mmd']:.4f}",
+        )
         print("\t".join(map(str, row)), flush=True)
         if args.keep is not None:
             shutil.copytree(run_dir, args.keep / name, dirs_exist_ok=True)

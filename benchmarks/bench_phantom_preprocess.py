@@ -25,9 +25,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from tqdm import tqdm
-
 from tables import print_row, summarise
+from tqdm import tqdm
 
 from flowlet.phantoms.cohort import CohortSettings, draw_subject, subject_paths, write_cohort
 from flowlet.phantoms.scoring import best_affine_map_errors_mm, boundary_errors_mm
@@ -35,8 +34,18 @@ from flowlet.preprocess.pipeline import PreprocessSettings, preprocess_subject
 from flowlet.preprocess.qc import dice
 from flowlet.preprocess.skullstrip import BACKENDS, SkullstripSettings
 
-COLUMNS = ("subject", "age", "dice_mask", "volume_ratio", "pose_mean_mm", "pose_max_mm", "map_mean_mm", "map_max_mm",
-           "affine_floor_mean_mm", "seconds")
+COLUMNS = (
+    "subject",
+    "age",
+    "dice_mask",
+    "volume_ratio",
+    "pose_mean_mm",
+    "pose_max_mm",
+    "map_mean_mm",
+    "map_max_mm",
+    "affine_floor_mean_mm",
+    "seconds",
+)
 
 
 def main() -> int:
@@ -54,8 +63,13 @@ def main() -> int:
     settings = PreprocessSettings(threads=args.threads, skullstrip=SkullstripSettings(backend=args.backend))
     rows = []
     with tempfile.TemporaryDirectory(prefix="flowlet-phantom-bench-") as workdir:
-        cohort = CohortSettings(output_dir=Path(workdir) / "bids", n_subjects=args.n_subjects, seed=args.seed,
-                                age_min=args.age_min, age_max=args.age_max)
+        cohort = CohortSettings(
+            output_dir=Path(workdir) / "bids",
+            n_subjects=args.n_subjects,
+            seed=args.seed,
+            age_min=args.age_min,
+            age_max=args.age_max,
+        )
         write_cohort(cohort, threads=1)
         print("\t".join(COLUMNS), flush=True)
         for index in tqdm(range(args.n_subjects), desc="preprocess", file=sys.stderr):
@@ -81,8 +95,13 @@ def main() -> int:
             }
             rows.append(row)
             print_row(row, 3)
-    targets = {"dice_mask": "every subject >= 0.95", "pose_mean_mm": "every subject <= 2 mm", "pose_max_mm": "reported",
-               "map_mean_mm": "reported", "affine_floor_mean_mm": "reported"}
+    targets = {
+        "dice_mask": "every subject >= 0.95",
+        "pose_mean_mm": "every subject <= 2 mm",
+        "pose_max_mm": "reported",
+        "map_mean_mm": "reported",
+        "affine_floor_mean_mm": "reported",
+    }
     table = summarise(rows, args.output, targets, 3)
     print(f"{len(table)} phantoms (seed {args.seed}, backend {args.backend})")
     return 0

@@ -26,9 +26,24 @@ STEPS = ("seconds_n4", "seconds_skullstrip", "seconds_register", "seconds_total"
 def run_one(t1w: Path, workdir: Path, threads: int, extra: list[str]) -> tuple[dict, float, float]:
     """(QC row, wall seconds of the whole process, peak resident memory in MiB)."""
     qc_tsv = workdir / "qc.tsv"
-    command = [sys.executable, "-m", "flowlet.cli", "preprocess", str(t1w),
-               "--brain-mask", str(workdir / "mask.nii.gz"), "--output", str(workdir / "mni.nii.gz"),
-               "--transform", str(workdir / "xfm.mat"), "--qc-tsv", str(qc_tsv), "--threads", str(threads), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "flowlet.cli",
+        "preprocess",
+        str(t1w),
+        "--brain-mask",
+        str(workdir / "mask.nii.gz"),
+        "--output",
+        str(workdir / "mni.nii.gz"),
+        "--transform",
+        str(workdir / "xfm.mat"),
+        "--qc-tsv",
+        str(qc_tsv),
+        "--threads",
+        str(threads),
+        *extra,
+    ]
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.perf_counter()
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

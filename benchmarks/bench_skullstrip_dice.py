@@ -23,9 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
 from tables import print_row, summarise
+from tqdm import tqdm
 
 from flowlet.data.templates import template_brain_mask
 from flowlet.errors import FlowletError
@@ -87,15 +86,21 @@ def main() -> int:
     participants = participants.sort_values("age", ascending=False).iloc[:: args.every].iloc[: args.limit]
     settings = PreprocessSettings(threads=args.threads, skullstrip=SkullstripSettings(backend=args.backend))
     rows = []
-    for subject, age in tqdm(zip(participants["participant_id"], participants["age"]), total=len(participants),
-                             file=sys.stderr):
+    for subject, age in tqdm(
+        zip(participants["participant_id"], participants["age"]), total=len(participants), file=sys.stderr
+    ):
         t1w = args.ixi / subject / "anat" / f"{subject}_T1w.nii.gz"
-        reference_image = nib.load(str(args.ixi / "derivatives" / "dlmuse" / subject / "anat" / f"{subject}_dseg.nii.gz"))
+        reference_image = nib.load(
+            str(args.ixi / "derivatives" / "dlmuse" / subject / "anat" / f"{subject}_dseg.nii.gz")
+        )
         reference = np.asarray(reference_image.dataobj) > 0
         reference_on_native = nib.Nifti1Image(reference.astype(np.float32), reference_image.affine)
         try:
-            row = (saved_scores(args.study, subject, reference_on_native, settings.resolution_mm) if args.study
-                   else fresh_scores(t1w, subject, reference_on_native, settings))
+            row = (
+                saved_scores(args.study, subject, reference_on_native, settings.resolution_mm)
+                if args.study
+                else fresh_scores(t1w, subject, reference_on_native, settings)
+            )
         except FlowletError as error:
             print(f"{subject}: FAILED {error}", flush=True)
             rows.append({"subject": subject, "age": age, "dice_mask": np.nan, "dice_mni_reference": np.nan})

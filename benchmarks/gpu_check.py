@@ -39,8 +39,15 @@ from flowlet.generative.synthetic_qc import flag_outliers, read_reference, refer
 from flowlet.generative.train import TrainingOptions, train  # noqa: E402
 from flowlet.generative.unet import preset_config, preset_training  # noqa: E402
 
-TINY = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), norm_num_groups=8,
-            num_heads=4, condition_embedding_dim=32)
+TINY = dict(
+    model_channels=16,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    norm_num_groups=8,
+    num_heads=4,
+    condition_embedding_dim=32,
+)
 
 
 def xformers_installed() -> bool:
@@ -64,8 +71,15 @@ def stand_in_split(folder: Path) -> Path:
 
 
 def recipe_check(split: Path, on_gpu: bool, steps: int, samples: int, work: Path, threads: int) -> None:
-    settings = {**preset_training("cpu"), "steps": steps, "val_split": 0.0, "val_every": 10**6,
-                "checkpoint_every": 10**6, "log_every": 25, "device": "cuda" if on_gpu else "cpu"}
+    settings = {
+        **preset_training("cpu"),
+        "steps": steps,
+        "val_split": 0.0,
+        "val_every": 10**6,
+        "checkpoint_every": 10**6,
+        "log_every": 25,
+        "device": "cuda" if on_gpu else "cpu",
+    }
     config = preset_config("cpu")
     if on_gpu:
         settings.update(downsample=1, precision="bf16")
@@ -80,26 +94,34 @@ def recipe_check(split: Path, on_gpu: bool, steps: int, samples: int, work: Path
     records = read_training_table(split, ["Age"])
     ages = [record.conditions["Age"] for record in records]
     table = work / "ages.tsv"
-    table.write_text("age\tfile\n" + "".join(
-        f"{age:.1f}\ts_{i}.nii.gz\n" for i, age in enumerate(np.linspace(min(ages), max(ages), samples))))
+    table.write_text(
+        "age\tfile\n"
+        + "".join(f"{age:.1f}\ts_{i}.nii.gz\n" for i, age in enumerate(np.linspace(min(ages), max(ages), samples)))
+    )
     generator = load_generator(work / "run" / "checkpoint_last.pth", device="cuda" if on_gpu else "cpu")
     started_sampling = time.perf_counter()
     manifest = generate(generator, requests_from_table(table, 1, generator.config), work / "samples", 20, batch_size=4)
     sampling = time.perf_counter() - started_sampling
     reference_path = work / "reference.tsv"
-    reference_metrics([record.image for record in records], settings["downsample"]).to_csv(reference_path, sep="\t",
-                                                                                            index=False)
+    reference_metrics([record.image for record in records], settings["downsample"]).to_csv(
+        reference_path, sep="\t", index=False
+    )
     import pandas as pd
 
     verdicts = flag_outliers(pd.read_csv(manifest, sep="\t"), read_reference(reference_path), 3.0)
-    print(f"[{label}; {len(records)} training images; batch {settings['batch_size']}] {steps} steps in {seconds:.1f} s "
-          f"({steps / seconds:.2f} steps/s); {samples} samples (20 steps) in {sampling:.1f} s; QC pass rate "
-          f"{1 - verdicts['qc_outlier'].mean():.2f}", flush=True)
+    print(
+        f"[{label}; {len(records)} training images; batch {settings['batch_size']}] {steps} steps in {seconds:.1f} s "
+        f"({steps / seconds:.2f} steps/s); {samples} samples (20 steps) in {sampling:.1f} s; QC pass rate "
+        f"{1 - verdicts['qc_outlier'].mean():.2f}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--split", type=Path, help="a study's split table for the recipe check (default: template brains)")
+    parser.add_argument(
+        "--split", type=Path, help="a study's split table for the recipe check (default: template brains)"
+    )
     parser.add_argument("--train-steps", type=int, help="recipe-check steps (default: 600 on CUDA, 20 on a CPU)")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
@@ -109,35 +131,52 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if on_gpu else "cpu")
     dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
     name = torch.cuda.get_device_name(device) if on_gpu else "CPU"
-    print(f"device {device} ({name}); torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}; "
-          f"xformers {'installed' if xformers_installed() else 'not installed'}", flush=True)
+    print(
+        f"device {device} ({name}); torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}; "
+        f"xformers {'installed' if xformers_installed() else 'not installed'}",
+        flush=True,
+    )
 
-    base = preset_config("base") if on_gpu else dataclasses.replace(
-        preset_config("tiny"), **TINY, model_input_size=(24, 28, 24), save_size=(23, 28, 23))
+    base = (
+        preset_config("base")
+        if on_gpu
+        else dataclasses.replace(preset_config("tiny"), **TINY, model_input_size=(24, 28, 24), save_size=(23, 28, 23))
+    )
     label = "base (112^3)" if on_gpu else "tiny stand-in for base (CPU)"
     batch = 4 if on_gpu else 2
     attention = [("SDPA", False)] + ([("xformers", True)] if xformers_installed() and on_gpu else [])
     for backend, use_xformers in attention:
         config = dataclasses.replace(base, use_xformers=use_xformers)
-        bench(f"{label}, {backend}", config, device, dtype, batch, repeats=3 if on_gpu else 1,
-              full_sampling=False, warm_up=True)
+        bench(
+            f"{label}, {backend}",
+            config,
+            device,
+            dtype,
+            batch,
+            repeats=3 if on_gpu else 1,
+            full_sampling=False,
+            warm_up=True,
+        )
     if on_gpu:
         # The 10-step sample of a 91 x 109 x 91 volume: bench() above times one step and extrapolates; time it whole.
-        from flowlet.generative.unet import FlowUNet
         from flowlet.generative.solvers import integrate
+        from flowlet.generative.unet import FlowUNet
         from flowlet.generative.wavelets import center_crop, idwt3d
 
         model = FlowUNet(base).to(device).eval()
         noise = torch.randn((1, base.in_channels, *base.wavelet_grid), device=device)
         age = {"Age": torch.full((1, 1), 0.5, device=device)}
-        for attempt in range(2):  # the first call includes CUDA warm-up
+        for _ in range(2):  # the first call includes CUDA warm-up
             torch.cuda.synchronize()
             started = time.perf_counter()
             with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
                 volume = center_crop(idwt3d(integrate(lambda x, t: model(x, t, age), noise, 10).float()), (91, 109, 91))
             torch.cuda.synchronize()
-        print(f"[base; device {device}; dtype {str(dtype).removeprefix('torch.')}; batch 1] 10-step sample of "
-              f"{list(volume.shape[2:])}: {time.perf_counter() - started:.2f} s", flush=True)
+        print(
+            f"[base; device {device}; dtype {str(dtype).removeprefix('torch.')}; batch 1] 10-step sample of "
+            f"{list(volume.shape[2:])}: {time.perf_counter() - started:.2f} s",
+            flush=True,
+        )
         del model
 
     with tempfile.TemporaryDirectory() as folder:

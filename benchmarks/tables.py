@@ -8,7 +8,10 @@ import pandas as pd
 
 
 def print_row(row: dict, digits: int) -> None:
-    print("\t".join(f"{value:.{digits}f}" if isinstance(value, float) else str(value) for value in row.values()), flush=True)
+    print(
+        "\t".join(f"{value:.{digits}f}" if isinstance(value, float) else str(value) for value in row.values()),
+        flush=True,
+    )
 
 
 def summarise(rows: list[dict], output: Path | None, targets: dict[str, str], digits: int) -> pd.DataFrame:
@@ -19,6 +22,8 @@ def summarise(rows: list[dict], output: Path | None, targets: dict[str, str], di
     print()
     for column, target in targets.items():
         values = table[column].dropna()
-        print(f"{column:>20}: min {values.min():.{digits}f}  median {values.median():.{digits}f}  "
-              f"mean {values.mean():.{digits}f}  max {values.max():.{digits}f}   (target {target})")
+        print(
+            f"{column:>20}: min {values.min():.{digits}f}  median {values.median():.{digits}f}  "
+            f"mean {values.mean():.{digits}f}  max {values.max():.{digits}f}   (target {target})"
+        )
     return table

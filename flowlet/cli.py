@@ -18,19 +18,31 @@ from flowlet.errors import FlowletError
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantoms": ("flowlet.phantoms.cli", "make the demo cohort of synthetic whole-head T1w phantoms (BIDS)"),
     "participants": ("flowlet.data.cli", "validate a BIDS dataset and write the participant table"),
-    "split": ("flowlet.data.split_cli", "split participants into real training and held-out test sets, stratified by age bin"),
+    "split": (
+        "flowlet.data.split_cli",
+        "split participants into real training and held-out test sets, stratified by age bin",
+    ),
     "preprocess": ("flowlet.preprocess.cli", "N4, skull stripping, MNI registration and z-scoring of one T1w image"),
     "qc": ("flowlet.preprocess.qc_cli", "aggregate per-subject QC metrics and flag outliers"),
     "info": ("flowlet.generative.info_cli", "print a generator configuration's parameter count"),
     "train": ("flowlet.generative.train_cli", "train the wavelet flow-matching generator"),
     "generate": ("flowlet.generative.generate_cli", "sample synthetic brains of requested ages"),
     "fit-baseline": ("flowlet.generative.baseline_cli", "fit the linear baseline generator a deep generator must beat"),
-    "synthetic-qc": ("flowlet.generative.synthetic_qc_cli", "QC of synthetic brains against the real cohort; drop outliers"),
+    "synthetic-qc": (
+        "flowlet.generative.synthetic_qc_cli",
+        "QC of synthetic brains against the real cohort; drop outliers",
+    ),
     "plan": ("flowlet.brainage.plan_cli", "decide how many synthetic subjects each age bin gets"),
     "brainage": ("flowlet.brainage.cli", "train and evaluate brain-age regressors with and without synthetic data"),
-    "regional-measures": ("flowlet.regions.measures_cli", "tissue volumes per atlas region of every real and synthetic image"),
+    "regional-measures": (
+        "flowlet.regions.measures_cli",
+        "tissue volumes per atlas region of every real and synthetic image",
+    ),
     "regions": ("flowlet.regions.cli", "regional anatomy of real and synthetic brains"),
-    "scorecard": ("flowlet.regions.scorecard_cli", "is each generator's synthetic cohort usable? one table against real floors"),
+    "scorecard": (
+        "flowlet.regions.scorecard_cli",
+        "is each generator's synthetic cohort usable? one table against real floors",
+    ),
     "synthetic-grid": ("flowlet.report.grid_cli", "draw synthetic brains per age bin"),
     "report": ("flowlet.report.cli", "write the study summary and environment record"),
 }

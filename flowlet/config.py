@@ -96,7 +96,7 @@ def reference_markdown() -> str:
         "`config/config.yaml` has one section per rule. Every key below is validated against",
         "`workflow/schemas/config.schema.yaml` before any job runs: unknown keys, wrong types and impossible",
         "values are rejected with a message naming the key. Keys you leave out take the default shown.",
-        "Override single keys on the command line, e.g. `snakemake --cores 2 --config data='{\"bids_dir\": \"/data/bids\"}'`.",
+        'Override single keys on the command line, e.g. `snakemake --cores 2 --config data=\'{"bids_dir": "/data/bids"}\'`.',
         "Threads and memory are not configured here: they are set per rule and in `workflow/profiles/`.",
         "",
         "Regenerate this file with `python -m flowlet.config > config/README.md` after changing the schema.",

@@ -48,8 +48,9 @@ def outlier_reason(metric: str, value: float, score: float) -> str:
     return f"{metric}={value:.3g} (robust z {score:+.1f})"
 
 
-def outlier_reasons(table: pd.DataFrame, metrics: Sequence[str], threshold: float,
-                    reference: pd.DataFrame | None = None) -> list[list[str]]:
+def outlier_reasons(
+    table: pd.DataFrame, metrics: Sequence[str], threshold: float, reference: pd.DataFrame | None = None
+) -> list[list[str]]:
     """Per row of ``table``, why it is an outlier: a metric missing, or its robust z-score (against
     ``reference``, default the table itself) beyond ``threshold``. An empty list is a row that passes."""
     reasons: list[list[str]] = [[] for _ in range(len(table))]

@@ -35,12 +35,41 @@ def tiny_study(tmp_path_factory) -> Path:
     with an external cohort of four phantoms from another seed, which reuse the study's subject names."""
     workdir = tmp_path_factory.mktemp("study")
     external = workdir / "external_bids"
-    subprocess.run([sys.executable, "-m", "flowlet", "phantoms", "--output-dir", str(external), "--n-subjects", "4",
-                    "--seed", "99", "--threads", "2"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowlet",
+            "phantoms",
+            "--output-dir",
+            str(external),
+            "--n-subjects",
+            "4",
+            "--seed",
+            "99",
+            "--threads",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+    )
     config = workdir / "tiny.yaml"
-    config.write_text(TINY_CONFIG.read_text().replace('  bids_dir: ""\n', f'  bids_dir: ""\n  external_bids_dir: "{external}"\n'))
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-               "--directory", str(workdir), "--configfile", str(config), "--cores", "2"]
+    config.write_text(
+        TINY_CONFIG.read_text().replace('  bids_dir: ""\n', f'  bids_dir: ""\n  external_bids_dir: "{external}"\n')
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        "2",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
         pytest.fail(f"the tiny study failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")

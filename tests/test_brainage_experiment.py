@@ -32,7 +32,10 @@ def write_volumes(folder: Path, ages: np.ndarray, prefix: str, seed: int) -> lis
     rng = np.random.default_rng(seed)
     mask = template_brain_mask(2).get_fdata() > 0
     affine = mni_grid(2)[1]
-    return [str(save_nifti(age_volume(age, rng, mask), affine, folder / f"{prefix}{i:03d}.nii.gz")) for i, age in enumerate(ages)]
+    return [
+        str(save_nifti(age_volume(age, rng, mask), affine, folder / f"{prefix}{i:03d}.nii.gz"))
+        for i, age in enumerate(ages)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -73,20 +76,42 @@ def brainage_run(cohort_dir: Path) -> Path:
     code = main(
         [
             "brainage",
-            "--split", str(cohort_dir / "split.tsv"),
-            "--synthetic", str(cohort_dir / "synthetic_60-80.tsv"), str(cohort_dir / "synthetic_empty.tsv"),
-            "--output-dir", str(output),
-            "--regressors", "ridge", "svr", "gpr", "cnn",
-            "--seeds", "0", "1",
-            "--bin-edges", *EDGES,
-            "--downsample", "4",
-            "--pca-components", "5", "10",
-            "--cv-folds", "3",
-            "--bootstrap", "300",
-            "--cnn-epochs", "2",
-            "--cnn-channels", "4", "8", "8",
-            "--cnn-batch-size", "8",
-            "--device", "cpu",
+            "--split",
+            str(cohort_dir / "split.tsv"),
+            "--synthetic",
+            str(cohort_dir / "synthetic_60-80.tsv"),
+            str(cohort_dir / "synthetic_empty.tsv"),
+            "--output-dir",
+            str(output),
+            "--regressors",
+            "ridge",
+            "svr",
+            "gpr",
+            "cnn",
+            "--seeds",
+            "0",
+            "1",
+            "--bin-edges",
+            *EDGES,
+            "--downsample",
+            "4",
+            "--pca-components",
+            "5",
+            "10",
+            "--cv-folds",
+            "3",
+            "--bootstrap",
+            "300",
+            "--cnn-epochs",
+            "2",
+            "--cnn-channels",
+            "4",
+            "8",
+            "8",
+            "--cnn-batch-size",
+            "8",
+            "--device",
+            "cpu",
         ]
     )
     assert code == 0
@@ -96,8 +121,25 @@ def brainage_run(cohort_dir: Path) -> Path:
 @pytest.mark.slow
 def test_metrics_table_has_every_bin_with_test_subjects_and_finite_intervals(brainage_run: Path):
     metrics = pd.read_csv(brainage_run / "metrics.tsv", sep="\t")
-    for column in ["regressor", "arm", "age_bin", "correction", "n_test", "mae", "mae_ci_low", "mae_ci_high", "rmse", "r", "r2",
-                   "delta_mae_vs_real", "delta_ci_low", "delta_ci_high", "n_train_real", "n_train_synthetic", "n_seeds"]:
+    for column in [
+        "regressor",
+        "arm",
+        "age_bin",
+        "correction",
+        "n_test",
+        "mae",
+        "mae_ci_low",
+        "mae_ci_high",
+        "rmse",
+        "r",
+        "r2",
+        "delta_mae_vs_real",
+        "delta_ci_low",
+        "delta_ci_high",
+        "n_train_real",
+        "n_train_synthetic",
+        "n_seeds",
+    ]:
         assert column in metrics.columns
     assert set(metrics["regressor"]) == {"ridge", "svr", "gpr", "cnn", "mean_baseline"}
     assert set(metrics["arm"]) == {"real", "real+synthetic", "synthetic"}
@@ -105,7 +147,9 @@ def test_metrics_table_has_every_bin_with_test_subjects_and_finite_intervals(bra
         assert set(rows["age_bin"]) == {"all", "20-40", "40-60", "60-80"}, (regressor, arm, correction)
     assert "80-100" not in set(metrics["age_bin"])
     assert np.isfinite(metrics[["mae", "mae_ci_low", "mae_ci_high"]].to_numpy()).all()
-    assert (metrics["mae_ci_low"] <= metrics["mae"] + 1e-9).all() and (metrics["mae"] <= metrics["mae_ci_high"] + 1e-9).all()
+    assert (metrics["mae_ci_low"] <= metrics["mae"] + 1e-9).all() and (
+        metrics["mae"] <= metrics["mae_ci_high"] + 1e-9
+    ).all()
     augmented = metrics[metrics["arm"] != "real"]
     assert np.isfinite(augmented[["delta_mae_vs_real", "delta_ci_low", "delta_ci_high"]].to_numpy()).all()
     assert metrics.loc[metrics["arm"] == "real", "delta_mae_vs_real"].isna().all()
@@ -113,8 +157,12 @@ def test_metrics_table_has_every_bin_with_test_subjects_and_finite_intervals(bra
     assert (overall["n_test"] == 12).all()
     assert (metrics.loc[metrics["arm"] == "real+synthetic", "n_train_synthetic"] == 10).all()
     assert (metrics.loc[metrics["arm"] == "synthetic", "n_train_real"] == 0).all()
-    ridge_real = overall[(overall["regressor"] == "ridge") & (overall["arm"] == "real") & (overall["correction"] == "raw")]
-    baseline_real = overall[(overall["regressor"] == "mean_baseline") & (overall["arm"] == "real") & (overall["correction"] == "raw")]
+    ridge_real = overall[
+        (overall["regressor"] == "ridge") & (overall["arm"] == "real") & (overall["correction"] == "raw")
+    ]
+    baseline_real = overall[
+        (overall["regressor"] == "mean_baseline") & (overall["arm"] == "real") & (overall["correction"] == "raw")
+    ]
     assert ridge_real["mae"].iloc[0] < 0.5 * baseline_real["mae"].iloc[0]
 
 
@@ -133,11 +181,21 @@ def test_predictions_notes_figures_and_saved_model(brainage_run: Path, cohort_di
     split = pd.read_csv(cohort_dir / "split.tsv", sep="\t")
     test = split[split["split"] == "test"]
     models = pd.read_csv(brainage_run / "models.tsv", sep="\t")
-    saved = models[(models["arm"] == "real") & models["regressor"].isin(["ridge", "svr", "gpr"])].sort_values("cv_mae").iloc[0]
+    saved = (
+        models[(models["arm"] == "real") & models["regressor"].isin(["ridge", "svr", "gpr"])]
+        .sort_values("cv_mae")
+        .iloc[0]
+    )
     ages = predict_ages(brainage_run / "model_real.joblib", test["image"].tolist())
-    expected = predictions[
-        (predictions["regressor"] == saved["regressor"]) & (predictions["arm"] == "real") & (predictions["seed"] == saved["seed"])
-    ].set_index("participant_id").loc[test["participant_id"], "predicted"]
+    expected = (
+        predictions[
+            (predictions["regressor"] == saved["regressor"])
+            & (predictions["arm"] == "real")
+            & (predictions["seed"] == saved["seed"])
+        ]
+        .set_index("participant_id")
+        .loc[test["participant_id"], "predicted"]
+    )
     np.testing.assert_allclose(ages, expected.to_numpy(), atol=1e-3)
 
 
@@ -163,7 +221,9 @@ def _table_cohort(n_train: int, test_ages: np.ndarray, rng: np.random.Generator)
         return np.column_stack([ages + rng.normal(0, 4, len(ages)), rng.normal(size=(len(ages), 3))])
 
     def subjects(ages, prefix):
-        return pd.DataFrame({"participant_id": [f"{prefix}{i}" for i in range(len(ages))], "age": ages, "image": "", "age_bin": "all"})
+        return pd.DataFrame(
+            {"participant_id": [f"{prefix}{i}" for i in range(len(ages))], "age": ages, "image": "", "age_bin": "all"}
+        )
 
     bins = AgeBins.from_edges([20, 80])
     cohort = Cohort(
@@ -189,14 +249,20 @@ def test_bias_correction_is_fitted_on_training_subjects_only():
 
 
 def test_empty_synthetic_manifests_leave_the_real_arm_with_a_note(cohort_dir: Path):
-    results = run_experiment(cohort_dir / "split.tsv", [cohort_dir / "synthetic_empty.tsv"],
-                             Settings(regressors=["ridge"], seeds=[0], bootstrap=100, bin_edges=[20, 40, 60, 80, 100]))
+    results = run_experiment(
+        cohort_dir / "split.tsv",
+        [cohort_dir / "synthetic_empty.tsv"],
+        Settings(regressors=["ridge"], seeds=[0], bootstrap=100, bin_edges=[20, 40, 60, 80, 100]),
+    )
     assert set(results.metrics["arm"]) == {"real"}
     assert any("list no volume that passed QC" in note for note in results.notes)
     assert any("real+baseline, baseline skipped: no baseline generator manifests" in note for note in results.notes)
     with pytest.raises(FlowletError, match="no arm of synthetic can be trained"):
-        run_experiment(cohort_dir / "split.tsv", [cohort_dir / "synthetic_empty.tsv"],
-                       Settings(arms=["synthetic"], bin_edges=[20, 40, 60, 80, 100]))
+        run_experiment(
+            cohort_dir / "split.tsv",
+            [cohort_dir / "synthetic_empty.tsv"],
+            Settings(arms=["synthetic"], bin_edges=[20, 40, 60, 80, 100]),
+        )
 
 
 def test_missing_image_and_age_outside_bins_are_named(cohort_dir: Path, tmp_path: Path):
@@ -219,17 +285,29 @@ def test_too_few_test_or_training_subjects(cohort_dir: Path, tmp_path: Path):
     few_train = split.assign(split=["train" if i < 6 else "test" for i in range(len(split))])
     few_train.to_csv(tmp_path / "few_train.tsv", sep="\t", index=False)
     with pytest.raises(FlowletError, match="too few"):
-        run_experiment(tmp_path / "few_train.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100], cv_folds=5))
+        run_experiment(
+            tmp_path / "few_train.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100], cv_folds=5)
+        )
 
 
 def test_regional_features_match_subjects_by_id_or_image_name(tmp_path: Path):
     from flowlet.brainage.features import read_regional_features, regional_matrix
 
     pd.DataFrame(
-        {"participant_id": ["sub-1", "", ""], "image": ["", "/data/synth_a.nii.gz", "/data/synth_b.nii.gz"], "ventricles": [1.0, 2.0, 3.0], "hippocampus": [4.0, 5.0, 6.0]}
+        {
+            "participant_id": ["sub-1", "", ""],
+            "image": ["", "/data/synth_a.nii.gz", "/data/synth_b.nii.gz"],
+            "ventricles": [1.0, 2.0, 3.0],
+            "hippocampus": [4.0, 5.0, 6.0],
+        }
     ).to_csv(tmp_path / "regions.tsv", sep="\t", index=False)
     table = read_regional_features(tmp_path / "regions.tsv")
-    subjects = pd.DataFrame({"participant_id": ["synthetic:x:0", "sub-1", "sub-9"], "image": ["/elsewhere/synth_b.nii.gz", "/real/sub-1.nii.gz", "/real/sub-9.nii.gz"]})
+    subjects = pd.DataFrame(
+        {
+            "participant_id": ["synthetic:x:0", "sub-1", "sub-9"],
+            "image": ["/elsewhere/synth_b.nii.gz", "/real/sub-1.nii.gz", "/real/sub-9.nii.gz"],
+        }
+    )
     matrix, found = regional_matrix(table, subjects)
     assert list(found) == [True, True, False]
     np.testing.assert_array_equal(matrix[:2], [[3.0, 6.0], [1.0, 4.0]])
@@ -246,30 +324,57 @@ def test_regional_feature_set_end_to_end(cohort_dir: Path, tmp_path: Path):
 
     def features(ages: np.ndarray) -> dict[str, np.ndarray]:
         # One volume that grows with age (a ventricle, as fraction of the brain) and two that do not.
-        return {"ventricles_csf": 0.01 + 0.0004 * ages + rng.normal(0, 0.001, len(ages)), "a_grey": rng.normal(0.3, 0.01, len(ages)), "b_white": rng.normal(0.3, 0.01, len(ages))}
+        return {
+            "ventricles_csf": 0.01 + 0.0004 * ages + rng.normal(0, 0.001, len(ages)),
+            "a_grey": rng.normal(0.3, 0.01, len(ages)),
+            "b_white": rng.normal(0.3, 0.01, len(ages)),
+        }
 
-    real = pd.DataFrame({"participant_id": split["participant_id"], "image": split["image"], "group": split["split"], **features(split["age"].to_numpy())})
+    real = pd.DataFrame(
+        {
+            "participant_id": split["participant_id"],
+            "image": split["image"],
+            "group": split["split"],
+            **features(split["age"].to_numpy()),
+        }
+    )
     images = [str(cohort_dir / image) for image in synthetic["image"]]
-    fake = pd.DataFrame({"participant_id": "", "image": images, "group": "synthetic", **features(synthetic["age"].to_numpy())})
+    fake = pd.DataFrame(
+        {"participant_id": "", "image": images, "group": "synthetic", **features(synthetic["age"].to_numpy())}
+    )
     pd.concat([real, fake]).to_csv(tmp_path / "regional_features.tsv", sep="\t", index=False)
     output = tmp_path / "out"
     common = ["brainage", "--split", str(cohort_dir / "split.tsv"), "--synthetic", str(cohort_dir / "synthetic_60-80.tsv"),
               "--output-dir", str(output), "--regressors", "ridge", "--seeds", "0", "--bin-edges", *EDGES,
               "--pca-components", "2", "--cv-folds", "3", "--bootstrap", "200"]  # fmt: skip
-    assert main([*common, "--regional-features", str(tmp_path / "regional_features.tsv"), "--feature-sets", "regional"]) == 0
+    assert (
+        main([*common, "--regional-features", str(tmp_path / "regional_features.tsv"), "--feature-sets", "regional"])
+        == 0
+    )
     metrics = pd.read_csv(output / "metrics.tsv", sep="\t")
     assert set(metrics["feature_set"]) == {"regional"}
     assert set(metrics["arm"]) == {"real", "real+synthetic", "synthetic"}
-    overall = metrics[(metrics["age_bin"] == "all") & (metrics["correction"] == "raw")].set_index(["regressor", "arm"])["mae"]
+    overall = metrics[(metrics["age_bin"] == "all") & (metrics["correction"] == "raw")].set_index(["regressor", "arm"])[
+        "mae"
+    ]
     assert overall[("ridge", "real")] < 0.5 * overall[("mean_baseline", "real")]
     # The saved real-only model is a voxel model (regions predicts ages from images): none without voxels.
     assert not (output / "model_real.joblib").exists()
     assert "model_real.joblib is not written" in (output / "notes.txt").read_text()
     with pytest.raises(FlowletError, match="--feature-sets regional needs --regional-features"):
-        run_experiment(cohort_dir / "split.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100], feature_sets=["regional"]))
+        run_experiment(
+            cohort_dir / "split.tsv",
+            [],
+            Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100], feature_sets=["regional"]),
+        )
     real.iloc[1:].to_csv(tmp_path / "partial.tsv", sep="\t", index=False)
     with pytest.raises(FlowletError, match=r"no row for 1 .*sub-000"):
-        run_experiment(cohort_dir / "split.tsv", [], Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100]), regional_features_path=tmp_path / "partial.tsv")
+        run_experiment(
+            cohort_dir / "split.tsv",
+            [],
+            Settings(arms=["real"], bin_edges=[20, 40, 60, 80, 100]),
+            regional_features_path=tmp_path / "partial.tsv",
+        )
 
 
 def age_labels(age: float, mask: np.ndarray) -> np.ndarray:
@@ -291,7 +396,9 @@ def test_tissue_feature_set_learns_from_smoothed_density_maps(cohort_dir: Path, 
     for participant, age in zip(split["participant_id"], split["age"]):
         names.append(f"segmentations/{participant}_dseg.nii.gz")
         save_nifti(age_labels(age, mask), mni_grid(2)[1], tmp_path / names[-1], dtype=np.uint8)
-    table = pd.DataFrame({"participant_id": split["participant_id"], "image": split["image"], "segmentation": names, "whole_brain": 1.0})
+    table = pd.DataFrame(
+        {"participant_id": split["participant_id"], "image": split["image"], "segmentation": names, "whole_brain": 1.0}
+    )
     table.to_csv(tmp_path / "regional_features.tsv", sep="\t", index=False)
     output = tmp_path / "out"
     assert main(["brainage", "--split", str(cohort_dir / "split.tsv"), "--output-dir", str(output), "--regressors", "ridge",
@@ -309,7 +416,9 @@ def test_tissue_feature_set_learns_from_smoothed_density_maps(cohort_dir: Path, 
         run_experiment(cohort_dir / "split.tsv", [], settings, regional_features_path=tmp_path / "no_maps.tsv")
     (tmp_path / names[0]).unlink()
     with pytest.raises(FlowletError, match=r"sub-000_dseg.nii.gz"):
-        run_experiment(cohort_dir / "split.tsv", [], settings, regional_features_path=tmp_path / "regional_features.tsv")
+        run_experiment(
+            cohort_dir / "split.tsv", [], settings, regional_features_path=tmp_path / "regional_features.tsv"
+        )
 
 
 def test_a_feature_constant_in_training_cannot_blow_up_predictions():
@@ -321,7 +430,9 @@ def test_a_feature_constant_in_training_cannot_blow_up_predictions():
     ages = rng.uniform(20, 80, 40)
     informative = ages[:, None] / 60 + rng.normal(0, 0.05, (40, 20))
     nearly_constant = 0.5 + rng.normal(0, 1e-7, (40, 1))
-    model = fit_quietly(make_search("ridge", 40, 21, pca_components=[5], cv_folds=4), np.hstack([informative, nearly_constant]), ages)
+    model = fit_quietly(
+        make_search("ridge", 40, 21, pca_components=[5], cv_folds=4), np.hstack([informative, nearly_constant]), ages
+    )
     test_ages = np.array([30.0, 60.0])
     test = np.hstack([test_ages[:, None] / 60 + np.zeros((2, 20)), np.full((2, 1), 0.6)])
     assert np.all(np.abs(model.predict(test) - test_ages) < 20)
@@ -329,28 +440,55 @@ def test_a_feature_constant_in_training_cannot_blow_up_predictions():
 
 def test_baseline_generator_arms_sit_beside_flowlets_on_the_same_test_subjects(cohort_dir: Path):
     manifest = cohort_dir / "synthetic_60-80.tsv"
-    results = run_experiment(cohort_dir / "split.tsv", [manifest], Settings(regressors=["ridge"], seeds=[0], bootstrap=100,
-                             bin_edges=[20, 40, 60, 80, 100], feature_sets=["voxels"], downsample=4),
-                             baseline_paths=[manifest])
+    results = run_experiment(
+        cohort_dir / "split.tsv",
+        [manifest],
+        Settings(
+            regressors=["ridge"],
+            seeds=[0],
+            bootstrap=100,
+            bin_edges=[20, 40, 60, 80, 100],
+            feature_sets=["voxels"],
+            downsample=4,
+        ),
+        baseline_paths=[manifest],
+    )
     metrics = results.metrics
     assert set(metrics["arm"]) == {"real", "real+synthetic", "synthetic", "real+baseline", "baseline"}
-    overall = metrics[(metrics["age_bin"] == "all") & (metrics["correction"] == "raw") & (metrics["regressor"] == "ridge")]
+    overall = metrics[
+        (metrics["age_bin"] == "all") & (metrics["correction"] == "raw") & (metrics["regressor"] == "ridge")
+    ]
     by_arm = overall.set_index("arm")
     # The same volumes under both names train the same models: the arms must agree exactly.
     assert by_arm.loc["real+baseline", "mae"] == pytest.approx(by_arm.loc["real+synthetic", "mae"])
     assert by_arm.loc["baseline", "n_train_real"] == 0 and by_arm.loc["real+baseline", "n_train_synthetic"] == 10
-    assert np.isfinite(by_arm.loc["real+baseline", ["delta_mae_vs_real", "delta_ci_low", "delta_ci_high"]].astype(float)).all()
+    assert np.isfinite(
+        by_arm.loc["real+baseline", ["delta_mae_vs_real", "delta_ci_low", "delta_ci_high"]].astype(float)
+    ).all()
 
 
 def test_an_external_cohort_is_only_evaluated_on(cohort_dir: Path, tmp_path: Path):
     rng = np.random.default_rng(9)
     ages = rng.uniform(25, 75, 6)
     # Another dataset may reuse the study's subject names; its rows stay apart by test set.
-    pd.DataFrame({"participant_id": [f"sub-{i:03d}" for i in range(len(ages))], "age": ages.round(2), "sex": "",
-                  "split": "test", "image": write_volumes(tmp_path, ages, "ext-", 5)}).to_csv(
-        tmp_path / "external.tsv", sep="\t", index=False)
-    settings = Settings(regressors=["ridge"], seeds=[0], bootstrap=100, bin_edges=[20, 40, 60, 80, 100],
-                        feature_sets=["voxels"], downsample=4, arms=["real"])
+    pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:03d}" for i in range(len(ages))],
+            "age": ages.round(2),
+            "sex": "",
+            "split": "test",
+            "image": write_volumes(tmp_path, ages, "ext-", 5),
+        }
+    ).to_csv(tmp_path / "external.tsv", sep="\t", index=False)
+    settings = Settings(
+        regressors=["ridge"],
+        seeds=[0],
+        bootstrap=100,
+        bin_edges=[20, 40, 60, 80, 100],
+        feature_sets=["voxels"],
+        downsample=4,
+        arms=["real"],
+    )
     results = run_experiment(cohort_dir / "split.tsv", [], settings, external_split_path=tmp_path / "external.tsv")
     internal_only = run_experiment(cohort_dir / "split.tsv", [], settings)
     external = results.predictions[results.predictions["test_set"] == "external"]
@@ -360,4 +498,6 @@ def test_an_external_cohort_is_only_evaluated_on(cohort_dir: Path, tmp_path: Pat
     # The external subjects never train: the internal results are exactly those of a study without them.
     internal = results.predictions[results.predictions["test_set"] == "internal"].reset_index(drop=True)
     pd.testing.assert_frame_equal(internal, internal_only.predictions.reset_index(drop=True))
-    assert (overall["n_train_real"] == len(pd.read_csv(cohort_dir / "split.tsv", sep="\t").query("split == 'train'"))).all()
+    assert (
+        overall["n_train_real"] == len(pd.read_csv(cohort_dir / "split.tsv", sep="\t").query("split == 'train'"))
+    ).all()

@@ -13,13 +13,22 @@ from flowlet.cli import main
 from flowlet.errors import FlowletError
 
 
-def split_table(counts_train: list[int], counts_test: list[int], edges: list[float], tmp_path: Path | None = None) -> pd.DataFrame:
+def split_table(
+    counts_train: list[int], counts_test: list[int], edges: list[float], tmp_path: Path | None = None
+) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
     for part, counts in (("train", counts_train), ("test", counts_test)):
         for low, high, count in zip(edges[:-1], edges[1:], counts):
             for age in rng.uniform(low, high, count):
-                rows.append({"participant_id": f"sub-{len(rows):03d}", "age": age, "sex": "F" if len(rows) % 4 else "M", "split": part})
+                rows.append(
+                    {
+                        "participant_id": f"sub-{len(rows):03d}",
+                        "age": age,
+                        "sex": "F" if len(rows) % 4 else "M",
+                        "split": part,
+                    }
+                )
     table = pd.DataFrame(rows)
     if tmp_path is not None:
         image = tmp_path / "image.nii.gz"
@@ -112,15 +121,37 @@ def test_plan_command_writes_the_table_and_one_ages_file_per_bin(tmp_path: Path)
     split_table([10, 2, 6], [2, 1, 1], edges, tmp_path).to_csv(tmp_path / "split.tsv", sep="\t", index=False)
     code = main(
         [
-            "plan", "--split", str(tmp_path / "split.tsv"), "--bin-edges", *map(str, edges),
-            "--target", "ratio", "--target-ratio", "3", "--max-per-bin", "5",
-            "--output", str(tmp_path / "plan.tsv"), "--ages-dir", str(tmp_path / "ages"),
+            "plan",
+            "--split",
+            str(tmp_path / "split.tsv"),
+            "--bin-edges",
+            *map(str, edges),
+            "--target",
+            "ratio",
+            "--target-ratio",
+            "3",
+            "--max-per-bin",
+            "5",
+            "--output",
+            str(tmp_path / "plan.tsv"),
+            "--ages-dir",
+            str(tmp_path / "ages"),
         ]
     )
     assert code == 0
     plan = pd.read_csv(tmp_path / "plan.tsv", sep="\t")
-    assert list(plan.columns) == ["age_bin", "low", "high", "n_train_real", "n_test_real", "n_withheld", "underrepresented",
-                                   "reduced", "n_synthetic", "note"]
+    assert list(plan.columns) == [
+        "age_bin",
+        "low",
+        "high",
+        "n_train_real",
+        "n_test_real",
+        "n_withheld",
+        "underrepresented",
+        "reduced",
+        "n_synthetic",
+        "note",
+    ]
     assert list(plan["n_synthetic"]) == [0, 5, 0]
     assert len(pd.read_csv(tmp_path / "ages" / "bin-30-40_ages.tsv", sep="\t")) == 5
     empty = (tmp_path / "ages" / "bin-20-30_ages.tsv").read_text().splitlines()
@@ -131,16 +162,33 @@ def test_plan_command_names_subjects_outside_the_bins(tmp_path: Path, capsys):
     table = split_table([5, 5], [1, 1], [20, 30, 40], tmp_path)
     table.loc[2, "age"] = 95.0
     table.to_csv(tmp_path / "split.tsv", sep="\t", index=False)
-    code = main(["plan", "--split", str(tmp_path / "split.tsv"), "--bin-edges", "20", "30", "40",
-                 "--output", str(tmp_path / "plan.tsv"), "--ages-dir", str(tmp_path / "ages")])
+    code = main(
+        [
+            "plan",
+            "--split",
+            str(tmp_path / "split.tsv"),
+            "--bin-edges",
+            "20",
+            "30",
+            "40",
+            "--output",
+            str(tmp_path / "plan.tsv"),
+            "--ages-dir",
+            str(tmp_path / "ages"),
+        ]
+    )
     assert code == 1
     assert "sub-002 (age 95)" in capsys.readouterr().err
 
 
 def test_synthetic_ages_stay_inside_the_real_training_ages():
     ages = [22, 24, 26, 28, 31, 33, 35, 37, 45, 62]
-    split = pd.DataFrame({"participant_id": [f"sub-{i}" for i in range(len(ages))], "age": ages, "sex": "F", "split": "train"})
-    plan, ages_per_bin = make_plan(split, AgeBins.from_edges([20, 30, 40, 50, 60, 70, 80, 90]), 0.5, "fixed", target_count=4)
+    split = pd.DataFrame(
+        {"participant_id": [f"sub-{i}" for i in range(len(ages))], "age": ages, "sex": "F", "split": "train"}
+    )
+    plan, ages_per_bin = make_plan(
+        split, AgeBins.from_edges([20, 30, 40, 50, 60, 70, 80, 90]), 0.5, "fixed", target_count=4
+    )
     plan = plan.set_index("age_bin")
     assert plan.loc["80-90", "n_synthetic"] == 0 and plan.loc["70-80", "n_synthetic"] == 0
     assert "outside the real training ages (22.0-62.0)" in plan.loc["80-90", "note"]
@@ -153,7 +201,18 @@ def test_plan_leaves_out_excluded_subjects_without_age(tmp_path: Path):
     split = split_table([10, 2, 6], [2, 1, 1], edges, tmp_path)
     excluded = split.iloc[:1].assign(participant_id="sub-noage", age="n/a", split="excluded")
     pd.concat([split, excluded]).to_csv(tmp_path / "split.tsv", sep="\t", index=False)
-    code = main(["plan", "--split", str(tmp_path / "split.tsv"), "--bin-edges", *map(str, edges),
-                 "--output", str(tmp_path / "plan.tsv"), "--ages-dir", str(tmp_path / "ages")])
+    code = main(
+        [
+            "plan",
+            "--split",
+            str(tmp_path / "split.tsv"),
+            "--bin-edges",
+            *map(str, edges),
+            "--output",
+            str(tmp_path / "plan.tsv"),
+            "--ages-dir",
+            str(tmp_path / "ages"),
+        ]
+    )
     assert code == 0
     assert pd.read_csv(tmp_path / "plan.tsv", sep="\t")["n_train_real"].sum() == 18

@@ -68,7 +68,9 @@ def test_bad_scarcity_settings_say_what_to_change():
 
 
 def test_the_plan_gives_a_reduced_bin_as_many_synthetic_subjects_as_it_lost():
-    split = withhold_training_subjects(stratified_split(participants([20, 12, 4]), EDGES, 0.25, seed=2), ["20-40"], 3, 2)
+    split = withhold_training_subjects(
+        stratified_split(participants([20, 12, 4]), EDGES, 0.25, seed=2), ["20-40"], 3, 2
+    )
     plan, ages = make_plan(split, AgeBins.from_edges(EDGES))
     row = plan.set_index("age_bin").loc["20-40"]
     assert row["reduced"] and row["underrepresented"] and row["n_withheld"] > 0
@@ -97,24 +99,46 @@ def scarce_cohort(tmp_path_factory) -> Path:
     young_train = [i for i, age in enumerate(ages) if age < 40 and split[i] == "train"]
     for i in young_train[2:]:
         split[i] = WITHHELD
-    pd.DataFrame({"participant_id": [f"sub-{i:03d}" for i in range(len(ages))], "age": ages.round(2), "sex": "F",
-                  "split": split, "image": write_volumes(root / "real", ages, "sub-", 1)}).to_csv(
-        root / "split.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:03d}" for i in range(len(ages))],
+            "age": ages.round(2),
+            "sex": "F",
+            "split": split,
+            "image": write_volumes(root / "real", ages, "sub-", 1),
+        }
+    ).to_csv(root / "split.tsv", sep="\t", index=False)
     synthetic_ages = rng.uniform(20, 40, len(young_train) - 2)
-    pd.DataFrame({"image": write_volumes(root / "synthetic", synthetic_ages, "synth_bin-20-40_", 2),
-                  "age": synthetic_ages.round(2), "sex": "", "age_bin": "20-40"}).to_csv(
-        root / "synthetic.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "image": write_volumes(root / "synthetic", synthetic_ages, "synth_bin-20-40_", 2),
+            "age": synthetic_ages.round(2),
+            "sex": "",
+            "age_bin": "20-40",
+        }
+    ).to_csv(root / "synthetic.tsv", sep="\t", index=False)
     return root
 
 
 def test_the_oracle_trains_on_the_withheld_subjects_and_the_verdict_reads_the_reduced_bin(scarce_cohort: Path):
-    settings = Settings(regressors=["ridge"], seeds=[0], bootstrap=200, bin_edges=EDGES, feature_sets=["voxels"],
-                        downsample=4, cv_folds=3)
+    settings = Settings(
+        regressors=["ridge"],
+        seeds=[0],
+        bootstrap=200,
+        bin_edges=EDGES,
+        feature_sets=["voxels"],
+        downsample=4,
+        cv_folds=3,
+    )
     results = run_experiment(scarce_cohort / "split.tsv", [scarce_cohort / "synthetic.tsv"], settings)
     metrics = results.metrics
-    overall = metrics[(metrics["age_bin"] == "all") & (metrics["correction"] == "raw")
-                      & (metrics["regressor"] == "ridge")].set_index("arm")
-    assert overall.loc["oracle", "n_train_real"] == overall.loc["real", "n_train_real"] + results.bin_counts["20-40"]["withheld"]
+    overall = metrics[
+        (metrics["age_bin"] == "all") & (metrics["correction"] == "raw") & (metrics["regressor"] == "ridge")
+    ].set_index("arm")
+    assert (
+        overall.loc["oracle", "n_train_real"]
+        == overall.loc["real", "n_train_real"] + results.bin_counts["20-40"]["withheld"]
+    )
     assert results.bin_counts["20-40"] == {"train": 2, "withheld": 10, "synthetic": 10}
     # One reduced bin: its pooled row is the bin itself.
     reduced = metrics[metrics["age_bin"] == REDUCED]
@@ -132,23 +156,49 @@ def test_the_oracle_trains_on_the_withheld_subjects_and_the_verdict_reads_the_re
 
 
 def test_the_verdict_model_is_chosen_inside_training_and_few_test_subjects_give_no_interval():
-    models = pd.DataFrame({"feature_set": ["voxels", "voxels", "tissue", "tissue"], "regressor": ["ridge", BASELINE, "ridge", "svr"],
-                           "arm": "real", "cv_mae": [9.0, 1.0, 7.0, 8.0]})
+    models = pd.DataFrame(
+        {
+            "feature_set": ["voxels", "voxels", "tissue", "tissue"],
+            "regressor": ["ridge", BASELINE, "ridge", "svr"],
+            "arm": "real",
+            "cv_mae": [9.0, 1.0, 7.0, 8.0],
+        }
+    )
     # The constant baseline never answers, however low its number.
     assert chosen_model(models, "auto") == ("tissue", "ridge")
     assert chosen_model(models, "voxels/ridge") == ("voxels", "ridge")
     with pytest.raises(FlowletError, match="was not trained"):
         chosen_model(models, "regional/gpr")
-    metrics = pd.DataFrame([
-        {"feature_set": "tissue", "regressor": "ridge", "test_set": "internal", "correction": "corrected", "age_bin": "60-80",
-         "arm": arm, "n_test": 2, "mae": mae, "mae_ci_low": mae - 1, "mae_ci_high": mae + 1, "delta_mae_vs_real": mae - 8.0,
-         "delta_ci_low": -3.0, "delta_ci_high": 1.0, "gap_closed": np.nan, "gap_ci_low": np.nan, "gap_ci_high": np.nan}
-        for arm, mae in (("real", 8.0), ("real+synthetic", 7.0))])
+    metrics = pd.DataFrame(
+        [
+            {
+                "feature_set": "tissue",
+                "regressor": "ridge",
+                "test_set": "internal",
+                "correction": "corrected",
+                "age_bin": "60-80",
+                "arm": arm,
+                "n_test": 2,
+                "mae": mae,
+                "mae_ci_low": mae - 1,
+                "mae_ci_high": mae + 1,
+                "delta_mae_vs_real": mae - 8.0,
+                "delta_ci_low": -3.0,
+                "delta_ci_high": 1.0,
+                "gap_closed": np.nan,
+                "gap_ci_low": np.nan,
+                "gap_ci_high": np.nan,
+            }
+            for arm, mae in (("real", 8.0), ("real+synthetic", 7.0))
+        ]
+    )
     counts = {"60-80": {"train": 3, "withheld": 0, "synthetic": 6}}
     row = verdict_table(metrics, models, None, counts, REDUCED).iloc[0]
     assert row["mae_real_ci"] == "n too small" and row["delta_ci"] == "n too small"
     assert "too few to tell" in row["sentence"]
-    no_test = verdict_table(metrics, models, None, {**counts, "40-60": {"train": 4, "withheld": 0, "synthetic": 2}}, REDUCED)
+    no_test = verdict_table(
+        metrics, models, None, {**counts, "40-60": {"train": 4, "withheld": 0, "synthetic": 2}}, REDUCED
+    )
     assert no_test.set_index("age_bin").loc["40-60", "sentence"].endswith("no held-out real test subjects: no answer.")
 
 
@@ -156,9 +206,26 @@ def test_split_command_writes_withheld_rows(tmp_path: Path):
     table = participants([16, 8, 4])
     table.to_csv(tmp_path / "participants.tsv", sep="\t", index=False)
     output = tmp_path / "split.tsv"
-    assert main(["split", "--participants", str(tmp_path / "participants.tsv"), "--image-pattern", "{participant_id}.nii.gz",
-                 "--bin-edges", *map(str, EDGES), "--scarcity-best-covered", "1", "--scarcity-keep", "2",
-                 "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "split",
+                "--participants",
+                str(tmp_path / "participants.tsv"),
+                "--image-pattern",
+                "{participant_id}.nii.gz",
+                "--bin-edges",
+                *map(str, EDGES),
+                "--scarcity-best-covered",
+                "1",
+                "--scarcity-keep",
+                "2",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     split = pd.read_csv(output, sep="\t")
     assert ((split["age_bin"] == "20-40") & (split["split"] == "train")).sum() == 2
     assert (split["split"] == WITHHELD).sum() == 10

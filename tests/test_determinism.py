@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_brainage_experiment import age_volume
 
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
-from test_brainage_experiment import age_volume
 
 ONE_THREAD = {
     "OMP_NUM_THREADS": "1",
@@ -30,11 +30,45 @@ ONE_THREAD = {
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
 }
 TINY_GENERATOR = [
-    "--preset", "tiny", "--model-channels", "16", "--channel-mult", "1", "2", "--num-res-blocks", "1",
-    "--attention-res", "2", "--norm-num-groups", "8", "--num-heads", "4", "--condition-embedding-dim", "32",
-    "--downsample", "4", "--steps", "4", "--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "1",
-    "--val-split", "0.25", "--val-every", "2", "--log-every", "2", "--condition-dropout", "0.2",
-    "--device", "cpu", "--threads", "1",
+    "--preset",
+    "tiny",
+    "--model-channels",
+    "16",
+    "--channel-mult",
+    "1",
+    "2",
+    "--num-res-blocks",
+    "1",
+    "--attention-res",
+    "2",
+    "--norm-num-groups",
+    "8",
+    "--num-heads",
+    "4",
+    "--condition-embedding-dim",
+    "32",
+    "--downsample",
+    "4",
+    "--steps",
+    "4",
+    "--batch-size",
+    "2",
+    "--lr",
+    "1e-3",
+    "--warmup-steps",
+    "1",
+    "--val-split",
+    "0.25",
+    "--val-every",
+    "2",
+    "--log-every",
+    "2",
+    "--condition-dropout",
+    "0.2",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
 ]
 
 
@@ -45,7 +79,10 @@ def run_twice(make_command, workdir: Path) -> tuple[Path, Path]:
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "flowlet", *make_command(output)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=environment,
         )
         for output in outputs
     ]
@@ -104,9 +141,27 @@ def test_preprocessing_is_bit_identical(ixi_dir, tmp_path):
     def command(output: Path) -> list[str]:
         # Shortened N4 and registration schedules keep the test quick; every stage still runs.
         return [
-            "preprocess", str(t1w), "--brain-mask", str(output / "mask.nii.gz"), "--output", str(output / "mni.nii.gz"),
-            "--transform", str(output / "xfm.mat"), "--qc-tsv", str(output / "qc.tsv"), "--resolution", "2",
-            "--threads", "1", "--n4-iterations", "20", "20", "--registration-iterations", "40", "20", "5",
+            "preprocess",
+            str(t1w),
+            "--brain-mask",
+            str(output / "mask.nii.gz"),
+            "--output",
+            str(output / "mni.nii.gz"),
+            "--transform",
+            str(output / "xfm.mat"),
+            "--qc-tsv",
+            str(output / "qc.tsv"),
+            "--resolution",
+            "2",
+            "--threads",
+            "1",
+            "--n4-iterations",
+            "20",
+            "20",
+            "--registration-iterations",
+            "40",
+            "20",
+            "5",
         ]
 
     first, second = run_twice(command, tmp_path)
@@ -156,9 +211,22 @@ def test_generation_is_bit_identical(trained_pair, tmp_path):
 
     def command(output: Path) -> list[str]:
         return [
-            "generate", "--checkpoint-path", str(run_dir / "checkpoint_last.pth"), "--output-dir", str(output),
-            "--generation-conditions", "Age=30", "Age=70", "--num-synthetic", "2", "--num-flow-steps", "2",
-            "--seed", "5", "--device", "cpu",
+            "generate",
+            "--checkpoint-path",
+            str(run_dir / "checkpoint_last.pth"),
+            "--output-dir",
+            str(output),
+            "--generation-conditions",
+            "Age=30",
+            "Age=70",
+            "--num-synthetic",
+            "2",
+            "--num-flow-steps",
+            "2",
+            "--seed",
+            "5",
+            "--device",
+            "cpu",
         ]
 
     first, second = run_twice(command, tmp_path)
@@ -174,19 +242,30 @@ def brainage_cohort(tmp_path_factory) -> Path:
     mask = template_brain_mask(2).get_fdata() > 0
     affine = mni_grid(2)[1]
     ages = np.concatenate([rng.uniform(20, 40, 10), rng.uniform(40, 60, 10), rng.uniform(60, 80, 4)]).round(2)
-    images = [str(save_nifti(age_volume(a, rng, mask), affine, root / f"sub-{i:02d}.nii.gz")) for i, a in enumerate(ages)]
-    pd.DataFrame({
-        "participant_id": [f"sub-{i:02d}" for i in range(len(ages))],
-        "age": ages,
-        "sex": ["F", "M"] * (len(ages) // 2),
-        "split": ["test" if i % 3 == 0 else "train" for i in range(len(ages))],
-        "image": images,
-    }).to_csv(root / "split.tsv", sep="\t", index=False)
+    images = [
+        str(save_nifti(age_volume(a, rng, mask), affine, root / f"sub-{i:02d}.nii.gz")) for i, a in enumerate(ages)
+    ]
+    pd.DataFrame(
+        {
+            "participant_id": [f"sub-{i:02d}" for i in range(len(ages))],
+            "age": ages,
+            "sex": ["F", "M"] * (len(ages) // 2),
+            "split": ["test" if i % 3 == 0 else "train" for i in range(len(ages))],
+            "image": images,
+        }
+    ).to_csv(root / "split.tsv", sep="\t", index=False)
     synthetic_ages = rng.uniform(60, 80, 6).round(2)
-    synthetic = [save_nifti(age_volume(a, rng, mask), affine, root / f"synth_{i}.nii.gz") for i, a in enumerate(synthetic_ages)]
-    pd.DataFrame({
-        "image": [path.name for path in synthetic], "age": synthetic_ages, "sex": "", "age_bin": "60-80",
-    }).to_csv(root / "synthetic.tsv", sep="\t", index=False)
+    synthetic = [
+        save_nifti(age_volume(a, rng, mask), affine, root / f"synth_{i}.nii.gz") for i, a in enumerate(synthetic_ages)
+    ]
+    pd.DataFrame(
+        {
+            "image": [path.name for path in synthetic],
+            "age": synthetic_ages,
+            "sex": "",
+            "age_bin": "60-80",
+        }
+    ).to_csv(root / "synthetic.tsv", sep="\t", index=False)
     return root
 
 
@@ -194,11 +273,44 @@ def brainage_cohort(tmp_path_factory) -> Path:
 def test_brain_age_results_are_bit_identical(brainage_cohort, tmp_path):
     def command(output: Path) -> list[str]:
         return [
-            "brainage", "--split", str(brainage_cohort / "split.tsv"), "--synthetic", str(brainage_cohort / "synthetic.tsv"),
-            "--output-dir", str(output), "--regressors", "ridge", "cnn", "--arms", "real", "real+synthetic",
-            "--seeds", "0", "--bin-edges", "20", "40", "60", "80", "--downsample", "4", "--pca-components", "5",
-            "--cv-folds", "3", "--bootstrap", "100", "--cnn-epochs", "1", "--cnn-channels", "4", "8", "8",
-            "--cnn-batch-size", "4", "--device", "cpu",
+            "brainage",
+            "--split",
+            str(brainage_cohort / "split.tsv"),
+            "--synthetic",
+            str(brainage_cohort / "synthetic.tsv"),
+            "--output-dir",
+            str(output),
+            "--regressors",
+            "ridge",
+            "cnn",
+            "--arms",
+            "real",
+            "real+synthetic",
+            "--seeds",
+            "0",
+            "--bin-edges",
+            "20",
+            "40",
+            "60",
+            "80",
+            "--downsample",
+            "4",
+            "--pca-components",
+            "5",
+            "--cv-folds",
+            "3",
+            "--bootstrap",
+            "100",
+            "--cnn-epochs",
+            "1",
+            "--cnn-channels",
+            "4",
+            "8",
+            "8",
+            "--cnn-batch-size",
+            "4",
+            "--device",
+            "cpu",
         ]
 
     first, second = run_twice(command, tmp_path)

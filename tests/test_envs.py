@@ -83,7 +83,7 @@ def rule_commands() -> list[RuleCommand]:
         text = smk.read_text()
         starts = list(re.finditer(r"^\s*rule\s+(\w+)\s*:", text, re.M))
         for start, end in zip(starts, starts[1:] + [None]):
-            block = text[start.start(): end.start() if end else len(text)]
+            block = text[start.start() : end.start() if end else len(text)]
             conda = re.search(r"conda:\s*\n\s*f?[\"']([^\"']+)[\"']", block)
             env_file = (RULES_DIR / conda.group(1).replace("{ENVS}", envs)).resolve() if conda else None
             for command in dict.fromkeys(re.findall(r"python -m flowlet ([\w-]+)", block)):
@@ -123,8 +123,10 @@ class _ImportCollector(ast.NodeVisitor):
     def visit_Try(self, node: ast.Try) -> None:
         guards_import = any(
             handler.type is not None
-            and any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError")
-                    for n in ast.walk(handler.type))
+            and any(
+                isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError")
+                for n in ast.walk(handler.type)
+            )
             for handler in node.handlers
         )
         if not guards_import:
@@ -278,7 +280,9 @@ def test_every_flowlet_rule_runs_in_an_existing_environment():
     for entry in RULE_COMMANDS:
         assert entry.env_file is not None, f"rule {entry.rule} runs `flowlet {entry.command}` without a conda: file"
         assert entry.env_file.is_file(), f"rule {entry.rule}: its environment {entry.env_file} does not exist"
-        assert entry.command in COMMANDS, f"rule {entry.rule} runs `flowlet {entry.command}`, not in flowlet/cli.py COMMANDS"
+        assert entry.command in COMMANDS, (
+            f"rule {entry.rule} runs `flowlet {entry.command}`, not in flowlet/cli.py COMMANDS"
+        )
 
 
 def test_import_walk_follows_flowlet_modules_to_third_party_packages():
@@ -295,7 +299,8 @@ def test_import_walk_names_a_missing_command_module():
 
 
 @pytest.mark.parametrize(
-    "entry", [entry for entry in RULE_COMMANDS if entry.env_file is not None],
+    "entry",
+    [entry for entry in RULE_COMMANDS if entry.env_file is not None],
     ids=lambda entry: f"{entry.rule}-{entry.command}",
 )
 def test_environment_provides_every_package_its_rule_imports(entry):
@@ -307,7 +312,6 @@ def test_environment_provides_every_package_its_rule_imports(entry):
     )
     provided = provided_distributions(read_env(entry.env_file))
     lacking = {name: sorted(users) for name, users in closure.third_party.items() if name not in provided}
-    assert not lacking, (
-        f"envs/{entry.env_file.name} (rule {entry.rule}, `flowlet {entry.command}`) lacks "
-        + "; ".join(f"{name} (imported by {', '.join(users)})" for name, users in sorted(lacking.items()))
+    assert not lacking, f"envs/{entry.env_file.name} (rule {entry.rule}, `flowlet {entry.command}`) lacks " + "; ".join(
+        f"{name} (imported by {', '.join(users)})" for name, users in sorted(lacking.items())
     )

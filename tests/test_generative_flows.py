@@ -166,9 +166,18 @@ def test_guidance_combines_conditional_and_unconditional_velocities():
     assert apply_guidance(v_cond, v_uncond, 0.0).item() == 1.0
     assert apply_guidance(v_cond, v_uncond, 2.5).item() == 6.0
 
-    config = UNetConfig(model_channels=16, num_res_blocks=1, channel_mult=(1, 2), attention_resolutions=(2,),
-                        num_heads=2, norm_num_groups=4, condition_embedding_dim=8, condition_dropout=0.1,
-                        model_input_size=(16, 16, 16), save_size=(16, 16, 16))
+    config = UNetConfig(
+        model_channels=16,
+        num_res_blocks=1,
+        channel_mult=(1, 2),
+        attention_resolutions=(2,),
+        num_heads=2,
+        norm_num_groups=4,
+        condition_embedding_dim=8,
+        condition_dropout=0.1,
+        model_input_size=(16, 16, 16),
+        save_size=(16, 16, 16),
+    )
     torch.manual_seed(0)
     model = FlowUNet(config).eval()
     with torch.no_grad():

@@ -33,8 +33,23 @@ from flowlet.qc_metrics import dice, normalised_cross_correlation
 
 AGES = (20.0, 40.0, 60.0, 80.0)
 TINY_ARCHITECTURE = [
-    "--preset", "tiny", "--model-channels", "16", "--channel-mult", "1", "2", "--num-res-blocks", "1",
-    "--attention-res", "2", "--norm-num-groups", "8", "--num-heads", "4", "--condition-embedding-dim", "32",
+    "--preset",
+    "tiny",
+    "--model-channels",
+    "16",
+    "--channel-mult",
+    "1",
+    "2",
+    "--num-res-blocks",
+    "1",
+    "--attention-res",
+    "2",
+    "--norm-num-groups",
+    "8",
+    "--num-heads",
+    "4",
+    "--condition-embedding-dim",
+    "32",
 ]
 
 
@@ -44,24 +59,62 @@ def trained_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("generator")
     data = np.asarray(template_t1(2).dataobj, dtype=np.float32)
     mask = np.asarray(template_brain_mask(2).dataobj) > 0
-    image = save_nifti(np.where(mask, (data - data[mask].mean()) / data[mask].std(), 0.0), mni_grid(2)[1], work / "brain.nii.gz")
+    image = save_nifti(
+        np.where(mask, (data - data[mask].mean()) / data[mask].std(), 0.0), mni_grid(2)[1], work / "brain.nii.gz"
+    )
     table = work / "train.tsv"
     table.write_text("image\tage\n" + "".join(f"{image}\t{age}\n" for age in AGES))
     run_dir = work / "run"
-    code = main([
-        "train", str(table), "--output-dir", str(run_dir), *TINY_ARCHITECTURE, "--downsample", "4", "--steps", "6",
-        "--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "2", "--val-split", "0.25", "--val-every", "3",
-        "--log-every", "2", "--condition-dropout", "0.2", "--device", "cpu", "--threads", "1",
-    ])
+    code = main(
+        [
+            "train",
+            str(table),
+            "--output-dir",
+            str(run_dir),
+            *TINY_ARCHITECTURE,
+            "--downsample",
+            "4",
+            "--steps",
+            "6",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "2",
+            "--val-split",
+            "0.25",
+            "--val-every",
+            "3",
+            "--log-every",
+            "2",
+            "--condition-dropout",
+            "0.2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     return run_dir
 
 
 def generate(run_dir: Path, output: Path, *extra: str) -> int:
-    return main([
-        "generate", "--checkpoint_path", str(run_dir / "checkpoint_last.pth"), "--output_dir", str(output),
-        "--num_flow_steps", "2", "--device", "cpu", *extra,
-    ])
+    return main(
+        [
+            "generate",
+            "--checkpoint_path",
+            str(run_dir / "checkpoint_last.pth"),
+            "--output_dir",
+            str(output),
+            "--num_flow_steps",
+            "2",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 def load(path: Path) -> nib.Nifti1Image:
@@ -72,7 +125,9 @@ def load(path: Path) -> nib.Nifti1Image:
 def test_reference_naming_mni_affine_and_zscore_convention(trained_run, tmp_path):
     output = tmp_path / "synthetic"
     assert generate(trained_run, output, "--generation_conditions", "Age=45", "Age=70.5", "--num_synthetic", "2") == 0
-    expected = [output / folder / f"FlowLet_synthetic_brain_{i}.nii.gz" for folder in ("Age_45.00", "Age_70.50") for i in (0, 1)]
+    expected = [
+        output / folder / f"FlowLet_synthetic_brain_{i}.nii.gz" for folder in ("Age_45.00", "Age_70.50") for i in (0, 1)
+    ]
     assert sorted(output.rglob("*.nii.gz")) == sorted(expected)
     mask = np.asarray(template_brain_mask(2).dataobj) > 0
     shape, affine = mni_grid(2)
@@ -95,7 +150,9 @@ def test_outputs_do_not_depend_on_batch_size_and_follow_the_seed(trained_run, tm
     def volumes(name: str, *extra: str) -> list[np.ndarray]:
         output = tmp_path / name
         assert generate(trained_run, output, "--generation_conditions", "Age=30", "--num_synthetic", "3", *extra) == 0
-        return [np.asarray(load(output / "Age_30.00" / f"FlowLet_synthetic_brain_{i}.nii.gz").dataobj) for i in range(3)]
+        return [
+            np.asarray(load(output / "Age_30.00" / f"FlowLet_synthetic_brain_{i}.nii.gz").dataobj) for i in range(3)
+        ]
 
     one_by_one = volumes("batch1", "--batch-size", "1")
     together = volumes("batch3", "--batch-size", "3")
@@ -117,7 +174,8 @@ def test_unit_intensity_ages_table_and_raw_weights(trained_run, tmp_path):
     assert (output / "bin" / "sub-synth02_T1w.nii.gz").is_file()
     with (output / "manifest.tsv").open() as stream:
         assert [(r["image"], r["age"]) for r in csv.DictReader(stream, delimiter="\t")] == [
-            ("sub-synth01_T1w.nii.gz", "33.5"), ("bin/sub-synth02_T1w.nii.gz", "61"),
+            ("sub-synth01_T1w.nii.gz", "33.5"),
+            ("bin/sub-synth02_T1w.nii.gz", "61"),
         ]
     raw = tmp_path / "raw"
     assert generate(trained_run, raw, "--ages-tsv", str(table), "--intensity", "unit", "--no-use-ema") == 0
@@ -161,10 +219,19 @@ def test_bad_requests_fail_with_a_reason(trained_run, tmp_path, capsys, argument
 
 
 def test_missing_checkpoint_is_an_error(tmp_path, capsys):
-    code = main([
-        "generate", "--checkpoint_path", str(tmp_path / "nope.pth"), "--output_dir", str(tmp_path / "out"),
-        "--generation_conditions", "Age=40", "--device", "cpu",
-    ])
+    code = main(
+        [
+            "generate",
+            "--checkpoint_path",
+            str(tmp_path / "nope.pth"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--generation_conditions",
+            "Age=40",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 1
     assert "nope.pth does not exist" in capsys.readouterr().err
 
@@ -202,7 +269,9 @@ def template_qc() -> TemplateQC:
 @pytest.fixture(scope="module")
 def reference(zscored_template, template_qc) -> pd.DataFrame:
     """QC metrics of eight real-like brains as a generator with a 4 mm working grid sees them."""
-    return pd.DataFrame([qc_metrics(generator_view(real_like(zscored_template, seed), 2), template_qc) for seed in range(8)])
+    return pd.DataFrame(
+        [qc_metrics(generator_view(real_like(zscored_template, seed), 2), template_qc) for seed in range(8)]
+    )
 
 
 def test_brain_mask_of_a_real_brain_in_generator_space_is_its_preprocessing_mask(zscored_template, template_qc):
@@ -224,7 +293,10 @@ def test_real_like_volumes_pass_and_broken_ones_are_flagged(zscored_template, te
     flagged = flag_outliers(table, reference, max_robust_z=3.0).set_index("image")
     assert not flagged.loc[[name for name in candidates if name.startswith("real-like")], "qc_outlier"].any()
     assert flagged.loc[["all noise", "blank", "inverted contrast"], "qc_outlier"].all()
-    assert "dice_template" in flagged.loc["all noise", "qc_reasons"] and "ncc_template" in flagged.loc["all noise", "qc_reasons"]
+    assert (
+        "dice_template" in flagged.loc["all noise", "qc_reasons"]
+        and "ncc_template" in flagged.loc["all noise", "qc_reasons"]
+    )
     assert "ncc_template missing" in flagged.loc["blank", "qc_reasons"]
     assert flagged.loc["inverted contrast", "qc_reasons"].startswith("ncc_template=")
 
@@ -241,13 +313,19 @@ def test_gate_merges_chunks_drops_outliers_and_counts_them(tmp_path, reference):
     good = dict(zip(QC_METRICS, reference.median()))
     broken = {"dice_template": 0.41, "ncc_template": 0.02}
     chunks = [
-        write_chunk(tmp_path / "bin-20-30" / "chunk-0_manifest.tsv", [
-            {"image": "a.nii.gz", "age": 21, "seed": 1, "sex": "F", "age_bin": "20-30", **good},
-            {"image": "b.nii.gz", "age": 25, "seed": 2, "sex": "M", "age_bin": "20-30", **broken},
-        ]),
-        write_chunk(tmp_path / "bin-20-30" / "chunk-1_manifest.tsv", [
-            {"image": "c.nii.gz", "age": 28, "seed": 3, "sex": "F", "age_bin": "20-30", **good},
-        ]),
+        write_chunk(
+            tmp_path / "bin-20-30" / "chunk-0_manifest.tsv",
+            [
+                {"image": "a.nii.gz", "age": 21, "seed": 1, "sex": "F", "age_bin": "20-30", **good},
+                {"image": "b.nii.gz", "age": 25, "seed": 2, "sex": "M", "age_bin": "20-30", **broken},
+            ],
+        ),
+        write_chunk(
+            tmp_path / "bin-20-30" / "chunk-1_manifest.tsv",
+            [
+                {"image": "c.nii.gz", "age": 28, "seed": 3, "sex": "F", "age_bin": "20-30", **good},
+            ],
+        ),
         write_chunk(tmp_path / "bin-20-30" / "chunk-2_manifest.tsv", []),
     ]
     (tmp_path / "bin-20-30" / "chunk-2_manifest.tsv").write_text("image\tage\tseed\tdice_template\tncc_template\n")
@@ -256,8 +334,22 @@ def test_gate_merges_chunks_drops_outliers_and_counts_them(tmp_path, reference):
     output = tmp_path / "bin-20-30" / "manifest.tsv"
 
     summary_path = tmp_path / "bin-20-30" / "qc_summary.tsv"
-    assert synthetic_qc("gate", "--manifests", *map(str, chunks), "--reference", str(reference_path), "--output",
-                        str(output), "--summary", str(summary_path), "--age-bin", "20-30") == 0
+    assert (
+        synthetic_qc(
+            "gate",
+            "--manifests",
+            *map(str, chunks),
+            "--reference",
+            str(reference_path),
+            "--output",
+            str(output),
+            "--summary",
+            str(summary_path),
+            "--age-bin",
+            "20-30",
+        )
+        == 0
+    )
     manifest = pd.read_csv(output, sep="\t", dtype=str)
     assert list(manifest["image"]) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
     assert list(manifest["qc_pass"]) == ["true", "false", "true"]
@@ -269,8 +361,9 @@ def test_gate_merges_chunks_drops_outliers_and_counts_them(tmp_path, reference):
     assert [Path(image).name for image in synthetic.table["image"]] == ["a.nii.gz", "c.nii.gz"]
     assert synthetic.n_qc_dropped == 1
 
-    summary_off = gate_manifests(chunks, reference_path, tmp_path / "off" / "manifest.tsv", tmp_path / "off" / "s.tsv",
-                                 "20-30", gate=False)
+    summary_off = gate_manifests(
+        chunks, reference_path, tmp_path / "off" / "manifest.tsv", tmp_path / "off" / "s.tsv", "20-30", gate=False
+    )
     assert (summary_off["outliers"], summary_off["dropped"], summary_off["kept"]) == (1, 0, 3)
     off = pd.read_csv(tmp_path / "off" / "manifest.tsv", sep="\t", dtype=str)
     assert list(off["qc_pass"]) == ["true"] * 3 and list(off["qc_outlier"]) == ["false", "true", "false"]
@@ -278,8 +371,10 @@ def test_gate_merges_chunks_drops_outliers_and_counts_them(tmp_path, reference):
 
 
 def test_gate_needs_a_real_reference_of_several_images(tmp_path, reference):
-    chunk = write_chunk(tmp_path / "chunk-0_manifest.tsv", [{"image": "a.nii.gz", "age": 21, "seed": 1,
-                                                             **dict(zip(QC_METRICS, reference.median()))}])
+    chunk = write_chunk(
+        tmp_path / "chunk-0_manifest.tsv",
+        [{"image": "a.nii.gz", "age": 21, "seed": 1, **dict(zip(QC_METRICS, reference.median()))}],
+    )
     small = tmp_path / "small.tsv"
     reference.head(3).to_csv(small, sep="\t", index=False)
     with pytest.raises(FlowletError, match="3 real image"):
@@ -312,15 +407,31 @@ def test_chunked_generation_gives_the_same_volumes_and_qc_flags_an_untrained_gen
     whole, chunked = tmp_path / "whole", tmp_path / "chunked"
     assert generate(trained_run, whole, "--ages-tsv", str(table), "--batch-size", "2") == 0
     for chunk in range(3):
-        assert generate(trained_run, chunked, "--ages-tsv", str(table), "--batch-size", "2", "--chunk-size", "2",
-                        "--chunk", str(chunk), "--manifest", str(chunked / f"chunk-{chunk}_manifest.tsv")) == 0
+        assert (
+            generate(
+                trained_run,
+                chunked,
+                "--ages-tsv",
+                str(table),
+                "--batch-size",
+                "2",
+                "--chunk-size",
+                "2",
+                "--chunk",
+                str(chunk),
+                "--manifest",
+                str(chunked / f"chunk-{chunk}_manifest.tsv"),
+            )
+            == 0
+        )
     for i in range(5):
         a = np.asarray(load(whole / f"synth_{i}.nii.gz").dataobj)
         b = np.asarray(load(chunked / f"synth_{i}.nii.gz").dataobj)
         np.testing.assert_array_equal(a, b)
     expected = pd.read_csv(whole / "manifest.tsv", sep="\t", dtype=str)
-    parts = pd.concat([pd.read_csv(chunked / f"chunk-{c}_manifest.tsv", sep="\t", dtype=str) for c in range(3)],
-                      ignore_index=True)
+    parts = pd.concat(
+        [pd.read_csv(chunked / f"chunk-{c}_manifest.tsv", sep="\t", dtype=str) for c in range(3)], ignore_index=True
+    )
     pd.testing.assert_frame_equal(parts, expected)
     assert {"dice_template", "ncc_template"} <= set(expected.columns)
 
@@ -332,11 +443,20 @@ def test_chunked_generation_gives_the_same_volumes_and_qc_flags_an_untrained_gen
     rows.append(f"{tmp_path / 'real' / 'sub-0.nii.gz'}\t50\ttest")
     (tmp_path / "split.tsv").write_text("\n".join(rows) + "\n")
     reference_path = tmp_path / "qc_reference.tsv"
-    assert synthetic_qc("reference", "--split", str(tmp_path / "split.tsv"), "--downsample", "4",
-                        "--output", str(reference_path)) == 0
+    assert (
+        synthetic_qc(
+            "reference", "--split", str(tmp_path / "split.tsv"), "--downsample", "4", "--output", str(reference_path)
+        )
+        == 0
+    )
     assert len(pd.read_csv(reference_path, sep="\t")) == 6
 
     # Six training steps make noise, not brains: QC says so and the gate drops every volume.
-    summary = gate_manifests([chunked / f"chunk-{c}_manifest.tsv" for c in range(3)], reference_path,
-                             chunked / "manifest.tsv", chunked / "qc_summary.tsv", "20-30")
+    summary = gate_manifests(
+        [chunked / f"chunk-{c}_manifest.tsv" for c in range(3)],
+        reference_path,
+        chunked / "manifest.tsv",
+        chunked / "qc_summary.tsv",
+        "20-30",
+    )
     assert (summary["generated"], summary["outliers"], summary["dropped"], summary["kept"]) == (5, 5, 5, 0)

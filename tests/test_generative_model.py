@@ -117,8 +117,9 @@ def test_pad_and_crop_follow_the_reference_offsets():
 
 def test_both_checkpoint_layouts_load_strictly(reference_checkpoint_dir, reference_model):
     slim, config = reference_model
-    training, _ = public_load_checkpoint(reference_checkpoint_dir / "tiny_training.pth",
-                                         config_path=reference_checkpoint_dir / "config.json")
+    training, _ = public_load_checkpoint(
+        reference_checkpoint_dir / "tiny_training.pth", config_path=reference_checkpoint_dir / "config.json"
+    )
     assert not slim.training and not training.training
     assert count_parameters(slim) == 2_730_088
     assert len(slim.state_dict()) == 220
@@ -168,8 +169,9 @@ def test_info_cli_reports_a_bad_config(tmp_path, capsys):
 def test_default_extensions_keep_the_reference_state_dict(tiny_reference_dict, reference_model):
     model, config = reference_model
     reference_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    explicit = tiny_config(tiny_reference_dict, num_context_tokens=1, use_film=True, use_cross_attn=True,
-                           condition_dropout=0.0)
+    explicit = tiny_config(
+        tiny_reference_dict, num_context_tokens=1, use_film=True, use_cross_attn=True, condition_dropout=0.0
+    )
     assert {k: tuple(v.shape) for k, v in FlowUNet(explicit).state_dict().items()} == reference_shapes
     round_trip = UNetConfig.from_reference_dict(config.to_reference_dict())
     assert round_trip == config
@@ -243,7 +245,8 @@ def test_condition_dropout_gives_an_unconditional_mode(tiny_reference_dict):
         plain(torch.randn(1, 8, 8, 8, 8), torch.tensor([0.5]), None)
     with pytest.raises(FlowletError, match="condition dropout"):
         guided_velocity(plain, {"Age": torch.tensor([[0.5]])}, guidance_scale=2.0)(
-            torch.randn(1, 8, 8, 8, 8), torch.tensor([0.5]))
+            torch.randn(1, 8, 8, 8, 8), torch.tensor([0.5])
+        )
 
     model = randomised(FlowUNet(tiny_config(tiny_reference_dict, condition_dropout=0.2))).eval()
     assert set(model.condition_embedder.null_embeddings) == {"Age"}
@@ -350,7 +353,9 @@ def test_config_weight_mismatch_lists_keys_and_shapes(tmp_path, reference_checkp
     assert "tiny_slim.pth" in str(error.value)
 
     wider = tmp_path / "wider.json"
-    wider.write_text(json.dumps({**tiny_reference_dict, "condition_embedding_dim": 32, "condition_vars": ["Age", "Sex"]}))
+    wider.write_text(
+        json.dumps({**tiny_reference_dict, "condition_embedding_dim": 32, "condition_vars": ["Age", "Sex"]})
+    )
     with pytest.raises(FlowletError) as error:
         load_checkpoint(reference_checkpoint_dir / "tiny_slim.pth", config_path=wider)
     message = str(error.value)
@@ -407,8 +412,9 @@ def test_conditions_are_normalised_clamped_and_warned(reference_checkpoint_dir, 
     assert normalised.shape == (4, 1) and normalised.dtype == torch.float32
     assert torch.allclose(normalised[:, 0], torch.tensor([0.0, 0.5, 1.0, 0.0]), atol=1e-6)
     assert "100.0" in caplog.text and "2.0" in caplog.text and "Age" in caplog.text
-    both = normalise_conditions({"Age": [20.0, 40.0], "Sex": 1.0},
-                                {**ranges, "Sex": ranges["Age"]._replace(min=0.0, max=1.0)})
+    both = normalise_conditions(
+        {"Age": [20.0, 40.0], "Sex": 1.0}, {**ranges, "Sex": ranges["Age"]._replace(min=0.0, max=1.0)}
+    )
     assert both["Sex"].shape == (2, 1)
 
 

@@ -16,6 +16,7 @@ from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.generative.checkpoint import read_checkpoint
+from flowlet.generative.conditions import normalise_conditions
 from flowlet.generative.data import (
     Augmentation,
     downsample_volume,
@@ -25,7 +26,6 @@ from flowlet.generative.data import (
 )
 from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.generate import load_generator, sample_batch
-from flowlet.generative.conditions import normalise_conditions
 from flowlet.generative.train import BatchSchedule, TrainingOptions, learning_rate_factor, train
 from flowlet.generative.train_cli import architecture_from_args, build_parser
 from flowlet.generative.unet import preset_config
@@ -34,8 +34,13 @@ IXI_SUBJECT = "sub-IXI039HH1261"
 IXI_AGE = 23.35
 # Small enough to train on 2 CPU cores in about a minute, large enough to use every block type.
 TINY_NETWORK = dict(
-    model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), norm_num_groups=8,
-    num_heads=4, condition_embedding_dim=32,
+    model_channels=16,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    norm_num_groups=8,
+    num_heads=4,
+    condition_embedding_dim=32,
 )
 
 
@@ -178,10 +183,27 @@ def test_cli_overrides_the_preset_architecture():
 
     parser = argparse.ArgumentParser()
     build_parser(parser)
-    args = parser.parse_args([
-        "t.tsv", "--output-dir", "out", "--preset", "tiny", "--model-channels", "16", "--channel-mult", "1", "2", "4",
-        "--attention-res", "--no-use-cross-attn", "--condition-vars", "Age", "Sex", "--grad-checkpointing",
-    ])
+    args = parser.parse_args(
+        [
+            "t.tsv",
+            "--output-dir",
+            "out",
+            "--preset",
+            "tiny",
+            "--model-channels",
+            "16",
+            "--channel-mult",
+            "1",
+            "2",
+            "4",
+            "--attention-res",
+            "--no-use-cross-attn",
+            "--condition-vars",
+            "Age",
+            "Sex",
+            "--grad-checkpointing",
+        ]
+    )
     config = architecture_from_args(args)
     assert config.model_channels == 16 and config.channel_mult == (1, 2, 4)
     assert config.attention_resolutions == () and not config.use_cross_attn and config.use_checkpointing
@@ -194,8 +216,19 @@ def test_cli_overrides_the_preset_architecture():
 
 def training_options(table: Path, output_dir: Path, **overrides) -> TrainingOptions:
     settings = dict(
-        table=table, output_dir=output_dir, batch_size=1, lr=3e-3, warmup_steps=10, min_lr=1e-5, downsample=4,
-        val_split=0.0, log_every=10, checkpoint_every=100, val_every=100, ema_decay=0.99, device="cpu",
+        table=table,
+        output_dir=output_dir,
+        batch_size=1,
+        lr=3e-3,
+        warmup_steps=10,
+        min_lr=1e-5,
+        downsample=4,
+        val_split=0.0,
+        log_every=10,
+        checkpoint_every=100,
+        val_every=100,
+        ema_decay=0.99,
+        device="cpu",
     )
     settings.update(overrides)
     return TrainingOptions(**settings)
@@ -221,9 +254,22 @@ def test_tiny_generator_learns_one_real_brain_and_samples_it(ixi_preprocessed, r
     table = write_table(tmp_path / "one.tsv", [(ixi_preprocessed, IXI_AGE)])
     output = tmp_path / "run"
     options = training_options(
-        table, output, steps=300, batch_size=4, lr=2e-3, min_lr=2e-3, warmup_steps=50, adam_beta2=0.99,
-        grad_clip_norm=0.5, time_sampling="stratified", output_init="random", ema_decay=0.95, augment=False,
-        condition_ranges=reference_ranges, val_every=300, checkpoint_every=300,
+        table,
+        output,
+        steps=300,
+        batch_size=4,
+        lr=2e-3,
+        min_lr=2e-3,
+        warmup_steps=50,
+        adam_beta2=0.99,
+        grad_clip_norm=0.5,
+        time_sampling="stratified",
+        output_init="random",
+        ema_decay=0.95,
+        augment=False,
+        condition_ranges=reference_ranges,
+        val_every=300,
+        checkpoint_every=300,
     )
     train(options, tiny_config(), threads=2)
 
@@ -250,8 +296,10 @@ def test_tiny_generator_learns_one_real_brain_and_samples_it(ixi_preprocessed, r
     mask = np.asarray(template_brain_mask(2).dataobj) > 0
     seen_correlations = [np.corrcoef(sample[mask], seen[mask])[0, 1] for sample in samples]
     real_correlations = [np.corrcoef(sample[mask], real[mask])[0, 1] for sample in samples]
-    print(f"training loss {first:.4g} -> {last:.4g} ({first / last:.1f}x); sample correlations with the brain "
-          f"at 8 mm {np.round(seen_correlations, 3)}, at 2 mm {np.round(real_correlations, 3)}")
+    print(
+        f"training loss {first:.4g} -> {last:.4g} ({first / last:.1f}x); sample correlations with the brain "
+        f"at 8 mm {np.round(seen_correlations, 3)}, at 2 mm {np.round(real_correlations, 3)}"
+    )
     assert min(seen_correlations) >= 0.9
     # 8 mm cannot hold 2 mm detail: the brain itself, block-averaged and upsampled, correlates 0.78 with the original.
     assert min(real_correlations) >= 0.6
@@ -277,9 +325,13 @@ def test_resumed_training_reproduces_the_uninterrupted_loss_curve(template_brain
     train(training_options(table, straight, **common), config, threads=1)
 
     interrupted = tmp_path / "interrupted"
-    assert train(training_options(table, interrupted, max_steps_per_run=12, **common), config, threads=1).steps_done == 12
+    assert (
+        train(training_options(table, interrupted, max_steps_per_run=12, **common), config, threads=1).steps_done == 12
+    )
     at_step_12 = (interrupted / "checkpoint_last.pth").read_bytes()
-    assert train(training_options(table, interrupted, max_steps_per_run=5, **common), config, threads=1).steps_done == 17
+    assert (
+        train(training_options(table, interrupted, max_steps_per_run=5, **common), config, threads=1).steps_done == 17
+    )
     # Simulate a crash before the step-17 checkpoint was written: loss.tsv has rows the checkpoint does not hold.
     (interrupted / "checkpoint_last.pth").write_bytes(at_step_12)
     assert int(read_loss_rows(interrupted / "loss.tsv")[-1]["step"]) == 15
@@ -299,7 +351,10 @@ def test_resumed_training_reproduces_the_uninterrupted_loss_curve(template_brain
 
 
 def _curve(path: Path) -> list[tuple[str, ...]]:
-    return [tuple(value for column, value in row.items() if column != "seconds") for row in read_loss_rows(path / "loss.tsv")]
+    return [
+        tuple(value for column, value in row.items() if column != "seconds")
+        for row in read_loss_rows(path / "loss.tsv")
+    ]
 
 
 @pytest.mark.slow
@@ -312,21 +367,69 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(template
 
     table = write_table(tmp_path / "three.tsv", [(template_brain, age) for age in (20.0, 50.0, 80.0)])
     architecture = [
-        "--preset", "tiny", "--model-channels", "16", "--channel-mult", "1", "2", "--num-res-blocks", "1",
-        "--attention-res", "2", "--norm-num-groups", "8", "--num-heads", "4", "--condition-embedding-dim", "32",
+        "--preset",
+        "tiny",
+        "--model-channels",
+        "16",
+        "--channel-mult",
+        "1",
+        "2",
+        "--num-res-blocks",
+        "1",
+        "--attention-res",
+        "2",
+        "--norm-num-groups",
+        "8",
+        "--num-heads",
+        "4",
+        "--condition-embedding-dim",
+        "32",
     ]
     common = [
-        *architecture, "--downsample", "4", "--steps", "4", "--val-split", "0", "--log-every", "1", "--lr", "1e-3",
-        "--warmup-steps", "1", "--device", "cpu", "--threads", "1",
+        *architecture,
+        "--downsample",
+        "4",
+        "--steps",
+        "4",
+        "--val-split",
+        "0",
+        "--log-every",
+        "1",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     with socket.socket() as probe:  # a free port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-         "-m", "flowlet.cli", "train", str(table), "--output-dir", str(tmp_path / "ddp"), "--batch-size", "1", *common],
-        check=True, env=environment, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            "-m",
+            "flowlet.cli",
+            "train",
+            str(table),
+            "--output-dir",
+            str(tmp_path / "ddp"),
+            "--batch-size",
+            "1",
+            *common,
+        ],
+        check=True,
+        env=environment,
+        capture_output=True,
     )
     from flowlet.cli import main
 

@@ -23,8 +23,15 @@ from flowlet.generative.train import TrainingOptions, train
 from flowlet.generative.unet import UNetConfig, preset_config, preset_training
 from flowlet.generative.wavelets import dwt3d
 
-SMALL_NETWORK = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-                     norm_num_groups=8, num_heads=4, condition_embedding_dim=32)
+SMALL_NETWORK = dict(
+    model_channels=16,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    norm_num_groups=8,
+    num_heads=4,
+    condition_embedding_dim=32,
+)
 
 
 def small_config() -> UNetConfig:
@@ -46,9 +53,23 @@ def brains(tmp_path_factory) -> Path:
 
 
 def options(table: Path, output_dir: Path, **overrides) -> TrainingOptions:
-    settings = dict(table=table, output_dir=output_dir, steps=30, batch_size=2, lr=3e-3, min_lr=3e-3, warmup_steps=5,
-                    downsample=4, val_split=0.0, log_every=5, checkpoint_every=100, val_every=100, ema_decay=0.9,
-                    output_init="random", device="cpu")
+    settings = dict(
+        table=table,
+        output_dir=output_dir,
+        steps=30,
+        batch_size=2,
+        lr=3e-3,
+        min_lr=3e-3,
+        warmup_steps=5,
+        downsample=4,
+        val_split=0.0,
+        log_every=5,
+        checkpoint_every=100,
+        val_every=100,
+        ema_decay=0.9,
+        output_init="random",
+        device="cpu",
+    )
     settings.update(overrides)
     return TrainingOptions(**settings)
 
@@ -81,8 +102,11 @@ def test_band_standardisation_round_trips_and_data_prediction_gives_the_straight
 
 def test_training_records_the_spec_and_generation_applies_it(brains, tmp_path):
     run = tmp_path / "run"
-    train(options(brains, run, prediction="data", loss_space="data", standardise_bands=True, flip_probability=0.5),
-          small_config(), threads=1)
+    train(
+        options(brains, run, prediction="data", loss_space="data", standardise_bands=True, flip_probability=0.5),
+        small_config(),
+        threads=1,
+    )
     stored = read_checkpoint(run / "checkpoint_last.pth")["config"]["sampling"]
     assert stored["prediction"] == "data" and stored["downsample"] == 4
     assert stored["full_resolution_size"] == [91, 109, 91] and len(stored["band_mean"]) == 8
@@ -110,8 +134,10 @@ def test_training_records_the_spec_and_generation_applies_it(brains, tmp_path):
 
 def test_a_checkpoint_without_a_record_samples_as_the_reference_with_one_log_line(reference_checkpoint_dir, caplog):
     with caplog.at_level(logging.INFO, logger="flowlet.generative.sampling_spec"):
-        generator = load_generator(reference_checkpoint_dir / "tiny_slim.pth",
-                                   condition_ranges_path=reference_checkpoint_dir / "condition_ranges.json")
+        generator = load_generator(
+            reference_checkpoint_dir / "tiny_slim.pth",
+            condition_ranges_path=reference_checkpoint_dir / "condition_ranges.json",
+        )
     assert generator.spec == SamplingSpec()
     said = [record.getMessage() for record in caplog.records if "sampling as the reference does" in record.getMessage()]
     assert len(said) == 1
@@ -128,8 +154,11 @@ def test_fine_tuning_continues_from_the_pretrained_loss_level(brains, tmp_path):
     train(options(brains, pretrained, steps=60, **recipe), small_config(), threads=1)
     scratch = loss_rows(pretrained)
     tuned = tmp_path / "tuned"
-    train(options(brains, tuned, steps=10, seed=7, init_checkpoint=pretrained / "checkpoint_last.pth", **recipe),
-          small_config(), threads=1)
+    train(
+        options(brains, tuned, steps=10, seed=7, init_checkpoint=pretrained / "checkpoint_last.pth", **recipe),
+        small_config(),
+        threads=1,
+    )
     continued = loss_rows(tuned)
     fresh = tmp_path / "fresh"
     train(options(brains, fresh, steps=10, seed=7, **recipe), small_config(), threads=1)
@@ -140,21 +169,37 @@ def test_fine_tuning_continues_from_the_pretrained_loss_level(brains, tmp_path):
     assert stored["step"] == 10 and stored["training_options"]["init_checkpoint"].endswith("checkpoint_last.pth")
 
 
-def test_fine_tuning_from_the_released_reference_checkpoint_loads_its_weights(brains, reference_checkpoint_dir, tmp_path):
+def test_fine_tuning_from_the_released_reference_checkpoint_loads_its_weights(
+    brains, reference_checkpoint_dir, tmp_path
+):
     run = tmp_path / "from_reference"
-    train(options(brains, run, steps=1, lr=1e-12, min_lr=1e-12, ema_decay=0.0,
-                  init_checkpoint=reference_checkpoint_dir / "tiny_slim.pth"), preset_config("tiny"), threads=1)
+    train(
+        options(
+            brains,
+            run,
+            steps=1,
+            lr=1e-12,
+            min_lr=1e-12,
+            ema_decay=0.0,
+            init_checkpoint=reference_checkpoint_dir / "tiny_slim.pth",
+        ),
+        preset_config("tiny"),
+        threads=1,
+    )
     reference = read_checkpoint(reference_checkpoint_dir / "tiny_slim.pth")["model_state_dict"]
     tuned = read_checkpoint(run / "checkpoint_last.pth")["flow_net_state_dict"]
     for name, value in reference.items():
         torch.testing.assert_close(tuned[name], value, atol=1e-6, rtol=0)
     # A reference checkpoint predicts velocities on raw bands, and fine-tuning keeps that.
     assert sampling_spec(read_checkpoint(run / "checkpoint_last.pth")["config"]) == SamplingSpec(
-        downsample=4, full_resolution_size=(91, 109, 91))
+        downsample=4, full_resolution_size=(91, 109, 91)
+    )
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt", "pickled", "architecture"])
-def test_a_bad_init_checkpoint_is_an_error_naming_the_file_and_reason(brains, reference_checkpoint_dir, tmp_path, problem):
+def test_a_bad_init_checkpoint_is_an_error_naming_the_file_and_reason(
+    brains, reference_checkpoint_dir, tmp_path, problem
+):
     path = tmp_path / f"{problem}.pth"
     if problem == "corrupt":
         whole = (reference_checkpoint_dir / "tiny_slim.pth").read_bytes()
@@ -163,8 +208,12 @@ def test_a_bad_init_checkpoint_is_an_error_naming_the_file_and_reason(brains, re
         torch.save({"model_state_dict": {}, "payload": Path("arbitrary-object")}, path)
     elif problem == "architecture":
         path = reference_checkpoint_dir / "tiny_slim.pth"
-    expected = {"missing": "does not exist", "corrupt": "unreadable or corrupt", "pickled": "refusing to load",
-                "architecture": r"does not match the network to train.*shape mismatches"}[problem]
+    expected = {
+        "missing": "does not exist",
+        "corrupt": "unreadable or corrupt",
+        "pickled": "refusing to load",
+        "architecture": r"does not match the network to train.*shape mismatches",
+    }[problem]
     with pytest.raises(FlowletError, match=expected):
         train(options(brains, tmp_path / "run", steps=1, init_checkpoint=path), small_config(), threads=1)
 
@@ -182,16 +231,20 @@ def test_a_mismatched_checkpoint_lists_missing_and_unexpected_keys(brains, refer
 
 
 def test_the_cpu_preset_carries_its_recipe_and_flags_override_it(brains, tmp_path):
-    from flowlet.generative.train_cli import build_parser, options_from_args
     import argparse
+
+    from flowlet.generative.train_cli import build_parser, options_from_args
 
     parser = argparse.ArgumentParser()
     build_parser(parser)
     recipe = preset_training("cpu")
     chosen = options_from_args(parser.parse_args([str(brains), "--output-dir", str(tmp_path), "--preset", "cpu"]))
     assert (chosen.prediction, chosen.standardise_bands, chosen.steps) == ("data", True, recipe["steps"])
-    overridden = options_from_args(parser.parse_args([str(brains), "--output-dir", str(tmp_path), "--preset", "cpu",
-                                                      "--steps", "7", "--no-standardise-bands"]))
+    overridden = options_from_args(
+        parser.parse_args(
+            [str(brains), "--output-dir", str(tmp_path), "--preset", "cpu", "--steps", "7", "--no-standardise-bands"]
+        )
+    )
     assert (overridden.steps, overridden.standardise_bands, overridden.prediction) == (7, False, "data")
     reference = options_from_args(parser.parse_args([str(brains), "--output-dir", str(tmp_path), "--preset", "base"]))
     assert reference == TrainingOptions(table=brains, output_dir=tmp_path)
@@ -217,7 +270,9 @@ def test_the_linear_baseline_recovers_a_known_age_effect(tmp_path):
     assert 0.01 < young.std(axis=0).mean() < 0.03
     np.testing.assert_array_equal(model.sample([30.0], [5]), model.sample([30.0], [5]))
     model.save(tmp_path / "model.npz")
-    np.testing.assert_array_equal(LinearBaseline.load(tmp_path / "model.npz").sample([30.0], [5]), model.sample([30.0], [5]))
+    np.testing.assert_array_equal(
+        LinearBaseline.load(tmp_path / "model.npz").sample([30.0], [5]), model.sample([30.0], [5])
+    )
 
 
 def test_the_linear_baseline_refuses_too_few_images_and_bad_files(tmp_path):
@@ -236,8 +291,25 @@ def test_baseline_cli_fits_and_generates_with_qc_metrics(brains, tmp_path, capsy
     model = tmp_path / "linear.npz"
     assert main(["fit-baseline", str(brains), "--downsample", "2", "--output", str(model)]) == 0
     out = tmp_path / "samples"
-    assert main(["generate", "--backend", "linear", "--checkpoint-path", str(model), "--generation-conditions",
-                 "Age=30", "Age=60", "--num-synthetic", "2", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--backend",
+                "linear",
+                "--checkpoint-path",
+                str(model),
+                "--generation-conditions",
+                "Age=30",
+                "Age=60",
+                "--num-synthetic",
+                "2",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     manifest = (out / "manifest.tsv").read_text().splitlines()
     assert len(manifest) == 5 and "dice_template" in manifest[0]
     three = tmp_path / "three.tsv"
@@ -262,8 +334,12 @@ def test_the_gpu_check_runs_its_tiny_configuration_on_a_cpu():
     import sys
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    result = subprocess.run([sys.executable, str(script), "--train-steps", "4", "--samples", "2", "--threads", "1"],
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(script), "--train-steps", "4", "--samples", "2", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("device cpu (CPU)") and "dtype float32" in lines[0]
@@ -284,8 +360,10 @@ def small_cohort(tmp_path_factory) -> Path:
     rng = np.random.default_rng(11)
     rows = ["image\tage\tsplit"]
     for index, age in enumerate(np.linspace(22, 80, 12)):
-        displacement = [ndimage.gaussian_filter(rng.normal(0, 1, data.shape[:1] + data.shape[1:]).astype(np.float32), 8)
-                        * 200 for _ in range(3)]
+        displacement = [
+            ndimage.gaussian_filter(rng.normal(0, 1, data.shape[:1] + data.shape[1:]).astype(np.float32), 8) * 200
+            for _ in range(3)
+        ]
         warped = ndimage.map_coordinates(data, grid + np.stack(displacement), order=1)
         brain = ndimage.map_coordinates(mask.astype(np.float32), grid + np.stack(displacement), order=1) > 0.5
         image = np.where(brain, (warped - warped[brain].mean()) / warped[brain].std() * (1 + (age - 50) / 150), 0.0)
@@ -303,13 +381,25 @@ def test_the_cpu_recipe_learns_a_small_cohort_whose_samples_pass_qc(small_cohort
     from flowlet.generative.generate import generate, requests_from_table
     from flowlet.generative.synthetic_qc import flag_outliers, read_reference, reference_metrics
 
-    recipe = {**preset_training("cpu"), "steps": 400, "downsample": 4, "val_split": 0.0, "log_every": 50,
-              "checkpoint_every": 1000, "val_every": 1000, "device": "cpu"}
+    recipe = {
+        **preset_training("cpu"),
+        "steps": 400,
+        "downsample": 4,
+        "val_split": 0.0,
+        "log_every": 50,
+        "checkpoint_every": 1000,
+        "val_every": 1000,
+        "device": "cpu",
+    }
     train(TrainingOptions(table=small_cohort, output_dir=tmp_path / "run", **recipe), small_config(), threads=2)
     generator = load_generator(tmp_path / "run" / "checkpoint_last.pth")
     ages = tmp_path / "ages.tsv"
-    ages.write_text("age\tfile\n" + "".join(f"{age:.1f}\ts{i}.nii.gz\n" for i, age in enumerate(np.linspace(25, 75, 10))))
-    manifest = generate(generator, requests_from_table(ages, 5, generator.config), tmp_path / "samples", 20, batch_size=5)
+    ages.write_text(
+        "age\tfile\n" + "".join(f"{age:.1f}\ts{i}.nii.gz\n" for i, age in enumerate(np.linspace(25, 75, 10)))
+    )
+    manifest = generate(
+        generator, requests_from_table(ages, 5, generator.config), tmp_path / "samples", 20, batch_size=5
+    )
     images = [Path(line.split("\t")[0]) for line in small_cohort.read_text().splitlines()[1:] if line.endswith("train")]
     reference_metrics(images, 4).to_csv(tmp_path / "reference.tsv", sep="\t", index=False)
     reference = read_reference(tmp_path / "reference.tsv")

@@ -109,12 +109,17 @@ def test_slurm_dry_run_shows_each_rules_request(slurm_dry_run):
 
 
 def test_slurm_dry_run_asks_for_gpus_where_the_config_says_cuda(tmp_path):
-    cuda = write_config(tmp_path / "cuda.yaml", train_generator={"device": "cuda"}, generate={"device": "cuda"},
-                        brainage={"device": "cuda"})
+    cuda = write_config(
+        tmp_path / "cuda.yaml",
+        train_generator={"device": "cuda"},
+        generate={"device": "cuda"},
+        brainage={"device": "cuda"},
+    )
     result = snakemake(tmp_path / "work", "--profile", str(SLURM_PROFILE), "--configfile", str(TINY), str(cuda), "-n")
     requests = job_requests(result.stdout + result.stderr)
     assert {rule: requests[rule].get("gpu") for rule in ("train", "generate", "brainage")} == dict.fromkeys(
-        ("train", "generate", "brainage"), "1")
+        ("train", "generate", "brainage"), "1"
+    )
     assert requests["preprocess"].get("gpu", "0") == "0"
 
 
@@ -160,20 +165,39 @@ def test_submission_passes_partition_account_and_resources_to_sbatch(tmp_path):
     env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
     # Only preprocess and train are allowed, so both are ready at once (split.tsv stands in for the rest).
     result = snakemake(
-        workdir, "--profile", str(edited), "--configfile", str(TINY), str(config),
-        "--slurm-init-seconds-before-status-checks", "1", "--allowed-rules", "preprocess", "train", "--",
-        "results/preprocess/sub-00001/sub-00001_desc-qc_metrics.tsv", "results/generator/checkpoint_best.pth",
-        check=False, env=env,
+        workdir,
+        "--profile",
+        str(edited),
+        "--configfile",
+        str(TINY),
+        str(config),
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--allowed-rules",
+        "preprocess",
+        "train",
+        "--",
+        "results/preprocess/sub-00001/sub-00001_desc-qc_metrics.tsv",
+        "results/generator/checkpoint_best.pth",
+        check=False,
+        env=env,
     )
     assert result.returncode != 0 and "no cluster here" in result.stdout + result.stderr
-    submitted = {re.search(r"--comment rule_(\w+?)(?:_wildcards|\s)", line).group(1): line
-                 for line in calls.read_text().splitlines()}
+    submitted = {
+        re.search(r"--comment rule_(\w+?)(?:_wildcards|\s)", line).group(1): line
+        for line in calls.read_text().splitlines()
+    }
     assert set(submitted) == {"preprocess", "train"}
     settings = profile()
     for rule, line in submitted.items():
         resources = settings["set-resources"][rule]
-        for flag in ("-p compute", "-A my_project", f"--mem {resources['mem_mb']}", f"-t {resources['runtime']}",
-                     f"--cpus-per-task={settings['set-threads'][rule]}"):
+        for flag in (
+            "-p compute",
+            "-A my_project",
+            f"--mem {resources['mem_mb']}",
+            f"-t {resources['runtime']}",
+            f"--cpus-per-task={settings['set-threads'][rule]}",
+        ):
             assert f" {flag} " in f" {line} ", f"{rule}: {flag!r} not in {line}"
     assert "--gpus=1" in submitted["train"] and "--gpus" not in submitted["preprocess"]
 

@@ -42,7 +42,10 @@ def _outputs(tmp_path):
     )
 
 
-def _assert_fails_cleanly(tmp_path, path, match, settings=PreprocessSettings()):
+DEFAULT_SETTINGS = PreprocessSettings()
+
+
+def _assert_fails_cleanly(tmp_path, path, match, settings=DEFAULT_SETTINGS):
     outputs = _outputs(tmp_path)
     with pytest.raises(FlowletError, match=match) as error:
         run_and_write(path, SUBJECT, settings, **outputs)
@@ -166,15 +169,21 @@ def test_transform_spec_forms():
 
 def _qc_rows(n=20, seed=0):
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "subject": [f"sub-{i:02d}" for i in range(n)],
-        "mask_volume_ml": 1400 + 60 * rng.standard_normal(n),
-        "native_volume_factor": 0.75 + 0.05 * rng.standard_normal(n),
-        "dice_template": 0.955 + 0.005 * rng.standard_normal(n),
-        "ncc_template": 0.8 + 0.01 * rng.standard_normal(n),
-        "seconds_n4": 2.0, "seconds_skullstrip": 2.0, "seconds_register": 3.0, "seconds_total": 8.0,
-        "skullstrip_backend": "deepbet", "registration": "ants-affine",
-    })
+    return pd.DataFrame(
+        {
+            "subject": [f"sub-{i:02d}" for i in range(n)],
+            "mask_volume_ml": 1400 + 60 * rng.standard_normal(n),
+            "native_volume_factor": 0.75 + 0.05 * rng.standard_normal(n),
+            "dice_template": 0.955 + 0.005 * rng.standard_normal(n),
+            "ncc_template": 0.8 + 0.01 * rng.standard_normal(n),
+            "seconds_n4": 2.0,
+            "seconds_skullstrip": 2.0,
+            "seconds_register": 3.0,
+            "seconds_total": 8.0,
+            "skullstrip_backend": "deepbet",
+            "registration": "ants-affine",
+        }
+    )
 
 
 def test_qc_aggregation_flags_outliers_first():
@@ -199,7 +208,7 @@ def test_qc_command_writes_flagged_first_with_failed_subjects(tmp_path):
     inputs = []
     for i in range(0, 20, 5):
         path = tmp_path / f"qc{i}.tsv"
-        rows.iloc[i:i + 5].to_csv(path, sep="\t", index=False)
+        rows.iloc[i : i + 5].to_csv(path, sep="\t", index=False)
         inputs.append(str(path))
     failed = tmp_path / "failed.tsv"
     pd.DataFrame({"subject": ["sub-99"], "reason": ["truncated gzip"]}).to_csv(failed, sep="\t", index=False)
@@ -213,8 +222,9 @@ def test_qc_command_writes_flagged_first_with_failed_subjects(tmp_path):
 
 def test_preprocess_command_reports_bad_input(tmp_path, capsys):
     path = _write(tmp_path, np.zeros((30, 30, 30), dtype=np.float32), name="sub-77_T1w.nii.gz")
-    code = flowlet_main(["preprocess", str(path), "--brain-mask", str(tmp_path / "m.nii.gz"),
-                         "--output", str(tmp_path / "o.nii.gz")])
+    code = flowlet_main(
+        ["preprocess", str(path), "--brain-mask", str(tmp_path / "m.nii.gz"), "--output", str(tmp_path / "o.nii.gz")]
+    )
     assert code == 1
     assert "sub-77" in capsys.readouterr().err
 

@@ -89,7 +89,11 @@ def test_outputs_are_on_the_mni_grid_and_z_scored(preprocessed):
 def test_qc_outputs(preprocessed):
     for subject, (paths, _) in preprocessed.items():
         row = pd.read_csv(paths["qc_tsv"], sep="\t")
-        assert list(row.columns) == [*QC_COLUMNS, "status"] and row.loc[0, "status"] == "ok" and row.loc[0, "subject"] == subject
+        assert (
+            list(row.columns) == [*QC_COLUMNS, "status"]
+            and row.loc[0, "status"] == "ok"
+            and row.loc[0, "subject"] == subject
+        )
         assert 0.9 < row.loc[0, "dice_template"] <= 1 and 0.3 < row.loc[0, "ncc_template"] <= 1
         assert 900 < row.loc[0, "mask_volume_ml"] < 2100
         assert paths["qc_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -130,8 +134,9 @@ def test_reoriented_and_oblique_inputs_give_the_same_mni_output(ixi_dir, subject
     _, baseline = preprocessed[subject]
     for path in _reoriented_copies(ixi_dir, subject, tmp_path):
         out = tmp_path / path.name.split(".")[0]
-        result = run_and_write(path, subject, SETTINGS, brain_mask_path=out / "mask.nii.gz",
-                               output_path=out / "mni.nii.gz")
+        result = run_and_write(
+            path, subject, SETTINGS, brain_mask_path=out / "mask.nii.gz", output_path=out / "mni.nii.gz"
+        )
         assert dice(result.mni_mask, baseline.mni_mask) > 0.95, path.name
         both = result.mni_mask & baseline.mni_mask
         correlation = np.corrcoef(result.mni_image[both], baseline.mni_image[both])[0, 1]

@@ -32,14 +32,26 @@ log = logging.getLogger(__name__)
 def preprocessed(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom-preprocess")
     bids = root / "bids"
-    assert flowlet_main(["phantoms", "--output-dir", str(bids), "--n-subjects", str(N_PHANTOMS), "--seed", str(SEED)]) == 0
+    assert (
+        flowlet_main(["phantoms", "--output-dir", str(bids), "--n-subjects", str(N_PHANTOMS), "--seed", str(SEED)]) == 0
+    )
     results = []
     for index in range(N_PHANTOMS):
         params = draw_subject(SEED, index, 20.0, 80.0)
         paths = subject_paths(bids, params.participant_id)
         out = root / "results" / params.participant_id
-        argv = ["preprocess", str(paths["t1"]), "--brain-mask", str(out / "mask.nii.gz"),
-                "--output", str(out / "mni.nii.gz"), "--transform", str(out / "xfm.mat"), "--threads", "1"]
+        argv = [
+            "preprocess",
+            str(paths["t1"]),
+            "--brain-mask",
+            str(out / "mask.nii.gz"),
+            "--output",
+            str(out / "mni.nii.gz"),
+            "--transform",
+            str(out / "xfm.mat"),
+            "--threads",
+            "1",
+        ]
         assert flowlet_main(argv) == 0
         results.append((params, paths, out))
     return results
@@ -59,9 +71,14 @@ def test_brain_mask_matches_phantom_truth(preprocessed):
 def test_recovered_pose_is_within_2_mm_at_the_brain_boundary(preprocessed):
     for params, _, out in preprocessed:
         errors = boundary_errors_mm(params, out / "xfm.mat")
-        log.info("%s: boundary pose error mean %.2f mm, max %.2f mm; full map mean %.2f mm, max %.2f mm",
-                 params.participant_id, errors["pose"].mean(), errors["pose"].max(), errors["map"].mean(),
-                 errors["map"].max())
+        log.info(
+            "%s: boundary pose error mean %.2f mm, max %.2f mm; full map mean %.2f mm, max %.2f mm",
+            params.participant_id,
+            errors["pose"].mean(),
+            errors["pose"].max(),
+            errors["map"].mean(),
+            errors["map"].max(),
+        )
         assert errors["pose"].mean() <= 2.0, f"{params.participant_id}: mean {errors['pose'].mean():.2f} mm"
         # No part of the boundary may be badly off (a flip or a wrong scale would put it centimetres away).
         assert errors["pose"].max() <= 5.0, f"{params.participant_id}: max {errors['pose'].max():.2f} mm"

@@ -78,7 +78,9 @@ class Simulator:
     def _smooth_field(self, rng: np.random.Generator, coarse: tuple[int, int, int]) -> np.ndarray:
         """A smooth random field with unit SD, made on a coarse grid and interpolated (fast)."""
         factors = [target / size for target, size in zip(self.shape, coarse)]
-        field = ndimage.zoom(rng.normal(size=coarse), factors, order=3)[: self.shape[0], : self.shape[1], : self.shape[2]]
+        field = ndimage.zoom(rng.normal(size=coarse), factors, order=3)[
+            : self.shape[0], : self.shape[1], : self.shape[2]
+        ]
         return (field / field.std()).astype(np.float32)
 
     def subject(self, age: float, seed: int) -> np.ndarray:
@@ -89,7 +91,9 @@ class Simulator:
         coordinates = np.indices(self.shape, dtype=np.float32) + displacement
         image = ndimage.map_coordinates(image, coordinates, order=1)
         brain = ndimage.map_coordinates(self.brain.astype(np.float32), coordinates, order=1) > 0.5
-        image = image * (1 + 0.05 * self._smooth_field(rng, (5, 6, 5))) + rng.normal(0, 0.02 * self.t1.max(), self.shape)
+        image = image * (1 + 0.05 * self._smooth_field(rng, (5, 6, 5))) + rng.normal(
+            0, 0.02 * self.t1.max(), self.shape
+        )
         inside = image[brain]
         return np.where(brain, (image - inside.mean()) / inside.std(), 0).astype(np.float32)
 
@@ -113,12 +117,28 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
                 "native_volume_factor": 0.8 + 0.01 * index,
             }
         )
-    rows.append({"participant_id": "sub-99", "age": None, "sex": "F", "age_bin": None, "split": "excluded", "image": "missing.nii.gz", "native_volume_factor": None})
+    rows.append(
+        {
+            "participant_id": "sub-99",
+            "age": None,
+            "sex": "F",
+            "age_bin": None,
+            "split": "excluded",
+            "image": "missing.nii.gz",
+            "native_volume_factor": None,
+        }
+    )
     pd.DataFrame(rows).to_csv(folder / "split.tsv", sep="\t", index=False)
     synthetic = []
     for index, age in enumerate(SYNTHETIC_AGES):
-        path = save_nifti(simulator.subject(age, 100 + index), simulator.affine, folder / "synthetic" / f"Age_{age}" / "brain_0.nii.gz")
-        synthetic.append({"image": str(path.relative_to(folder)), "age": age, "sex": "F", "age_bin": f"{age // 10 * 10}s"})
+        path = save_nifti(
+            simulator.subject(age, 100 + index),
+            simulator.affine,
+            folder / "synthetic" / f"Age_{age}" / "brain_0.nii.gz",
+        )
+        synthetic.append(
+            {"image": str(path.relative_to(folder)), "age": age, "sex": "F", "age_bin": f"{age // 10 * 10}s"}
+        )
     # A copy of training subject sub-03, displaced by 2 mm: memorised, not generated.
     copy = np.roll(simulator.subject(TRAIN_AGES[3], 3), 1, axis=1)
     save_nifti(copy, simulator.affine, folder / "synthetic" / "copy.nii.gz")
@@ -128,8 +148,16 @@ def cohort(tmp_path_factory) -> dict[str, Path]:
     gains = [simulator.csf_gain_ml(age) for age in TRAIN_AGES + TEST_AGES]
     truth = ols_slope(np.array(TRAIN_AGES + TEST_AGES, float), np.array(gains))["slope"]
     (folder / "true_ventricle_slope.txt").write_text(str(truth))
-    model = _real_only_brainage_model([r["image"] for r in rows if r["split"] == "train"], list(TRAIN_AGES), folder / "brainage.joblib")
-    return {"folder": folder, "split": folder / "split.tsv", "synthetic": folder / "synthetic.tsv", "empty": folder / "empty.tsv", "model": model}
+    model = _real_only_brainage_model(
+        [r["image"] for r in rows if r["split"] == "train"], list(TRAIN_AGES), folder / "brainage.joblib"
+    )
+    return {
+        "folder": folder,
+        "split": folder / "split.tsv",
+        "synthetic": folder / "synthetic.tsv",
+        "empty": folder / "empty.tsv",
+        "model": model,
+    }
 
 
 def _real_only_brainage_model(images: list[str], ages: list[float], path: Path) -> Path:
@@ -148,7 +176,17 @@ def _real_only_brainage_model(images: list[str], ages: list[float], path: Path) 
 def measures_dir(cohort) -> Path:
     """`flowlet regional-measures` on every real and synthetic image of the cohort (what `flowlet regions` reads)."""
     output = cohort["folder"] / "measures"
-    status = main(["regional-measures", "--split", str(cohort["split"]), "--synthetic", str(cohort["synthetic"]), "--output-dir", str(output)])
+    status = main(
+        [
+            "regional-measures",
+            "--split",
+            str(cohort["split"]),
+            "--synthetic",
+            str(cohort["synthetic"]),
+            "--output-dir",
+            str(output),
+        ]
+    )
     assert status == 0
     return output
 
@@ -179,7 +217,13 @@ def test_every_table_figure_and_caption_is_written(full_run, measures_dir):
     for name in TABLES:
         assert len(_read(full_run, name)) > 0, name
     captions = json.loads((full_run / "captions.json").read_text())
-    for figure in ("paired_dice.png", "trajectories.png", "slope_difference_map.png", "slope_correlation.png", "memorisation.png"):
+    for figure in (
+        "paired_dice.png",
+        "trajectories.png",
+        "slope_difference_map.png",
+        "slope_correlation.png",
+        "memorisation.png",
+    ):
         path = full_run / "figures" / figure
         assert path.stat().st_size > 5000, figure
         assert len(captions["figures"][f"figures/{figure}"]) > 100
@@ -213,7 +257,11 @@ def test_segmentation_volumes_are_anatomically_sensible(measures_dir):
     assert young.loc["cortex", "grey_ml"] > young.loc["cortex", "white_ml"]
     assert young.loc["Left-Lateral-Ventricle", "csf_ml"] > young.loc["Left-Lateral-Ventricle", "white_ml"]
     # White matter is bright and CSF dark in a T1w image.
-    assert young.loc["Left-Cerebral-White-Matter", "mean_intensity"] > young.loc["cortex", "mean_intensity"] > young.loc["Left-Lateral-Ventricle", "mean_intensity"]
+    assert (
+        young.loc["Left-Cerebral-White-Matter", "mean_intensity"]
+        > young.loc["cortex", "mean_intensity"]
+        > young.loc["Left-Lateral-Ventricle", "mean_intensity"]
+    )
 
 
 def test_real_slopes_recover_the_simulated_ventricle_growth(full_run, measures_dir, cohort):
@@ -286,7 +334,21 @@ def test_without_synthetic_images_the_synthetic_parts_are_explicit_notes(cohort,
     small.to_csv(cohort["folder"] / "small_split.tsv", sep="\t", index=False)
     # A measures table of more images than the split names serves: its rows for the others are left out.
     measures = str(measures_dir / "regional_measures.tsv")
-    status = main(["regions", "--split", str(cohort["folder"] / "small_split.tsv"), "--synthetic", str(cohort["empty"]), "--measures", measures, "--output-dir", str(output), "--msssim-pairs", "1"])
+    status = main(
+        [
+            "regions",
+            "--split",
+            str(cohort["folder"] / "small_split.tsv"),
+            "--synthetic",
+            str(cohort["empty"]),
+            "--measures",
+            measures,
+            "--output-dir",
+            str(output),
+            "--msssim-pairs",
+            "1",
+        ]
+    )
     assert status == 0
     for name in TABLES:
         assert len(_read(output, name)) > 0, name
@@ -308,14 +370,48 @@ def test_user_errors_name_the_file_and_the_reason(cohort, measures_dir, tmp_path
     wrong_grid = tmp_path / "wrong.nii.gz"
     save_nifti(np.ones((10, 10, 10)), np.eye(4), wrong_grid)
     manifest = tmp_path / "manifest.tsv"
-    pd.DataFrame({"image": [str(wrong_grid)], "age": [50], "sex": ["F"], "age_bin": ["50s"]}).to_csv(manifest, sep="\t", index=False)
-    assert main(["regional-measures", "--split", str(cohort["split"]), "--synthetic", str(manifest), "--output-dir", str(tmp_path / "out")]) == 1
+    pd.DataFrame({"image": [str(wrong_grid)], "age": [50], "sex": ["F"], "age_bin": ["50s"]}).to_csv(
+        manifest, sep="\t", index=False
+    )
+    assert (
+        main(
+            [
+                "regional-measures",
+                "--split",
+                str(cohort["split"]),
+                "--synthetic",
+                str(manifest),
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 1
+    )
     error = capsys.readouterr().err
     assert str(wrong_grid) in error and "not FSL's MNI grid" in error
     # Measures of other images than the split and manifests name: regions refuses rather than mixing them up.
     measures = str(measures_dir / "regional_measures.tsv")
     other = Path(shutil.copy(cohort["folder"] / "mni" / "sub-00.nii.gz", tmp_path / "other.nii.gz"))
-    pd.DataFrame({"image": [str(other)], "age": [50], "sex": ["F"], "age_bin": ["50s"]}).to_csv(manifest, sep="\t", index=False)
-    assert main(["regions", "--split", str(cohort["split"]), "--synthetic", str(manifest), "--measures", measures, "--output-dir", str(tmp_path / "out")]) == 1
+    pd.DataFrame({"image": [str(other)], "age": [50], "sex": ["F"], "age_bin": ["50s"]}).to_csv(
+        manifest, sep="\t", index=False
+    )
+    assert (
+        main(
+            [
+                "regions",
+                "--split",
+                str(cohort["split"]),
+                "--synthetic",
+                str(manifest),
+                "--measures",
+                measures,
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 1
+    )
     error = capsys.readouterr().err
-    assert "has no rows for 1 image(s)" in error and str(other) in error and "rerun `flowlet regional-measures`" in error
+    assert (
+        "has no rows for 1 image(s)" in error and str(other) in error and "rerun `flowlet regional-measures`" in error
+    )

@@ -10,7 +10,13 @@ import pytest
 
 from flowlet.errors import FlowletError
 from flowlet.regions.measures import (
-    EXTERNAL, SYNTHETIC, ImageEntry, read_external, read_measures, regional_features, segmentation_file,
+    EXTERNAL,
+    SYNTHETIC,
+    ImageEntry,
+    read_external,
+    read_measures,
+    regional_features,
+    segmentation_file,
 )
 
 
@@ -29,7 +35,9 @@ def _long_table() -> pd.DataFrame:
 def test_features_are_tissue_volumes_over_the_brain_mask_so_head_size_cancels():
     features = regional_features(_long_table())
     assert list(features.columns[:4]) == ["participant_id", "image", "group", "segmentation"]
-    assert list(features.columns[4:]) == [f"{region}_{tissue}" for region in ("hippocampus", "ventricles") for tissue in ("csf", "grey", "white")]
+    assert list(features.columns[4:]) == [
+        f"{region}_{tissue}" for region in ("hippocampus", "ventricles") for tissue in ("csf", "grey", "white")
+    ]
     assert list(features["participant_id"]) == ["sub-01", ""]
     np.testing.assert_allclose(features.iloc[0, 4:].to_numpy(float), features.iloc[1, 4:].to_numpy(float))
     assert features.loc[0, "ventricles_csf"] == pytest.approx(20.0 / 1500.0)
@@ -38,7 +46,12 @@ def test_features_are_tissue_volumes_over_the_brain_mask_so_head_size_cancels():
 
 
 def test_synthetic_segmentations_get_distinct_files_although_generators_reuse_names():
-    entries = [ImageEntry(str(Path(f"/syn/Age_{age}/brain_0.nii.gz")), SYNTHETIC, age, "", "", Path(f"/syn/Age_{age}/brain_0.nii.gz")) for age in (30, 70)]
+    entries = [
+        ImageEntry(
+            str(Path(f"/syn/Age_{age}/brain_0.nii.gz")), SYNTHETIC, age, "", "", Path(f"/syn/Age_{age}/brain_0.nii.gz")
+        )
+        for age in (30, 70)
+    ]
     entries.insert(0, ImageEntry("sub-01", "train", 40.0, "F", "40s", Path("/data/sub-01.nii.gz")))
     names = [segmentation_file(entry, index) for index, entry in enumerate(entries)]
     assert names[0] == "segmentations/sub-01_dseg.nii.gz"
@@ -63,12 +76,22 @@ def test_measures_of_other_images_or_another_split_are_refused(tmp_path: Path):
 def test_external_subjects_are_told_apart_from_study_subjects_of_the_same_name(tmp_path: Path):
     image = tmp_path / "sub-01.nii.gz"
     image.write_bytes(b"")
-    pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "age": [50.0, np.nan], "sex": "", "age_bin": "40-60",
-                  "split": ["test", "excluded"], "image": [str(image)] * 2}).to_csv(tmp_path / "external.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "participant_id": ["sub-01", "sub-02"],
+            "age": [50.0, np.nan],
+            "sex": "",
+            "age_bin": "40-60",
+            "split": ["test", "excluded"],
+            "image": [str(image)] * 2,
+        }
+    ).to_csv(tmp_path / "external.tsv", sep="\t", index=False)
     (entry,) = read_external(tmp_path / "external.tsv")
     assert entry.group == EXTERNAL and entry.image_id == "external/sub-01"
     assert segmentation_file(entry, 3) != segmentation_file(ImageEntry("sub-01", "train", 50.0, "", "", image), 3)
-    rows = _long_table().assign(image_id=lambda t: t["image_id"].where(t["group"] != "train", entry.image_id),
-                                group=lambda t: t["group"].where(t["group"] != "train", EXTERNAL))
+    rows = _long_table().assign(
+        image_id=lambda t: t["image_id"].where(t["group"] != "train", entry.image_id),
+        group=lambda t: t["group"].where(t["group"] != "train", EXTERNAL),
+    )
     # Matched by image, never by a participant_id it may share with a study subject.
     assert regional_features(rows)["participant_id"].tolist() == ["", ""]

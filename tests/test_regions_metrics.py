@@ -37,7 +37,17 @@ def test_atlas_has_the_regions_the_ageing_analysis_needs(atlas):
     shape = atlas.labels.shape
     assert shape == (91, 109, 91)
     names = {region.name for region in atlas.regions}
-    for needed in ("Left-Lateral-Ventricle", "Right-Hippocampus", "Left-Thalamus-Proper", "ctx-lh-precentral", "ventricles", "hippocampus", "thalamus", "cortex", "brain"):
+    for needed in (
+        "Left-Lateral-Ventricle",
+        "Right-Hippocampus",
+        "Left-Thalamus-Proper",
+        "ctx-lh-precentral",
+        "ventricles",
+        "hippocampus",
+        "thalamus",
+        "cortex",
+        "brain",
+    ):
         assert needed in names
     assert atlas.region("ventricles").tissue == "csf"
     assert atlas.region("cortex").tissue == "grey"
@@ -116,7 +126,9 @@ def test_different_images_give_lower_dice_and_positive_distances(atlas):
     entry = ImageEntry("sub-a", "train", 40.0, "F", "40-50", Path("a.nii.gz"))
     # Shifting by two voxels moves every tissue boundary; intensities shift with it.
     moved = MeasuredImage(entry, np.roll(intensities, 2, axis=0) * 1.1, np.roll(labels, 2, axis=0))
-    rows = {row["region"]: row for row in compare_pair(MeasuredImage(entry, intensities, labels), moved, atlas, bins=256)}
+    rows = {
+        row["region"]: row for row in compare_pair(MeasuredImage(entry, intensities, labels), moved, atlas, bins=256)
+    }
     assert 0.2 < rows["cortex"]["dice"] < 0.95
     assert rows["cortex"]["mae_union"] > 0 and rows["cortex"]["kl_union"] > 0
 
@@ -171,7 +183,17 @@ def test_slopes_table_and_their_agreement_across_regions():
         for age in ages:
             for region, slope in true.items():
                 volume = 50 + slope * age + rng.normal(0, 0.5)
-                rows.append({"image_id": f"{group}{age}", "group": group, "age": age, "region": region, "region_tissue": "grey", "volume_ml": volume, "tissue_fraction": volume / 100})
+                rows.append(
+                    {
+                        "image_id": f"{group}{age}",
+                        "group": group,
+                        "age": age,
+                        "region": region,
+                        "region_tissue": "grey",
+                        "volume_ml": volume,
+                        "tissue_fraction": volume / 100,
+                    }
+                )
     table = slopes_table(pd.DataFrame(rows))
     assert set(table["measure"]) == {"volume_ml", "tissue_fraction"}
     slopes = table[table["measure"] == "volume_ml"].set_index("region")
@@ -228,7 +250,9 @@ def test_ssim_matches_scikit_image_and_ms_ssim_of_identical_volumes_is_one():
     a = ndimage.gaussian_filter(rng.normal(size=(30, 34, 28)), 2)
     b = a + rng.normal(0, 0.05, a.shape)
     data_range = float(a.max() - a.min())
-    expected = structural_similarity(a, b, data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    expected = structural_similarity(
+        a, b, data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     assert ssim3d(a, b, data_range) == pytest.approx(expected, abs=1e-6)
     volume = ndimage.gaussian_filter(rng.normal(size=(91, 109, 91)), 2).astype(np.float32)
     volume -= volume.min()

@@ -74,8 +74,19 @@ def browser():
 @pytest.fixture(scope="module")
 def report_html(tiny_study, tmp_path_factory) -> Path:
     report = tmp_path_factory.mktemp("report") / "report.html"
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-               "--directory", str(tiny_study), "--report", str(report), "--configfile", str(TINY)]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(tiny_study),
+        "--report",
+        str(report),
+        "--configfile",
+        str(TINY),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return report
@@ -104,7 +115,9 @@ class ReportPage:
         self.page.wait_for_timeout(200)
 
     def result_rows(self) -> list[str]:
-        return [text.strip() for text in self.page.locator("nav div.p-3 table tbody tr td:first-child").all_inner_texts()]
+        return [
+            text.strip() for text in self.page.locator("nav div.p-3 table tbody tr td:first-child").all_inner_texts()
+        ]
 
     def show_result(self, index: int) -> list[dict]:
         """Click a result's eye button; the pictures it shows, once loaded."""
@@ -120,7 +133,7 @@ def painted_statistics(png: bytes, box: dict) -> tuple[float, int, float]:
 
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int32)
     top, left = int(box["y"]), int(box["x"])
-    pixels = pixels[top: top + int(box["height"]), left: left + int(box["width"])]
+    pixels = pixels[top : top + int(box["height"]), left : left + int(box["width"])]
     colours = np.unique(pixels.reshape(-1, 3), axis=0)
     background = np.median(pixels.reshape(-1, 3), axis=0)
     content = np.abs(pixels - background).sum(axis=-1) > 30

@@ -32,8 +32,19 @@ STEPS, CHECKPOINT_EVERY, VAL_EVERY, LOG_EVERY = 12, 3, 4, 10
 
 def snakemake_command(workdir: Path, configfile: Path, *args: str) -> list[str]:
     return [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
-        "--cores", "2", *args, "train_generator", "--configfile", str(configfile),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+        "train_generator",
+        "--configfile",
+        str(configfile),
     ]
 
 
@@ -50,13 +61,25 @@ def study(tmp_path) -> tuple[Path, Path]:
     for index, age in enumerate(np.linspace(20, 85, 8)):
         noisy = np.where(mask, brain + 0.1 * rng.standard_normal(brain.shape), 0.0)
         image = save_nifti(noisy, affine, tmp_path / "brains" / f"sub-{index:02d}.nii.gz")
-        rows.append({"participant_id": f"sub-{index:02d}", "age": round(float(age), 1), "sex": "F", "split": "train",
-                     "image": str(image)})
+        rows.append(
+            {
+                "participant_id": f"sub-{index:02d}",
+                "age": round(float(age), 1),
+                "sex": "F",
+                "split": "train",
+                "image": str(image),
+            }
+        )
     (tmp_path / "results" / "data").mkdir(parents=True)
     pd.DataFrame(rows).to_csv(tmp_path / "results" / "data" / "split.tsv", sep="\t", index=False)
     config = yaml.safe_load(TINY.read_text())
     config["train_generator"].update(
-        steps=STEPS, checkpoint_every=CHECKPOINT_EVERY, val_every=VAL_EVERY, batch_size=2, warmup_steps=2, downsample=2,
+        steps=STEPS,
+        checkpoint_every=CHECKPOINT_EVERY,
+        val_every=VAL_EVERY,
+        batch_size=2,
+        warmup_steps=2,
+        downsample=2,
     )
     configfile = tmp_path / "resume.yaml"
     configfile.write_text(yaml.safe_dump(config))
@@ -96,7 +119,10 @@ def test_killed_training_resumes_from_its_last_checkpoint(study):
     # Kill once the second checkpoint is written, so the loss log already holds rows from before the kill.
     with (workdir / "first_run.log").open("w") as first_output:
         first = subprocess.Popen(
-            snakemake_command(workdir, configfile), stdout=first_output, stderr=subprocess.STDOUT, start_new_session=True,
+            snakemake_command(workdir, configfile),
+            stdout=first_output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 300
         while not (last.exists() and checkpoint_step(last) >= 2 * CHECKPOINT_EVERY):
@@ -113,7 +139,9 @@ def test_killed_training_resumes_from_its_last_checkpoint(study):
     logged_before_kill = pd.read_csv(run_dir / "loss.tsv", sep="\t").query("step <= @interrupted_at")
     assert len(logged_before_kill) > 0
     for name in ("checkpoint_best.pth", "config.json", "condition_ranges.json", "loss.tsv", "loss.png"):
-        assert not (workdir / "results" / "generator" / name).exists(), f"interrupted training left {name} as if finished"
+        assert not (workdir / "results" / "generator" / name).exists(), (
+            f"interrupted training left {name} as if finished"
+        )
     if (workdir / ".snakemake" / "locks").is_dir() and any((workdir / ".snakemake" / "locks").iterdir()):
         subprocess.run(snakemake_command(workdir, configfile, "--unlock"), check=True, capture_output=True)
 

@@ -12,15 +12,40 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
-STAGES = ["phantoms", "participants", "preprocess", "qc_table", "split", "train", "plan_synthetic", "regional_measures",
-          "generate", "synthetic_grid", "brainage", "regions", "report_summary"]
+STAGES = [
+    "phantoms",
+    "participants",
+    "preprocess",
+    "qc_table",
+    "split",
+    "train",
+    "plan_synthetic",
+    "regional_measures",
+    "generate",
+    "synthetic_grid",
+    "brainage",
+    "regions",
+    "report_summary",
+]
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, configfile: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Snakemake on ``workdir`` with ``configfile``, else the config the tiny study ran with there, else TINY."""
     configfile = configfile or next((path for path in [workdir / "tiny.yaml"] if path.is_file()), TINY)
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-               "--directory", str(workdir), "--configfile", str(configfile), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
@@ -59,7 +84,9 @@ def test_ixi_by_one_key_names_subjects_without_age(tmp_path, ixi_dir):
     assert jobs["preprocess"] == 84 and "phantoms" not in jobs
     text = result.stdout + result.stderr
     assert "4 subject(s) without age" in text
-    for subject in pd.read_csv(ixi_dir / "participants.tsv", sep="\t").query("age != age or age == 'n/a'")["participant_id"]:
+    for subject in pd.read_csv(ixi_dir / "participants.tsv", sep="\t").query("age != age or age == 'n/a'")[
+        "participant_id"
+    ]:
         assert subject in text
 
 
@@ -73,8 +100,22 @@ def test_bad_dataset_is_rejected_before_any_job(tmp_path):
 
 def test_an_external_cohort_is_preprocessed_by_the_same_rules_and_only_evaluated(tmp_path):
     external = tmp_path / "external"
-    subprocess.run([sys.executable, "-m", "flowlet", "phantoms", "--output-dir", str(external), "--n-subjects", "3",
-                    "--seed", "5"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowlet",
+            "phantoms",
+            "--output-dir",
+            str(external),
+            "--n-subjects",
+            "3",
+            "--seed",
+            "5",
+        ],
+        check=True,
+        capture_output=True,
+    )
     result = snakemake(tmp_path, "-n", "-p", "--config", f"data={{'external_bids_dir': '{external}'}}")
     jobs = planned_jobs(result)
     assert jobs["preprocess_external"] == 3 and jobs["preprocess"] == 12
@@ -116,9 +157,19 @@ def test_regional_slopes_on_the_demo_phantoms_match_the_ageing_put_in(tiny_study
 @pytest.mark.slow
 def test_tiny_study_produces_every_result(tiny_study):
     results = tiny_study / "results"
-    for path in ["qc/qc.tsv", "data/split.tsv", "generator/loss.png", "synthetic/plan.tsv", "synthetic/grid.png",
-                 "brainage/metrics.tsv", "brainage/mae_per_bin.png", "regions/paired_region_summary.tsv",
-                 "report/summary.md", "report/runtime.tsv", "report/environment.tsv"]:
+    for path in [
+        "qc/qc.tsv",
+        "data/split.tsv",
+        "generator/loss.png",
+        "synthetic/plan.tsv",
+        "synthetic/grid.png",
+        "brainage/metrics.tsv",
+        "brainage/mae_per_bin.png",
+        "regions/paired_region_summary.tsv",
+        "report/summary.md",
+        "report/runtime.tsv",
+        "report/environment.tsv",
+    ]:
         assert (results / path).stat().st_size > 0, path
     metrics = pd.read_csv(results / "brainage" / "metrics.tsv", sep="\t")
     split = pd.read_csv(results / "data" / "split.tsv", sep="\t")

@@ -59,7 +59,9 @@ class AgeBins:
         index[outside] = -1
         return index
 
-    def assign(self, ages: Sequence[float] | np.ndarray, ids: Sequence[str] | None = None, what: str = "subjects") -> np.ndarray:
+    def assign(
+        self, ages: Sequence[float] | np.ndarray, ids: Sequence[str] | None = None, what: str = "subjects"
+    ) -> np.ndarray:
         """Bin label of every age; a FlowletError naming the subjects whose age lies outside all bins."""
         ages = np.asarray(ages, dtype=float)
         index = self.index_of(ages)
@@ -83,7 +85,9 @@ def split_counts(split: pd.DataFrame, bins: AgeBins) -> pd.DataFrame:
     for part in ("train", "test", WITHHELD):
         in_part = split["split"].to_numpy() == part
         counts = pd.Series(labels[in_part]).value_counts()
-        table[f"n_{part}_real" if part != WITHHELD else "n_withheld"] = [int(counts.get(label, 0)) for label in bins.labels]
+        table[f"n_{part}_real" if part != WITHHELD else "n_withheld"] = [
+            int(counts.get(label, 0)) for label in bins.labels
+        ]
     return table
 
 
@@ -228,7 +232,9 @@ def make_plan(
         # when another bin's count does.
         bin_index = bins.labels.index(row.age_bin)
         rng = np.random.default_rng([seed, bin_index])
-        ages = sample_ages(int(row.n_synthetic), max(row.low, youngest), min(row.high, oldest), train_ages, age_sampling, rng)
+        ages = sample_ages(
+            int(row.n_synthetic), max(row.low, youngest), min(row.high, oldest), train_ages, age_sampling, rng
+        )
         ages_per_bin[row.age_bin] = pd.DataFrame(
             {
                 "age": ages,

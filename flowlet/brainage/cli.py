@@ -20,11 +20,26 @@ log = logging.getLogger(__name__)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, split, image)")
-    parser.add_argument("--synthetic", type=Path, nargs="*", default=[], help="synthetic manifests (image, age, sex, age_bin[, qc_pass])")
-    parser.add_argument("--baseline-synthetic", type=Path, nargs="*", default=[],
-                        help="the linear baseline generator's manifests, for the arms real+baseline and baseline")
-    parser.add_argument("--external-split", type=Path, default=None, help="a second dataset's table, used only for evaluation")
+    parser.add_argument(
+        "--split", required=True, type=Path, help="split table (participant_id, age, sex, split, image)"
+    )
+    parser.add_argument(
+        "--synthetic",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="synthetic manifests (image, age, sex, age_bin[, qc_pass])",
+    )
+    parser.add_argument(
+        "--baseline-synthetic",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="the linear baseline generator's manifests, for the arms real+baseline and baseline",
+    )
+    parser.add_argument(
+        "--external-split", type=Path, default=None, help="a second dataset's table, used only for evaluation"
+    )
     parser.add_argument(
         "--regional-features",
         type=Path,
@@ -41,35 +56,79 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         "trained on each; default: voxels, plus regional when --regional-features is given. The CNN uses voxels only",
     )
     parser.add_argument(
-        "--tissue-fwhm", type=float, default=DEFAULT_TISSUE_FWHM_MM,
+        "--tissue-fwhm",
+        type=float,
+        default=DEFAULT_TISSUE_FWHM_MM,
         help="FWHM in mm of the Gaussian smoothing of the tissue density maps (feature set tissue)",
     )
-    parser.add_argument("--output-dir", required=True, type=Path, help="folder for metrics.tsv, predictions.tsv, figures, model")
-    parser.add_argument("--regressors", nargs="+", choices=REGRESSORS, default=["ridge", "svr", "gpr"], help="regressors to train")
+    parser.add_argument(
+        "--output-dir", required=True, type=Path, help="folder for metrics.tsv, predictions.tsv, figures, model"
+    )
+    parser.add_argument(
+        "--regressors", nargs="+", choices=REGRESSORS, default=["ridge", "svr", "gpr"], help="regressors to train"
+    )
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="training sets to compare")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="repetitions (CV shuffles, CNN initialisation)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="repetitions (CV shuffles, CNN initialisation)"
+    )
     parser.add_argument("--bin-edges", type=float, nargs="+", default=DEFAULT_BIN_EDGES, help="age bin edges in years")
     parser.add_argument("--downsample", type=int, default=2, help="block-averaging factor applied to the MNI volumes")
-    parser.add_argument("--pca-components", type=int, nargs="+", default=[10, 25, 50], help="PCA sizes searched by cross-validation")
-    parser.add_argument("--cv-folds", type=int, default=5, help="folds for hyper-parameter search and the out-of-sample bias-correction fit")
+    parser.add_argument(
+        "--pca-components", type=int, nargs="+", default=[10, 25, 50], help="PCA sizes searched by cross-validation"
+    )
+    parser.add_argument(
+        "--cv-folds",
+        type=int,
+        default=5,
+        help="folds for hyper-parameter search and the out-of-sample bias-correction fit",
+    )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test subjects")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
-    parser.add_argument("--cnn-arch", choices=CNN_ARCHITECTURES, default="sfcn", help="CNN architecture when 'cnn' is among --regressors")
-    parser.add_argument("--cnn-channels", type=int, nargs="+", default=list(DEFAULT_SFCN_CHANNELS), help="SFCN block widths (paper: 32 64 128 256 256 64)")
+    parser.add_argument(
+        "--cnn-arch",
+        choices=CNN_ARCHITECTURES,
+        default="sfcn",
+        help="CNN architecture when 'cnn' is among --regressors",
+    )
+    parser.add_argument(
+        "--cnn-channels",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SFCN_CHANNELS),
+        help="SFCN block widths (paper: 32 64 128 256 256 64)",
+    )
     parser.add_argument("--cnn-epochs", type=int, default=30, help="CNN training epochs")
     parser.add_argument("--cnn-batch-size", type=int, default=16, help="CNN batch size")
-    parser.add_argument("--cnn-learning-rate", type=float, default=0.01, help="CNN SGD learning rate (cosine warm restarts, T0 17, T_mult 2)")
+    parser.add_argument(
+        "--cnn-learning-rate",
+        type=float,
+        default=0.01,
+        help="CNN SGD learning rate (cosine warm restarts, T0 17, T_mult 2)",
+    )
     parser.add_argument("--densenet-growth", type=int, default=32, help="DenseNet-121 growth rate")
-    parser.add_argument("--densenet-blocks", type=int, nargs="+", default=[6, 12, 24, 16], help="DenseNet layers per dense block")
+    parser.add_argument(
+        "--densenet-blocks", type=int, nargs="+", default=[6, 12, 24, 16], help="DenseNet layers per dense block"
+    )
     parser.add_argument("--densenet-init-features", type=int, default=64, help="DenseNet stem width")
     parser.add_argument("--device", default="auto", help="torch device for the CNN: auto, cpu, cuda, cuda:1")
-    parser.add_argument("--plan", type=Path, default=None,
-                        help="the synthetic plan (plan.tsv of `flowlet plan`): which bins the verdict answers for")
-    parser.add_argument("--verdict-model", default=AUTO,
-                        help="feature_set/regressor the verdict reports (e.g. tissue/ridge); auto: the real arm's "
-                             "lowest cross-validated MAE inside the training split")
-    parser.add_argument("--verdict-correction", choices=("raw", "corrected"), default="corrected",
-                        help="whether the verdict reads raw or age-bias-corrected predictions")
+    parser.add_argument(
+        "--plan",
+        type=Path,
+        default=None,
+        help="the synthetic plan (plan.tsv of `flowlet plan`): which bins the verdict answers for",
+    )
+    parser.add_argument(
+        "--verdict-model",
+        default=AUTO,
+        help="feature_set/regressor the verdict reports (e.g. tissue/ridge); auto: the real arm's "
+        "lowest cross-validated MAE inside the training split",
+    )
+    parser.add_argument(
+        "--verdict-correction",
+        choices=("raw", "corrected"),
+        default="corrected",
+        help="whether the verdict reads raw or age-bias-corrected predictions",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -106,7 +165,11 @@ def bin_labels(settings: Settings) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     results = run_experiment(
-        args.split, list(args.synthetic), settings, args.external_split, args.regional_features,
+        args.split,
+        list(args.synthetic),
+        settings,
+        args.external_split,
+        args.regional_features,
         list(args.baseline_synthetic),
     )
     output = args.output_dir
@@ -114,10 +177,14 @@ def run(args: argparse.Namespace) -> int:
     results.metrics.to_csv(output / "metrics.tsv", sep="\t", index=False, float_format="%.4f")
     results.predictions.to_csv(output / "predictions.tsv", sep="\t", index=False, float_format="%.4f")
     results.models.to_csv(output / "models.tsv", sep="\t", index=False, float_format="%.4f")
-    plan = (read_tsv(args.plan, "synthetic plan", required=("age_bin", "n_synthetic"), dtype={"age_bin": str})
-            if args.plan else None)
-    verdict = verdict_table(results.metrics, results.models, plan, results.bin_counts, REDUCED,
-                            args.verdict_model, args.verdict_correction)
+    plan = (
+        read_tsv(args.plan, "synthetic plan", required=("age_bin", "n_synthetic"), dtype={"age_bin": str})
+        if args.plan
+        else None
+    )
+    verdict = verdict_table(
+        results.metrics, results.models, plan, results.bin_counts, REDUCED, args.verdict_model, args.verdict_correction
+    )
     verdict.to_csv(output / "verdict.tsv", sep="\t", index=False, float_format="%.4f")
     for line in verdict["sentence"]:
         log.info("verdict: %s", line)
@@ -144,8 +211,21 @@ def run(args: argparse.Namespace) -> int:
             f"model_real.joblib: {best.regressor} on voxels, seed {best.seed} ({best.choice}), cross-validated MAE {best.cv_mae:.2f} years"
         )
     (output / "notes.txt").write_text("".join(f"{note}\n" for note in results.notes))
-    overall = results.metrics[(results.metrics["age_bin"] == "all") & (results.metrics["correction"] == "raw") & (results.metrics["test_set"] == "internal")]
+    overall = results.metrics[
+        (results.metrics["age_bin"] == "all")
+        & (results.metrics["correction"] == "raw")
+        & (results.metrics["test_set"] == "internal")
+    ]
     for row in overall.itertuples(index=False):
-        log.info("%s/%s %s: MAE %.2f [%.2f, %.2f] years on %d test subjects", row.feature_set, row.regressor, row.arm, row.mae, row.mae_ci_low, row.mae_ci_high, row.n_test)
+        log.info(
+            "%s/%s %s: MAE %.2f [%.2f, %.2f] years on %d test subjects",
+            row.feature_set,
+            row.regressor,
+            row.arm,
+            row.mae,
+            row.mae_ci_low,
+            row.mae_ci_high,
+            row.n_test,
+        )
     log.info("wrote %s", output)
     return 0

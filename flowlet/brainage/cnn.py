@@ -46,9 +46,15 @@ class SFCN(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             in_channels = width
-        layers += [nn.Conv3d(in_channels, channels[-1], kernel_size=1), nn.BatchNorm3d(channels[-1]), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv3d(in_channels, channels[-1], kernel_size=1),
+            nn.BatchNorm3d(channels[-1]),
+            nn.ReLU(inplace=True),
+        ]
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Dropout(dropout), nn.Conv3d(channels[-1], 1, kernel_size=1))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool3d(1), nn.Dropout(dropout), nn.Conv3d(channels[-1], 1, kernel_size=1)
+        )
 
     def forward(self, volumes: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(volumes)).flatten()
@@ -146,7 +152,9 @@ class CNNRegressor:
     def fit(self, volumes: np.ndarray, ages: np.ndarray) -> CNNRegressor:
         settings = self.settings
         if settings.epochs < 1 or settings.batch_size < 1:
-            raise FlowletError(f"--cnn-epochs and --cnn-batch-size must be positive, got {settings.epochs} and {settings.batch_size}")
+            raise FlowletError(
+                f"--cnn-epochs and --cnn-batch-size must be positive, got {settings.epochs} and {settings.batch_size}"
+            )
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
         ages = np.asarray(ages, dtype=np.float32)
@@ -155,12 +163,16 @@ class CNNRegressor:
         inputs = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32)).unsqueeze(1)
         targets = torch.from_numpy((ages - self.age_mean) / self.age_scale)
         network = settings.build().to(self.device)
-        optimizer = torch.optim.SGD(network.parameters(), lr=settings.learning_rate, momentum=0.9, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.SGD(
+            network.parameters(), lr=settings.learning_rate, momentum=0.9, weight_decay=settings.weight_decay
+        )
         schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=17, T_mult=2)
         loss_function = nn.L1Loss()
         batches_per_epoch = max(1, int(np.ceil(len(inputs) / settings.batch_size)))
         network.train()
-        for epoch in tqdm(range(settings.epochs), desc=f"{settings.architecture} seed {self.seed}", unit="epoch", leave=False):
+        for epoch in tqdm(
+            range(settings.epochs), desc=f"{settings.architecture} seed {self.seed}", unit="epoch", leave=False
+        ):
             order = torch.randperm(len(inputs), generator=generator)
             for batch in range(batches_per_epoch):
                 chosen = order[batch * settings.batch_size : (batch + 1) * settings.batch_size]
@@ -182,6 +194,8 @@ class CNNRegressor:
         self.network.eval()
         outputs = []
         for start in range(0, len(volumes), self.settings.batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(volumes[start : start + self.settings.batch_size], dtype=np.float32))
+            chunk = torch.from_numpy(
+                np.ascontiguousarray(volumes[start : start + self.settings.batch_size], dtype=np.float32)
+            )
             outputs.append(self.network(chunk.unsqueeze(1).to(self.device)).cpu().numpy())
         return np.concatenate(outputs) * self.age_scale + self.age_mean

@@ -70,7 +70,12 @@ log = logging.getLogger(__name__)
 
 ARMS = ("real", "real+synthetic", "synthetic", "real+baseline", "baseline", "oracle")
 # Where each arm's generated volumes come from (the real arm has none), and which arms also train on real subjects.
-ARM_SOURCES = {"real+synthetic": "synthetic", "synthetic": "synthetic", "real+baseline": "baseline", "baseline": "baseline"}
+ARM_SOURCES = {
+    "real+synthetic": "synthetic",
+    "synthetic": "synthetic",
+    "real+baseline": "baseline",
+    "baseline": "baseline",
+}
 SOURCES = ("synthetic", "baseline")
 ARMS_WITH_REAL = ("real", "real+synthetic", "real+baseline", "oracle")
 # Arms whose gain over ``real`` is measured against the oracle's.
@@ -107,10 +112,14 @@ class Settings:
             return ["voxels", "regional"] if regional_features_path is not None else ["voxels"]
         unknown = [name for name in self.feature_sets if name not in FEATURE_SETS]
         if unknown or not self.feature_sets:
-            raise FlowletError(f"--feature-sets: unknown {unknown or 'empty list'}; choose from {', '.join(FEATURE_SETS)}")
+            raise FlowletError(
+                f"--feature-sets: unknown {unknown or 'empty list'}; choose from {', '.join(FEATURE_SETS)}"
+            )
         needing_table = [name for name in self.feature_sets if name in TABLE_FEATURE_SETS]
         if needing_table and regional_features_path is None:
-            raise FlowletError(f"--feature-sets {' '.join(needing_table)} needs --regional-features TABLE (the regional_features.tsv of `flowlet regional-measures`)")
+            raise FlowletError(
+                f"--feature-sets {' '.join(needing_table)} needs --regional-features TABLE (the regional_features.tsv of `flowlet regional-measures`)"
+            )
         return list(dict.fromkeys(self.feature_sets))
 
     def validate(self) -> None:
@@ -161,7 +170,9 @@ def load_cohort(
     withheld = split[split["split"] == WITHHELD].reset_index(drop=True)
     notes: list[str] = []
     if len(test) < MIN_TEST_SUBJECTS:
-        raise FlowletError(f"split table {split_path}: {len(test)} test subject(s); at least {MIN_TEST_SUBJECTS} are needed to evaluate")
+        raise FlowletError(
+            f"split table {split_path}: {len(test)} test subject(s); at least {MIN_TEST_SUBJECTS} are needed to evaluate"
+        )
     real_arms = [arm for arm in settings.arms if arm in ARMS_WITH_REAL]
     if real_arms and len(train) < 2 * settings.cv_folds:
         raise FlowletError(
@@ -171,11 +182,15 @@ def load_cohort(
     test_sets = {"internal": test}
     if external_split_path is not None:
         external = read_split(external_split_path, what="external test table")
-        test_sets["external"] = _with_bins(external, bins, f"external test table {external_split_path}").reset_index(drop=True)
+        test_sets["external"] = _with_bins(external, bins, f"external test table {external_split_path}").reset_index(
+            drop=True
+        )
         notes.append(f"external test set {external_split_path}: all {len(external)} subjects used for evaluation only")
     arms = list(settings.arms)
     if "oracle" in arms and withheld.empty:
-        notes.append("arm oracle skipped: no real training subjects are withheld (controlled scarcity, split.scarcity_*, is off)")
+        notes.append(
+            "arm oracle skipped: no real training subjects are withheld (controlled scarcity, split.scarcity_*, is off)"
+        )
         arms.remove("oracle")
     given = {"synthetic": list(synthetic_paths), "baseline": list(baseline_paths or [])}
     generated = {}
@@ -193,7 +208,9 @@ def load_cohort(
         # other arms with a note rather than failing.
         if volumes.table.empty:
             listed = ", ".join(map(str, given[source])) or "none given"
-            notes.append(f"arms {', '.join(source_arms)} skipped: the {source} manifests ({listed}) list no volume that passed QC")
+            notes.append(
+                f"arms {', '.join(source_arms)} skipped: the {source} manifests ({listed}) list no volume that passed QC"
+            )
             arms = [arm for arm in arms if arm not in source_arms]
             continue
         volumes.table = _with_bins(volumes.table, bins, f"{source} manifests", id_column="image")
@@ -210,8 +227,9 @@ def load_cohort(
     for label in bins.labels:
         if not (test["age_bin"] == label).any():
             notes.append(f"age bin {label}: no real test subjects, so no per-bin metrics for it")
-    return Cohort(train=train, test_sets=test_sets, generated=generated, bins=bins, notes=notes, arms=arms,
-                  withheld=withheld)
+    return Cohort(
+        train=train, test_sets=test_sets, generated=generated, bins=bins, notes=notes, arms=arms, withheld=withheld
+    )
 
 
 @dataclass
@@ -258,8 +276,12 @@ def table_feature_set(cohort: Cohort, name: str, path: Path, matrix_of) -> Featu
             return matrix
         missing = subjects.loc[~found, "participant_id"].tolist()
         if required:
-            raise FlowletError(f"{name} features {path}: no row for {len(missing)} {what} subject(s): {', '.join(map(str, missing[:10]))}")
-        cohort.notes.append(f"{name} features {path}: {len(missing)} {what} volume(s) have no row; arms with {what} data skipped for {name} features")
+            raise FlowletError(
+                f"{name} features {path}: no row for {len(missing)} {what} subject(s): {', '.join(map(str, missing[:10]))}"
+            )
+        cohort.notes.append(
+            f"{name} features {path}: {len(missing)} {what} volume(s) have no row; arms with {what} data skipped for {name} features"
+        )
         return None
 
     return FeatureSet(
@@ -269,7 +291,9 @@ def table_feature_set(cohort: Cohort, name: str, path: Path, matrix_of) -> Featu
             source: matched(volumes.table, source, False) if not volumes.table.empty else None
             for source, volumes in cohort.generated.items()
         },
-        tests={test_name: matched(subjects, f"{test_name} test", True) for test_name, subjects in cohort.test_sets.items()},
+        tests={
+            test_name: matched(subjects, f"{test_name} test", True) for test_name, subjects in cohort.test_sets.items()
+        },
         volumetric=False,
         withheld=matched(cohort.withheld, WITHHELD, True) if not cohort.withheld.empty else None,
     )
@@ -286,7 +310,9 @@ def tissue_feature_set(cohort: Cohort, path: Path, settings: Settings) -> Featur
     features = table_feature_set(cohort, "tissue", path, maps.matrix)
     varying = features.train.std(axis=0) > MIN_DENSITY_SPREAD
     if not varying.any():
-        raise FlowletError(f"tissue features {path}: no voxel's density varies across the training subjects (all spreads <= {MIN_DENSITY_SPREAD})")
+        raise FlowletError(
+            f"tissue features {path}: no voxel's density varies across the training subjects (all spreads <= {MIN_DENSITY_SPREAD})"
+        )
     features.train = features.train[:, varying]
     features.generated = {
         source: matrix[:, varying] if matrix is not None else None for source, matrix in features.generated.items()
@@ -329,8 +355,14 @@ def _refit_copy(estimator, settings: Settings, seed: int):
 
 
 def _out_of_sample_training_predictions(
-    estimator, train_real: np.ndarray, ages_real: np.ndarray, synthetic: np.ndarray | None, ages_synthetic: np.ndarray | None,
-    arm: str, settings: Settings, seed: int,
+    estimator,
+    train_real: np.ndarray,
+    ages_real: np.ndarray,
+    synthetic: np.ndarray | None,
+    ages_synthetic: np.ndarray | None,
+    arm: str,
+    settings: Settings,
+    seed: int,
 ) -> np.ndarray:
     if arm not in ARMS_WITH_REAL:
         return estimator.predict(train_real)
@@ -347,7 +379,13 @@ def _out_of_sample_training_predictions(
 
 
 def fit_one(
-    features: FeatureSet, mask: np.ndarray | None, cohort: Cohort, regressor: str, arm: str, seed: int, settings: Settings
+    features: FeatureSet,
+    mask: np.ndarray | None,
+    cohort: Cohort,
+    regressor: str,
+    arm: str,
+    seed: int,
+    settings: Settings,
 ) -> FittedModel:
     uses_volumes = regressor == "cnn"
     flat = (lambda array: array) if uses_volumes else (lambda array: _flatten(array, features.volumetric, mask))
@@ -427,7 +465,11 @@ def _prediction_rows(model: FittedModel, cohort: Cohort, notes: list[str]) -> pd
             )
         )
     if not model.correction.usable:
-        reason = "the baseline predicts a constant" if model.regressor == BASELINE else f"training slope {model.correction.slope:.3f}"
+        reason = (
+            "the baseline predicts a constant"
+            if model.regressor == BASELINE
+            else f"training slope {model.correction.slope:.3f}"
+        )
         notes.append(
             f"{model.feature_set}/{model.regressor}/{model.arm}/seed {model.seed}: age-bias correction not applied ({reason}); "
             "corrected = raw"
@@ -456,17 +498,25 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                 if age_bin == "all":
                     chosen = np.ones(len(subjects), bool)
                 else:
-                    chosen = subjects["age_bin"].isin(cohort.reduced_bins if age_bin == REDUCED else [age_bin]).to_numpy()
+                    chosen = (
+                        subjects["age_bin"].isin(cohort.reduced_bins if age_bin == REDUCED else [age_bin]).to_numpy()
+                    )
                 if not chosen.any():
                     continue
                 true_ages = subjects["age"].to_numpy(dtype=float)[chosen]
                 indices = bootstrap_indices(
-                    int(chosen.sum()), settings.bootstrap, seed=[settings.bootstrap_seed, zlib.crc32(f"{test_set}/{age_bin}".encode())]
+                    int(chosen.sum()),
+                    settings.bootstrap,
+                    seed=[settings.bootstrap_seed, zlib.crc32(f"{test_set}/{age_bin}".encode())],
                 )
                 for arm in predicted:
-                    per_seed = [regression_metrics(true_ages, seed_predictions[chosen]) for seed_predictions in predicted[arm]]
+                    per_seed = [
+                        regression_metrics(true_ages, seed_predictions[chosen]) for seed_predictions in predicted[arm]
+                    ]
                     model_rows = models[
-                        (models["feature_set"] == feature_set) & (models["regressor"] == regressor) & (models["arm"] == arm)
+                        (models["feature_set"] == feature_set)
+                        & (models["regressor"] == regressor)
+                        & (models["arm"] == arm)
                     ]
                     mae_low, mae_high = bootstrap_mae(errors[arm][chosen], indices)
                     row = {
@@ -505,7 +555,9 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                     if arm in AUGMENTED_ARMS and {"real", "oracle"} <= set(errors):
                         gap = gap_closed(errors["real"][chosen], errors[arm][chosen], errors["oracle"][chosen], indices)
                         if gap is None:
-                            row_notes.append("gap closed not estimable: the oracle's gain over real has an interval that includes 0")
+                            row_notes.append(
+                                "gap closed not estimable: the oracle's gain over real has an interval that includes 0"
+                            )
                         else:
                             row["gap_closed"], row["gap_ci_low"], row["gap_ci_high"] = gap
                     if int(chosen.sum()) < MIN_TEST_SUBJECTS:
@@ -591,19 +643,34 @@ def run_experiment(
     )
     metrics = summarise(predictions, models, cohort, settings)
     candidates = [
-        model for model in fitted if model.arm == "real" and model.feature_set == "voxels" and model.regressor in CLASSICAL_REGRESSORS
+        model
+        for model in fitted
+        if model.arm == "real" and model.feature_set == "voxels" and model.regressor in CLASSICAL_REGRESSORS
     ]
     best = min(candidates, key=lambda model: model.cv_mae) if candidates else None
     if best is None:
         notes.append("no classical voxel regressor was trained on the real arm, so model_real.joblib is not written")
-    return Results(metrics=metrics, predictions=predictions, models=models, notes=notes, best_real_model=best,
-                   voxels=voxels, bin_counts=bin_counts(cohort))
+    return Results(
+        metrics=metrics,
+        predictions=predictions,
+        models=models,
+        notes=notes,
+        best_real_model=best,
+        voxels=voxels,
+        bin_counts=bin_counts(cohort),
+    )
 
 
 def bin_counts(cohort: Cohort) -> dict[str, dict[str, int]]:
     synthetic = cohort.generated.get("synthetic")
-    groups = {"train": cohort.train, "withheld": cohort.withheld,
-              "synthetic": synthetic.table if synthetic is not None else pd.DataFrame()}
-    return {label: {name: int((table["age_bin"] == label).sum()) if not table.empty else 0
-                    for name, table in groups.items()}
-            for label in cohort.bins.labels}
+    groups = {
+        "train": cohort.train,
+        "withheld": cohort.withheld,
+        "synthetic": synthetic.table if synthetic is not None else pd.DataFrame(),
+    }
+    return {
+        label: {
+            name: int((table["age_bin"] == label).sum()) if not table.empty else 0 for name, table in groups.items()
+        }
+        for label in cohort.bins.labels
+    }

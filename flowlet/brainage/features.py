@@ -35,7 +35,9 @@ def block_downsample(volume: np.ndarray, factor: int) -> np.ndarray:
     padded_shape = [int(np.ceil(size / factor)) * factor for size in volume.shape]
     padded = np.zeros(padded_shape, dtype=np.float32)
     padded[tuple(slice(0, size) for size in volume.shape)] = volume
-    blocks = padded.reshape(padded_shape[0] // factor, factor, padded_shape[1] // factor, factor, padded_shape[2] // factor, factor)
+    blocks = padded.reshape(
+        padded_shape[0] // factor, factor, padded_shape[1] // factor, factor, padded_shape[2] // factor, factor
+    )
     return blocks.mean(axis=(1, 3, 5))
 
 
@@ -89,7 +91,9 @@ def load_voxel_features(images: list[str], downsample: int = 2, what: str = "bra
             mask = downsampled_mask(resolution, downsample)
             volumes = np.zeros((len(images), *mask.shape), dtype=np.float32)
         elif image_resolution != resolution:
-            raise FlowletError(f"{what}: {image_path} is on the {image_resolution} mm grid, the others on the {resolution} mm grid")
+            raise FlowletError(
+                f"{what}: {image_path} is on the {image_resolution} mm grid, the others on the {resolution} mm grid"
+            )
         data = np.asarray(image.get_fdata(dtype=np.float32))
         if data.ndim != 3:
             raise FlowletError(f"{what}: {image_path} has {data.ndim} dimensions; a 3D volume is needed")
@@ -101,7 +105,9 @@ def load_voxel_features(images: list[str], downsample: int = 2, what: str = "bra
         if spread == 0:
             raise FlowletError(f"{what}: {image_path} is constant inside the brain mask")
         volumes[i][mask] = (inside - inside.mean()) / spread
-    return VoxelFeatures(images=list(images), volumes=volumes, mask=mask, resolution_mm=resolution, downsample=downsample)
+    return VoxelFeatures(
+        images=list(images), volumes=volumes, mask=mask, resolution_mm=resolution, downsample=downsample
+    )
 
 
 def read_regional_features(path: str | Path) -> pd.DataFrame:
@@ -115,7 +121,9 @@ def read_regional_features(path: str | Path) -> pd.DataFrame:
     keys = [column for column in ("participant_id", "image") if column in table.columns]
     if not keys:
         raise FlowletError(f"{what} {path} needs a participant_id or image column to match subjects")
-    features = [column for column in table.columns if column not in keys and pd.api.types.is_numeric_dtype(table[column])]
+    features = [
+        column for column in table.columns if column not in keys and pd.api.types.is_numeric_dtype(table[column])
+    ]
     if not features:
         raise FlowletError(f"{what} {path} has no numeric region columns")
     if table[features].isna().any().any():
@@ -145,7 +153,9 @@ def match_rows(table: pd.DataFrame, subjects: pd.DataFrame) -> np.ndarray:
                 by_path[_path_key(image)] = i
                 by_name.setdefault(Path(image).name, []).append(i)
     rows = np.full(len(subjects), -1, dtype=int)
-    for i, (participant, image) in enumerate(zip(subjects["participant_id"].astype(str), subjects["image"].astype(str))):
+    for i, (participant, image) in enumerate(
+        zip(subjects["participant_id"].astype(str), subjects["image"].astype(str))
+    ):
         row = by_id.get(participant, by_path.get(_path_key(image)))
         if row is None and len(by_name.get(Path(image).name, [])) == 1:
             row = by_name[Path(image).name][0]
@@ -182,7 +192,12 @@ class TissueDensityMaps:
         if fwhm_mm < 0:
             raise FlowletError(f"--tissue-fwhm must be >= 0 mm, got {fwhm_mm}")
         self.path = Path(path)
-        self.table = read_tsv(path, "tissue maps", required=("segmentation",), dtype={"participant_id": str, "image": str, "segmentation": str})
+        self.table = read_tsv(
+            path,
+            "tissue maps",
+            required=("segmentation",),
+            dtype={"participant_id": str, "image": str, "segmentation": str},
+        )
         if not {"participant_id", "image"} & set(self.table.columns):
             raise FlowletError(f"tissue maps {path} need a participant_id or image column to match subjects")
         self.fwhm_mm = fwhm_mm
@@ -195,7 +210,9 @@ class TissueDensityMaps:
         """One row of densities per subject (NaN where the table has no row for it) and which subjects matched."""
         rows = match_rows(self.table, subjects)
         found = rows >= 0
-        for row in tqdm(sorted(set(rows[found]) - set(self._rows)), desc="tissue density maps", unit="image", leave=False):
+        for row in tqdm(
+            sorted(set(rows[found]) - set(self._rows)), desc="tissue density maps", unit="image", leave=False
+        ):
             self._rows[row] = self._densities(row)
         width = len(next(iter(self._rows.values()))) if self._rows else 0
         matrix = np.full((len(subjects), width), np.nan, dtype=np.float32)
@@ -211,8 +228,15 @@ class TissueDensityMaps:
         if self._resolution is None:
             self._resolution, self._mask = resolution, downsampled_mask(resolution, self.downsample)
         elif resolution != self._resolution:
-            raise FlowletError(f"tissue labels {path} are on the {resolution} mm grid, the others on the {self._resolution} mm grid")
+            raise FlowletError(
+                f"tissue labels {path} are on the {resolution} mm grid, the others on the {self._resolution} mm grid"
+            )
         labels = np.asarray(image.dataobj)
         sigma_voxels = self.fwhm_mm / (2 * np.sqrt(2 * np.log(2))) / resolution
-        maps = [block_downsample(ndimage.gaussian_filter((labels == code).astype(np.float32), sigma_voxels), self.downsample)[self._mask] for code in DENSITY_TISSUES.values()]
+        maps = [
+            block_downsample(
+                ndimage.gaussian_filter((labels == code).astype(np.float32), sigma_voxels), self.downsample
+            )[self._mask]
+            for code in DENSITY_TISSUES.values()
+        ]
         return np.concatenate(maps)

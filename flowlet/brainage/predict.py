@@ -14,7 +14,17 @@ from flowlet.errors import FlowletError
 MODEL_FORMAT = "flowlet-brainage-model/1"
 
 
-def save_model(path: Path, estimator, regressor: str, downsample: int, resolution_mm: int, slope: float, intercept: float, applied: bool, cv_mae: float) -> Path:
+def save_model(
+    path: Path,
+    estimator,
+    regressor: str,
+    downsample: int,
+    resolution_mm: int,
+    slope: float,
+    intercept: float,
+    applied: bool,
+    cv_mae: float,
+) -> Path:
     """Write the fitted voxel pipeline with what is needed to rebuild its features and apply its age-bias correction."""
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(
@@ -38,11 +48,15 @@ def save_model(path: Path, estimator, regressor: str, downsample: int, resolutio
 def load_model(model_path: str | Path) -> dict:
     model_path = Path(model_path)
     if not model_path.exists():
-        raise FlowletError(f"brain-age model {model_path} does not exist; run `flowlet brainage` with the real arm first")
+        raise FlowletError(
+            f"brain-age model {model_path} does not exist; run `flowlet brainage` with the real arm first"
+        )
     try:
         model = joblib.load(model_path)
     except Exception as error:  # joblib surfaces unpickling failures as many exception types
-        raise FlowletError(f"brain-age model {model_path} could not be read ({type(error).__name__}: {error})") from error
+        raise FlowletError(
+            f"brain-age model {model_path} could not be read ({type(error).__name__}: {error})"
+        ) from error
     if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:
         raise FlowletError(f"brain-age model {model_path} is not a {MODEL_FORMAT} file")
     return model
@@ -51,7 +65,9 @@ def load_model(model_path: str | Path) -> dict:
 def predict_ages(model_path: str | Path, images: list[str | Path], corrected: bool = False) -> np.ndarray:
     """Predicted ages (years) of MNI-space images, with the saved model's training-fitted bias correction if asked."""
     model = load_model(model_path)
-    voxels = load_voxel_features([str(image) for image in images], downsample=model["downsample"], what="brain-age input")
+    voxels = load_voxel_features(
+        [str(image) for image in images], downsample=model["downsample"], what="brain-age input"
+    )
     if voxels.resolution_mm != model["resolution_mm"]:
         raise FlowletError(
             f"brain-age model {model_path} was trained on the {model['resolution_mm']} mm grid; the images are on the {voxels.resolution_mm} mm grid"

@@ -60,7 +60,9 @@ def _model_and_grid(name: str, seed: int) -> tuple[object, dict[str, list]]:
             "model__svr__regressor__C": [0.01, 0.1, 1.0, 10.0, 100.0],
         }
     if name == "gpr":
-        linear = ConstantKernel(1.0, (1e-3, 1e3)) * DotProduct(sigma_0=1.0, sigma_0_bounds=(1e-3, 1e3)) + WhiteKernel(1.0, (1e-3, 1e2))
+        linear = ConstantKernel(1.0, (1e-3, 1e3)) * DotProduct(sigma_0=1.0, sigma_0_bounds=(1e-3, 1e3)) + WhiteKernel(
+            1.0, (1e-3, 1e2)
+        )
         smooth = ConstantKernel(1.0, (1e-3, 1e3)) * RBF(10.0, (1e-2, 1e4)) + WhiteKernel(1.0, (1e-3, 1e2))
         gp = GaussianProcessRegressor(kernel=linear, normalize_y=False, n_restarts_optimizer=1, random_state=seed)
         return _standardised_target(gp), {"model__regressor__kernel": [linear, smooth]}

@@ -39,15 +39,18 @@ def read_split(path: str | Path, what: str = "split table") -> pd.DataFrame:
         raise FlowletError(f"{what}: {path} has a header but no subjects")
     duplicated = table["participant_id"][table["participant_id"].duplicated()].unique()
     if len(duplicated):
-        raise FlowletError(f"{what}: {path} lists participant(s) more than once: {', '.join(map(str, duplicated[:10]))}")
+        raise FlowletError(
+            f"{what}: {path} lists participant(s) more than once: {', '.join(map(str, duplicated[:10]))}"
+        )
     table["split"] = table["split"].astype(str).str.strip().str.lower()
     # The workflow's split keeps subjects without age or with failed preprocessing as 'excluded', with the reason.
     table = table[table["split"] != "excluded"].reset_index(drop=True)
     table["age"] = _numeric_ages(table, path, what, "participant_id")
     unknown = table.loc[~table["split"].isin(["train", "test", WITHHELD]), "participant_id"].tolist()
     if unknown:
-        raise FlowletError(f"{what}: {path}: split must be 'train', 'test' or '{WITHHELD}'; not so for "
-                           f"{', '.join(unknown[:10])}")
+        raise FlowletError(
+            f"{what}: {path}: split must be 'train', 'test' or '{WITHHELD}'; not so for {', '.join(unknown[:10])}"
+        )
     if "sex" not in table.columns:
         table["sex"] = ""
     table["sex"] = table["sex"].fillna("").astype(str)
@@ -90,7 +93,9 @@ def read_synthetic(paths: list[str | Path]) -> SyntheticSet:
         passed = synthetic_qc_passed(table, path)
         if (~passed).any():
             n_dropped += int((~passed).sum())
-            notes.append(f"synthetic QC gate: dropped {int((~passed).sum())} of {len(table)} volume(s) listed in {path}")
+            notes.append(
+                f"synthetic QC gate: dropped {int((~passed).sum())} of {len(table)} volume(s) listed in {path}"
+            )
         table = table[passed]
         _require_existing(table["image"], table["image"], path, "synthetic manifest")
         table = table.assign(manifest=str(path))
@@ -102,5 +107,7 @@ def read_synthetic(paths: list[str | Path]) -> SyntheticSet:
     if "sex" not in combined.columns:
         combined["sex"] = ""
     combined["sex"] = combined["sex"].fillna("").astype(str)
-    combined["participant_id"] = [f"synthetic:{Path(image).name.split('.')[0]}:{i}" for i, image in enumerate(combined["image"])]
+    combined["participant_id"] = [
+        f"synthetic:{Path(image).name.split('.')[0]}:{i}" for i, image in enumerate(combined["image"])
+    ]
     return SyntheticSet(table=combined.reset_index(drop=True), notes=notes, n_qc_dropped=n_dropped)

@@ -20,9 +20,21 @@ AUTO = "auto"
 MIN_TEST_FOR_INTERVAL = 3
 # (column prefix, arm) of the MAE columns, in the order the table shows them.
 ARM_COLUMNS = (("real", "real"), ("synthetic", "real+synthetic"), ("baseline", "real+baseline"), ("oracle", "oracle"))
-COLUMNS = ["age_bin", "why", "model", "n_train_real", "n_withheld", "n_synthetic", "n_test",
-           *(f"mae_{prefix}{part}" for prefix, _ in ARM_COLUMNS for part in ("", "_ci")),
-           "delta", "delta_ci", "gap_closed", "gap_closed_ci", "sentence"]
+COLUMNS = [
+    "age_bin",
+    "why",
+    "model",
+    "n_train_real",
+    "n_withheld",
+    "n_synthetic",
+    "n_test",
+    *(f"mae_{prefix}{part}" for prefix, _ in ARM_COLUMNS for part in ("", "_ci")),
+    "delta",
+    "delta_ci",
+    "gap_closed",
+    "gap_closed_ci",
+    "sentence",
+]
 
 
 def chosen_model(models: pd.DataFrame, choice: str) -> tuple[str, str]:
@@ -40,7 +52,9 @@ def chosen_model(models: pd.DataFrame, choice: str) -> tuple[str, str]:
     return str(best[0]), str(best[1])
 
 
-def verdict_bins(plan: pd.DataFrame | None, reduced_bins: list[str], synthetic_bins: list[str]) -> list[tuple[str, str]]:
+def verdict_bins(
+    plan: pd.DataFrame | None, reduced_bins: list[str], synthetic_bins: list[str]
+) -> list[tuple[str, str]]:
     """(bin, why) for every bin synthetic subjects were meant to help, in bin order."""
     if plan is not None:
         filled = plan.loc[plan["n_synthetic"] > 0, "age_bin"].astype(str).tolist()
@@ -48,8 +62,11 @@ def verdict_bins(plan: pd.DataFrame | None, reduced_bins: list[str], synthetic_b
     else:
         filled = synthetic_bins
         order = sorted(set(filled) | set(reduced_bins), key=lambda label: float(label.split("-")[0]))
-    return [(label, "reduced" if label in reduced_bins else "under-represented")
-            for label in order if label in reduced_bins or label in filled]
+    return [
+        (label, "reduced" if label in reduced_bins else "under-represented")
+        for label in order
+        if label in reduced_bins or label in filled
+    ]
 
 
 def _interval(low: float, high: float, n_test: int) -> str:
@@ -73,8 +90,12 @@ def verdict_table(
     (keys ``train``, ``withheld``, ``synthetic``).
     """
     feature_set, regressor = chosen_model(models, choice)
-    rows_of_model = metrics[(metrics["feature_set"] == feature_set) & (metrics["regressor"] == regressor)
-                            & (metrics["test_set"] == "internal") & (metrics["correction"] == correction)]
+    rows_of_model = metrics[
+        (metrics["feature_set"] == feature_set)
+        & (metrics["regressor"] == regressor)
+        & (metrics["test_set"] == "internal")
+        & (metrics["correction"] == correction)
+    ]
     reduced = [label for label, count in counts.items() if count.get("withheld", 0) > 0]
     bins = verdict_bins(plan, reduced, [label for label, count in counts.items() if count.get("synthetic", 0) > 0])
     if len(reduced) > 1:
@@ -83,20 +104,28 @@ def verdict_table(
     for label, why in bins:
         at_bin = rows_of_model[rows_of_model["age_bin"] == label].set_index("arm")
         members = reduced if label == reduced_label else [label]
-        row = {"age_bin": label, "why": why, "model": f"{feature_set}/{regressor} ({correction})",
-               "n_train_real": sum(counts.get(m, {}).get("train", 0) for m in members),
-               "n_withheld": sum(counts.get(m, {}).get("withheld", 0) for m in members),
-               "n_synthetic": sum(counts.get(m, {}).get("synthetic", 0) for m in members),
-               "n_test": int(at_bin["n_test"].iloc[0]) if not at_bin.empty else 0}
+        row = {
+            "age_bin": label,
+            "why": why,
+            "model": f"{feature_set}/{regressor} ({correction})",
+            "n_train_real": sum(counts.get(m, {}).get("train", 0) for m in members),
+            "n_withheld": sum(counts.get(m, {}).get("withheld", 0) for m in members),
+            "n_synthetic": sum(counts.get(m, {}).get("synthetic", 0) for m in members),
+            "n_test": int(at_bin["n_test"].iloc[0]) if not at_bin.empty else 0,
+        }
         for prefix, arm in ARM_COLUMNS:
             present = arm in at_bin.index
             row[f"mae_{prefix}"] = float(at_bin.at[arm, "mae"]) if present else np.nan
-            row[f"mae_{prefix}_ci"] = (_interval(at_bin.at[arm, "mae_ci_low"], at_bin.at[arm, "mae_ci_high"], row["n_test"])
-                                       if present else "")
+            row[f"mae_{prefix}_ci"] = (
+                _interval(at_bin.at[arm, "mae_ci_low"], at_bin.at[arm, "mae_ci_high"], row["n_test"]) if present else ""
+            )
         augmented = at_bin.loc["real+synthetic"] if "real+synthetic" in at_bin.index else None
         row["delta"] = float(augmented["delta_mae_vs_real"]) if augmented is not None else np.nan
-        row["delta_ci"] = (_interval(augmented["delta_ci_low"], augmented["delta_ci_high"], row["n_test"])
-                           if augmented is not None else "")
+        row["delta_ci"] = (
+            _interval(augmented["delta_ci_low"], augmented["delta_ci_high"], row["n_test"])
+            if augmented is not None
+            else ""
+        )
         has_gap = augmented is not None and pd.notna(augmented.get("gap_closed", np.nan))
         row["gap_closed"] = float(augmented["gap_closed"]) if has_gap else np.nan
         if not has_gap:
@@ -123,8 +152,10 @@ def sentence(row: dict, augmented: pd.Series | None) -> str:
     if augmented is None or math.isnan(row["delta"]):
         return f"{where}, no synthetic subject passed QC (or the real+synthetic arm was not trained): no answer."
     if row["n_test"] < MIN_TEST_FOR_INTERVAL:
-        return (f"{where}, {row['n_test']} held-out test subject(s) are too few to tell whether "
-                f"{row['n_synthetic']} synthetic subjects helped.")
+        return (
+            f"{where}, {row['n_test']} held-out test subject(s) are too few to tell whether "
+            f"{row['n_synthetic']} synthetic subjects helped."
+        )
     low, high = float(augmented["delta_ci_low"]), float(augmented["delta_ci_high"])
     change = -row["delta"]
     if low > 0:
@@ -132,8 +163,10 @@ def sentence(row: dict, augmented: pd.Series | None) -> str:
     elif high < 0:
         effect = f"synthetic data lowered the MAE by {change:.1f} years [{-high:.1f}, {-low:.1f}]"
     else:
-        effect = (f"synthetic data changed the MAE by {row['delta']:+.1f} years {row['delta_ci']}, "
-                  f"an interval that includes no change")
+        effect = (
+            f"synthetic data changed the MAE by {row['delta']:+.1f} years {row['delta_ci']}, "
+            f"an interval that includes no change"
+        )
     text = f"{where}, with {row['n_synthetic']} synthetic subjects, {effect}"
     if not math.isnan(row["gap_closed"]):
         text += f", closing {100 * row['gap_closed']:.0f}% {row['gap_closed_ci']} of the gap to the oracle"

@@ -34,7 +34,9 @@ def read_participants(bids_dir: str | Path, columns: ColumnNames = ColumnNames()
     """participant_id, age (float, NaN where unknown) and sex (M/F or empty) for every listed participant."""
     path = participants_path(bids_dir)
     if not path.exists():
-        raise FlowletError(f"{path}: participants.tsv is missing; a BIDS dataset lists its subjects and their ages there")
+        raise FlowletError(
+            f"{path}: participants.tsv is missing; a BIDS dataset lists its subjects and their ages there"
+        )
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
@@ -63,7 +65,9 @@ def read_participants(bids_dir: str | Path, columns: ColumnNames = ColumnNames()
     if negative.any():
         raise FlowletError(f"{path}: negative ages for {', '.join(ids[negative])}")
 
-    sex = table[columns.sex].str.strip().str.upper() if columns.sex in table.columns else pd.Series("", index=table.index)
+    sex = (
+        table[columns.sex].str.strip().str.upper() if columns.sex in table.columns else pd.Series("", index=table.index)
+    )
     sex = sex.map(lambda value: {"MALE": "M", "FEMALE": "F", "0": "F", "1": "M"}.get(value, value))
     sex = sex.where(sex.isin(["M", "F"]), "")
     return pd.DataFrame({"participant_id": ids, "age": age.astype(float), "sex": sex})
@@ -74,7 +78,9 @@ def find_t1w(bids_dir: str | Path, participant_id: str) -> Path | None:
     subject_dir = Path(bids_dir) / participant_id
     candidates = sorted(subject_dir.glob("anat/*_T1w.nii.gz")) + sorted(subject_dir.glob("anat/*_T1w.nii"))
     if not candidates:
-        candidates = sorted(subject_dir.glob("ses-*/anat/*_T1w.nii.gz")) + sorted(subject_dir.glob("ses-*/anat/*_T1w.nii"))
+        candidates = sorted(subject_dir.glob("ses-*/anat/*_T1w.nii.gz")) + sorted(
+            subject_dir.glob("ses-*/anat/*_T1w.nii")
+        )
     if len(candidates) > 1:
         log.info("%s: %d T1w images, using %s", participant_id, len(candidates), candidates[0].name)
     return candidates[0] if candidates else None
@@ -98,7 +104,9 @@ def participant_table(
     excluded = set(exclude)
     unknown_exclusions = excluded - set(table["participant_id"])
     if unknown_exclusions:
-        raise FlowletError(f"data.exclude_subjects names subjects not in {participants_path(bids_dir)}: {', '.join(sorted(unknown_exclusions))}")
+        raise FlowletError(
+            f"data.exclude_subjects names subjects not in {participants_path(bids_dir)}: {', '.join(sorted(unknown_exclusions))}"
+        )
     table = table[~table["participant_id"].isin(excluded)].reset_index(drop=True)
 
     images = [find_t1w(bids_dir, pid) for pid in table["participant_id"]]
@@ -114,7 +122,9 @@ def participant_table(
     on_disk = {path.name for path in bids_dir.glob("sub-*") if path.is_dir()}
     unlisted = sorted(on_disk - set(table["participant_id"]) - excluded)
     if unlisted:
-        log.warning("%s: subjects with a folder but no row are left out: %s", participants_path(bids_dir), ", ".join(unlisted))
+        log.warning(
+            "%s: subjects with a folder but no row are left out: %s", participants_path(bids_dir), ", ".join(unlisted)
+        )
     if table.empty:
         raise FlowletError(f"{bids_dir}: no participants left to process")
     return table
@@ -127,7 +137,9 @@ def check_image_header(path: str | Path, participant_id: str) -> None:
     try:
         image = nib.load(str(path))
     except Exception as error:  # nibabel raises many types for foreign files
-        raise FlowletError(f"{participant_id}: {path} is not a readable NIfTI image ({type(error).__name__}: {error})") from error
+        raise FlowletError(
+            f"{participant_id}: {path} is not a readable NIfTI image ({type(error).__name__}: {error})"
+        ) from error
     shape = image.shape
     if len(shape) < 3 or (len(shape) > 3 and int(np.prod(shape[3:])) != 1):
         raise FlowletError(f"{participant_id}: {path} has shape {shape}; a single 3D T1w volume is expected")

@@ -12,7 +12,9 @@ log = logging.getLogger(__name__)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bids-dir", required=True, type=Path, help="BIDS root holding participants.tsv and sub-*/anat/*_T1w.nii.gz")
+    parser.add_argument(
+        "--bids-dir", required=True, type=Path, help="BIDS root holding participants.tsv and sub-*/anat/*_T1w.nii.gz"
+    )
     parser.add_argument("--age-column", default="age", help="participants.tsv column holding age in years")
     parser.add_argument("--sex-column", default="sex", help="participants.tsv column holding sex (M/F)")
     parser.add_argument("--exclude-subjects", nargs="*", default=[], help="participant IDs to leave out")

@@ -36,7 +36,9 @@ def assign_bins(ages: pd.Series, edges: Sequence[float], ids: pd.Series | None =
     if outside.any():
         names = ids[outside] if ids is not None else ages.index[outside]
         listing = ", ".join(f"{name} ({age:g})" for name, age in zip(names, ages[outside]))
-        raise FlowletError(f"ages outside the bins {edges[0]:g}-{edges[-1]:g}: {listing}; widen the bin edges in the config")
+        raise FlowletError(
+            f"ages outside the bins {edges[0]:g}-{edges[-1]:g}: {listing}; widen the bin edges in the config"
+        )
     result = pd.Series([labels[i] if ok else np.nan for i, ok in zip(index, known)], index=ages.index, dtype=object)
     return result
 
@@ -51,14 +53,18 @@ def mark_unusable(table: pd.DataFrame, failed: dict[str, str]) -> pd.Series:
     return ~(no_age | failed_mask)
 
 
-def evaluation_only(participants: pd.DataFrame, edges: Sequence[float], failed: dict[str, str] | None = None) -> pd.DataFrame:
+def evaluation_only(
+    participants: pd.DataFrame, edges: Sequence[float], failed: dict[str, str] | None = None
+) -> pd.DataFrame:
     """A second dataset used only for evaluation: every usable subject is a test subject."""
     table = participants.copy()
     table["age_bin"] = assign_bins(table["age"], edges, table["participant_id"])
     table["split"] = "test"
     table["reason"] = ""
     if not mark_unusable(table, failed or {}).any():
-        raise FlowletError(f"no usable subject to evaluate on among {len(table)} (all without age or failed preprocessing)")
+        raise FlowletError(
+            f"no usable subject to evaluate on among {len(table)} (all without age or failed preprocessing)"
+        )
     return table
 
 
@@ -104,8 +110,6 @@ def stratified_split(
     return table
 
 
-
-
 def scarcity_bins(table: pd.DataFrame, edges: Sequence[float], bins: Sequence[str], best_covered: int) -> list[str]:
     """The bins to reduce: those named, else the ``best_covered`` bins with the most real training subjects."""
     labels = bin_labels(edges)
@@ -137,12 +141,16 @@ def withhold_training_subjects(
     for label in reduced_bins:
         members = np.sort(table.index[(table["split"] == "train") & (table["age_bin"] == label)].to_numpy())
         if not ((table["split"] == "test") & (table["age_bin"] == label)).any():
-            raise FlowletError(f"split.scarcity_bins: bin {label} has no real test subjects, so what withholding its "
-                               "training subjects costs cannot be measured; choose a bin with test subjects")
+            raise FlowletError(
+                f"split.scarcity_bins: bin {label} has no real test subjects, so what withholding its "
+                "training subjects costs cannot be measured; choose a bin with test subjects"
+            )
         kept = int(keep) if keep >= 1 else max(1, int(round(keep * len(members))))
         if len(members) <= kept:
-            raise FlowletError(f"split.scarcity_keep: bin {label} has {len(members)} real training subject(s), so keeping "
-                               f"{kept} withholds none; choose a smaller count or another bin")
+            raise FlowletError(
+                f"split.scarcity_keep: bin {label} has {len(members)} real training subject(s), so keeping "
+                f"{kept} withholds none; choose a smaller count or another bin"
+            )
         withheld = rng.choice(members, size=len(members) - kept, replace=False)
         table.loc[withheld, "split"] = WITHHELD
         table.loc[withheld, "reason"] = f"controlled scarcity: withheld from bin {label} (oracle arm only)"

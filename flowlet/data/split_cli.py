@@ -9,7 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from flowlet.data.split import (
-    WITHHELD, evaluation_only, scarcity_bins, stratified_split, withhold_training_subjects,
+    WITHHELD,
+    evaluation_only,
+    scarcity_bins,
+    stratified_split,
+    withhold_training_subjects,
 )
 from flowlet.data.tables import read_tsv
 
@@ -21,19 +25,37 @@ NATIVE_VOLUME_COLUMN = "native_volume_factor"
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--participants", required=True, type=Path, help="table written by 'flowlet participants'")
     parser.add_argument("--qc", type=Path, help="aggregate QC table from 'flowlet qc'; failed subjects are excluded")
-    parser.add_argument("--image-pattern", required=True, help="path of each subject's preprocessed MNI image, with {participant_id}")
+    parser.add_argument(
+        "--image-pattern", required=True, help="path of each subject's preprocessed MNI image, with {participant_id}"
+    )
     parser.add_argument("--bin-edges", nargs="+", type=float, required=True, help="age bin edges in years")
     parser.add_argument("--test-fraction", type=float, default=0.25, help="share of each age bin held out for testing")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
-    parser.add_argument("--evaluation-only", action="store_true",
-                        help="a second dataset used only for evaluation: every usable subject is a test subject")
-    parser.add_argument("--scarcity-bins", nargs="*", default=[], help="controlled scarcity: age bins whose real "
-                        "training subjects are reduced to --scarcity-keep (the rest train only the oracle arm)")
-    parser.add_argument("--scarcity-best-covered", type=int, default=0,
-                        help="controlled scarcity in the N bins with the most real training subjects (when no "
-                             "--scarcity-bins are named; 0: off)")
-    parser.add_argument("--scarcity-keep", type=float, default=2,
-                        help="real training subjects each reduced bin keeps: a count (>= 1) or a share (below 1)")
+    parser.add_argument(
+        "--evaluation-only",
+        action="store_true",
+        help="a second dataset used only for evaluation: every usable subject is a test subject",
+    )
+    parser.add_argument(
+        "--scarcity-bins",
+        nargs="*",
+        default=[],
+        help="controlled scarcity: age bins whose real "
+        "training subjects are reduced to --scarcity-keep (the rest train only the oracle arm)",
+    )
+    parser.add_argument(
+        "--scarcity-best-covered",
+        type=int,
+        default=0,
+        help="controlled scarcity in the N bins with the most real training subjects (when no "
+        "--scarcity-bins are named; 0: off)",
+    )
+    parser.add_argument(
+        "--scarcity-keep",
+        type=float,
+        default=2,
+        help="real training subjects each reduced bin keeps: a count (>= 1) or a share (below 1)",
+    )
     parser.add_argument("--output", required=True, type=Path, help="split table to write (TSV)")
 
 
@@ -53,7 +75,9 @@ def native_volume_factors(qc: pd.DataFrame) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    participants = pd.read_csv(args.participants, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"sex": str})
+    participants = pd.read_csv(
+        args.participants, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"sex": str}
+    )
     participants["sex"] = participants["sex"].fillna("")
     qc = read_tsv(args.qc, "QC table", dtype={"subject": str}) if args.qc else pd.DataFrame(columns=["subject"])
     if args.evaluation_only:

@@ -35,7 +35,9 @@ def read_tsv(path: str | Path, what: str, required: Sequence[str] = (), **option
         raise FlowletError(f"{what} {path} is not a readable TSV: {error}") from None
     missing = [column for column in required if column not in table.columns]
     if missing:
-        raise FlowletError(f"{what} {path} lacks the column(s) {', '.join(missing)} (has {', '.join(map(str, table.columns))})")
+        raise FlowletError(
+            f"{what} {path} lacks the column(s) {', '.join(missing)} (has {', '.join(map(str, table.columns))})"
+        )
     return table
 
 

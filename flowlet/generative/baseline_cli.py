@@ -13,10 +13,15 @@ log = logging.getLogger(__name__)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("table", type=Path,
-                        help="TSV with columns image and age; with a split column, only its train rows are used")
-    parser.add_argument("--downsample", type=int, default=1,
-                        help="fit at 1/N resolution, as the generator it is compared with trains (train --downsample)")
+    parser.add_argument(
+        "table", type=Path, help="TSV with columns image and age; with a split column, only its train rows are used"
+    )
+    parser.add_argument(
+        "--downsample",
+        type=int,
+        default=1,
+        help="fit at 1/N resolution, as the generator it is compared with trains (train --downsample)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="model file to write (.npz)")
 
 

@@ -56,7 +56,9 @@ def extract_state_dict(payload: Mapping[str, Any], path: str | Path = "checkpoin
         state = payload
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}
     if not tensors:
-        raise FlowletError(f"checkpoint {path} has no model weights (looked for {list(STATE_DICT_KEYS)} and a raw state dict)")
+        raise FlowletError(
+            f"checkpoint {path} has no model weights (looked for {list(STATE_DICT_KEYS)} and a raw state dict)"
+        )
     return tensors
 
 
@@ -79,8 +81,15 @@ def check_compatible(
         shown = ", ".join(items[:20]) + (f", ... ({len(items) - 20} more)" if len(items) > 20 else "")
         return f"{len(items)} {title}: {shown}"
 
-    parts = [listing(title, items) for title, items in
-             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if items]
+    parts = [
+        listing(title, items)
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+        if items
+    ]
     raise FlowletError(f"checkpoint {path} does not match {against}; " + "; ".join(parts))
 
 
@@ -120,7 +129,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, config: UNetConfig, extra: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, config: UNetConfig, extra: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``{"flow_net_state_dict", "config", **extra}`` atomically; ``extra`` must be weights_only-safe."""
     path = Path(path)
     extra = dict(extra or {})

@@ -39,7 +39,7 @@ def _as_number(value: object, what: str) -> float:
 
 def parse_condition_ranges(data: Mapping[str, object], source: str = "condition ranges") -> dict[str, ConditionRange]:
     if not isinstance(data, Mapping) or not data:
-        raise FlowletError(f"{source} must be a non-empty object like {{\"Age\": {{\"min\": 5.9, \"max\": 95.46}}}}")
+        raise FlowletError(f'{source} must be a non-empty object like {{"Age": {{"min": 5.9, "max": 95.46}}}}')
     ranges = {}
     for name, bounds in data.items():
         if not isinstance(bounds, Mapping) or "min" not in bounds or "max" not in bounds:
@@ -97,7 +97,10 @@ def normalise_conditions(
         if outside.numel():
             log.warning(
                 "condition '%s' values %s lie outside the trained range [%g, %g] and are clamped to it",
-                name, sorted(set(outside.tolist())), ranges[name].min, ranges[name].max,
+                name,
+                sorted(set(outside.tolist())),
+                ranges[name].min,
+                ranges[name].max,
             )
         normalised[name] = scaled.clamp(0.0, 1.0)[:, None]
     return normalised

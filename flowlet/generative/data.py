@@ -167,7 +167,9 @@ class Augmentation:
         """``mirrored``: the volume mirrored before downsampling (exact about the midline); else mirrored here."""
         # Every draw is made whether or not it is used, so one sample's randomness never shifts another's.
         rotate, scale, add_noise = rng.random(3) < (
-            self.rotation_probability, self.intensity_probability, self.noise_probability,
+            self.rotation_probability,
+            self.intensity_probability,
+            self.noise_probability,
         )
         angles = np.deg2rad(rng.uniform(-self.max_rotation_degrees, self.max_rotation_degrees, size=3))
         factor = rng.uniform(1.0 - self.max_intensity_scaling, 1.0 + self.max_intensity_scaling)
@@ -236,9 +238,13 @@ class VolumeDataset(torch.utils.data.Dataset):
                 f"working grid {self.volumes[0].shape} is larger than the model input size {self.model_input_size}"
             )
         names = list(self.records[0].conditions)
-        self.conditions = normalise_conditions(
-            {name: [record.conditions[name] for record in self.records] for name in names}, condition_ranges
-        ) if names else {}
+        self.conditions = (
+            normalise_conditions(
+                {name: [record.conditions[name] for record in self.records] for name in names}, condition_ranges
+            )
+            if names
+            else {}
+        )
 
     def __len__(self) -> int:
         return len(self.records)

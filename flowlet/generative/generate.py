@@ -131,10 +131,14 @@ def load_generator(
 def check_conditions(conditions: Mapping[str, float], config: UNetConfig, where: str) -> None:
     unknown = sorted(set(conditions) - set(config.condition_vars))
     if unknown:
-        raise FlowletError(f"{where}: unknown condition {unknown}; this model is conditioned on {list(config.condition_vars)}")
+        raise FlowletError(
+            f"{where}: unknown condition {unknown}; this model is conditioned on {list(config.condition_vars)}"
+        )
     missing = [name for name in config.condition_vars if name not in conditions]
     if missing:
-        raise FlowletError(f"{where}: missing condition {missing}; this model is conditioned on {list(config.condition_vars)}")
+        raise FlowletError(
+            f"{where}: missing condition {missing}; this model is conditioned on {list(config.condition_vars)}"
+        )
 
 
 def condition_folder(conditions: Mapping[str, float]) -> str:
@@ -170,14 +174,20 @@ def requests_from_table(path: str | Path, seed: int, config: UNetConfig) -> list
         raise FlowletError(f"ages table {path} lacks columns {missing} (has {list(table.columns)})")
     ignored = [c for n, c in CONDITION_COLUMNS.items() if c in table.columns and n not in config.condition_vars]
     if ignored:
-        log.warning("ages table %s: columns %s are ignored; the model is conditioned on %s",
-                    path, ignored, list(config.condition_vars))
+        log.warning(
+            "ages table %s: columns %s are ignored; the model is conditioned on %s",
+            path,
+            ignored,
+            list(config.condition_vars),
+        )
     if table.empty:
         # The workflow plans zero synthetic subjects for well-represented bins; that is not an error.
         log.info("ages table %s has no rows: nothing to generate", path)
         return []
     if table["file"].duplicated().any():
-        raise FlowletError(f"ages table {path} names some output files twice: {sorted(set(table['file'][table['file'].duplicated()]))}")
+        raise FlowletError(
+            f"ages table {path} names some output files twice: {sorted(set(table['file'][table['file'].duplicated()]))}"
+        )
     requests = []
     for row_number, row in enumerate(table.to_dict("records")):
         where = f"{path} line {row_number + 2}"
@@ -246,9 +256,9 @@ def sample_batch(
         )
     normalised = {name: value.to(generator.device) for name, value in conditions.items()}
     grid = config.wavelet_grid
-    noise = torch.stack([
-        torch.randn((config.in_channels, *grid), generator=torch.Generator().manual_seed(seed)) for seed in seeds
-    ]).to(generator.device)
+    noise = torch.stack(
+        [torch.randn((config.in_channels, *grid), generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+    ).to(generator.device)
     output = guided_velocity(generator.model, normalised, guidance_scale)
     spec = generator.spec
     bands = integrate(lambda x, t: spec.velocity(output(x, t), x, t), noise, num_steps, method)
@@ -282,17 +292,31 @@ def generate(
     if requests:
         log.info(
             "generating %d volumes (%s, %d steps, guidance %g, %s weights) into %s",
-            len(requests), method, num_steps, guidance_scale, "EMA" if generator.uses_ema else "raw", output_dir,
+            len(requests),
+            method,
+            num_steps,
+            guidance_scale,
+            "EMA" if generator.uses_ema else "raw",
+            output_dir,
         )
     # Normalised once for all requests, so an out-of-range age is reported once, not once per batch.
-    normalised = normalise_conditions(
-        {name: [request.conditions[name] for request in requests] for name in names}, generator.condition_ranges
-    ) if requests else {}
+    normalised = (
+        normalise_conditions(
+            {name: [request.conditions[name] for request in requests] for name in names}, generator.condition_ranges
+        )
+        if requests
+        else {}
+    )
 
     def sample(start: int, stop: int) -> np.ndarray:
         return sample_batch(
-            generator, {name: values[start:stop] for name, values in normalised.items()},
-            [request.seed for request in requests[start:stop]], num_steps, method, guidance_scale, save_size,
+            generator,
+            {name: values[start:stop] for name, values in normalised.items()},
+            [request.seed for request in requests[start:stop]],
+            num_steps,
+            method,
+            guidance_scale,
+            save_size,
         )
 
     return write_samples(sample, requests, output_dir, names, batch_size, save_size, intensity, manifest)
@@ -340,6 +364,10 @@ def write_manifest(
         writer.writerow(["image"] + [CONDITION_COLUMNS[name] for name in names] + ["seed"] + extra + list(QC_METRICS))
         for request, measured in zip(requests, metrics):
             image = Path(os.path.relpath(output_dir / request.file, path.parent)).as_posix()
-            writer.writerow([image] + [f"{request.conditions[n]:g}" for n in names] + [request.seed]
-                            + [request.metadata.get(key, "") for key in extra]
-                            + [f"{measured[metric]:.6g}" for metric in QC_METRICS])
+            writer.writerow(
+                [image]
+                + [f"{request.conditions[n]:g}" for n in names]
+                + [request.seed]
+                + [request.metadata.get(key, "") for key in extra]
+                + [f"{measured[metric]:.6g}" for metric in QC_METRICS]
+            )

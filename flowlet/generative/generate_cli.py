@@ -21,46 +21,128 @@ log = logging.getLogger(__name__)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint-path", "--checkpoint_path", dest="checkpoint_path", type=Path, required=True,
-                        help="generator checkpoint (ours or the reference's layouts), or with --backend linear the "
-                             "model of flowlet fit-baseline")
-    parser.add_argument("--backend", choices=("flowlet", "linear"), default="flowlet",
-                        help="flowlet: the wavelet flow-matching network; linear: the baseline generator")
-    parser.add_argument("--config-path", "--config_path", dest="config_path", type=Path,
-                        help="config.json of the checkpoint (default: the config stored in the checkpoint)")
-    parser.add_argument("--condition-ranges-path", "--condition_ranges_path", dest="condition_ranges_path", type=Path,
-                        help="condition_ranges.json (default: the one beside the checkpoint)")
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, required=True,
-                        help="folder for the synthetic volumes and manifest.tsv")
-    parser.add_argument("--manifest", type=Path,
-                        help="where to write the manifest (default: OUTPUT_DIR/manifest.tsv); image paths are relative to it")
+    parser.add_argument(
+        "--checkpoint-path",
+        "--checkpoint_path",
+        dest="checkpoint_path",
+        type=Path,
+        required=True,
+        help="generator checkpoint (ours or the reference's layouts), or with --backend linear the "
+        "model of flowlet fit-baseline",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("flowlet", "linear"),
+        default="flowlet",
+        help="flowlet: the wavelet flow-matching network; linear: the baseline generator",
+    )
+    parser.add_argument(
+        "--config-path",
+        "--config_path",
+        dest="config_path",
+        type=Path,
+        help="config.json of the checkpoint (default: the config stored in the checkpoint)",
+    )
+    parser.add_argument(
+        "--condition-ranges-path",
+        "--condition_ranges_path",
+        dest="condition_ranges_path",
+        type=Path,
+        help="condition_ranges.json (default: the one beside the checkpoint)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        "--output_dir",
+        dest="output_dir",
+        type=Path,
+        required=True,
+        help="folder for the synthetic volumes and manifest.tsv",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        help="where to write the manifest (default: OUTPUT_DIR/manifest.tsv); image paths are relative to it",
+    )
     requests = parser.add_mutually_exclusive_group(required=True)
-    requests.add_argument("--generation-conditions", "--generation_conditions", dest="generation_conditions", nargs="+",
-                          metavar="NAME=VALUE", help='condition sets, e.g. "Age=45" "Age=70.5" or "Age=45,Sex=1"')
-    requests.add_argument("--ages-tsv", type=Path,
-                          help="TSV with one row per volume: age [, sex] and file (output path relative to --output-dir)")
-    parser.add_argument("--num-synthetic", "--num_synthetic", dest="num_synthetic", type=int, default=1,
-                        help="volumes per condition set (with --generation-conditions)")
-    parser.add_argument("--num-flow-steps", "--num_flow_steps", dest="num_flow_steps", type=int,
-                        help="ODE steps (default: the config's num_flow_steps, else 10)")
-    parser.add_argument("--save-size", "--save_size", dest="save_size", type=int, nargs=3, metavar=("D", "H", "W"),
-                        help="output grid, an MNI grid: 91 109 91 (2 mm) or 182 218 182 (1 mm) (default: the training grid)")
+    requests.add_argument(
+        "--generation-conditions",
+        "--generation_conditions",
+        dest="generation_conditions",
+        nargs="+",
+        metavar="NAME=VALUE",
+        help='condition sets, e.g. "Age=45" "Age=70.5" or "Age=45,Sex=1"',
+    )
+    requests.add_argument(
+        "--ages-tsv",
+        type=Path,
+        help="TSV with one row per volume: age [, sex] and file (output path relative to --output-dir)",
+    )
+    parser.add_argument(
+        "--num-synthetic",
+        "--num_synthetic",
+        dest="num_synthetic",
+        type=int,
+        default=1,
+        help="volumes per condition set (with --generation-conditions)",
+    )
+    parser.add_argument(
+        "--num-flow-steps",
+        "--num_flow_steps",
+        dest="num_flow_steps",
+        type=int,
+        help="ODE steps (default: the config's num_flow_steps, else 10)",
+    )
+    parser.add_argument(
+        "--save-size",
+        "--save_size",
+        dest="save_size",
+        type=int,
+        nargs=3,
+        metavar=("D", "H", "W"),
+        help="output grid, an MNI grid: 91 109 91 (2 mm) or 182 218 182 (1 mm) (default: the training grid)",
+    )
     parser.add_argument("--seed", type=int, default=1234, help="seed of the noise (per sample: seed, request, index)")
-    parser.add_argument("--chunk-size", type=int, default=0,
-                        help="requests per chunk; 0: one chunk with every request (seeds do not depend on it)")
-    parser.add_argument("--chunk", type=int, default=0,
-                        help="which chunk to generate, from 0 (with --chunk-size); a chunk past the end is empty")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=0,
+        help="requests per chunk; 0: one chunk with every request (seeds do not depend on it)",
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="which chunk to generate, from 0 (with --chunk-size); a chunk past the end is empty",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=1, help="volumes sampled together (does not change the outputs)")
-    parser.add_argument("--sampler", choices=SOLVER_METHODS, default="euler",
-                        help="ODE solver: euler (reference), heun or midpoint (2 evaluations per step)")
-    parser.add_argument("--guidance-scale", type=float, default=1.0,
-                        help="classifier-free guidance scale (1 = off; needs a model trained with condition dropout)")
-    parser.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
-                        help="sample with the EMA weights when the checkpoint has them")
-    parser.add_argument("--intensity", choices=("zscore", "unit"), default="zscore",
-                        help="zscore: z-scored inside the template brain mask, background 0 (like preprocessed "
-                             "images); unit: the reference's [0, 1]")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help="volumes sampled together (does not change the outputs)"
+    )
+    parser.add_argument(
+        "--sampler",
+        choices=SOLVER_METHODS,
+        default="euler",
+        help="ODE solver: euler (reference), heun or midpoint (2 evaluations per step)",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale (1 = off; needs a model trained with condition dropout)",
+    )
+    parser.add_argument(
+        "--use-ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sample with the EMA weights when the checkpoint has them",
+    )
+    parser.add_argument(
+        "--intensity",
+        choices=("zscore", "unit"),
+        default="zscore",
+        help="zscore: z-scored inside the template brain mask, background 0 (like preprocessed "
+        "images); unit: the reference's [0, 1]",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,8 +174,16 @@ def run(args: argparse.Namespace) -> int:
     if num_steps < 1:
         raise FlowletError(f"--num-flow-steps must be at least 1, got {num_steps}")
     manifest = generate(
-        generator, requests, args.output_dir, num_steps, args.sampler, args.guidance_scale,
-        args.batch_size, args.save_size, args.intensity, args.manifest,
+        generator,
+        requests,
+        args.output_dir,
+        num_steps,
+        args.sampler,
+        args.guidance_scale,
+        args.batch_size,
+        args.save_size,
+        args.intensity,
+        args.manifest,
     )
     log.info("wrote %d volumes and %s", len(requests), manifest)
     return 0
@@ -112,7 +202,8 @@ def run_linear(args: argparse.Namespace) -> int:
         specs = [parse_condition_spec(spec) for spec in args.generation_conditions]
         requests = requests_from_conditions(specs, args.num_synthetic, args.seed, model)
     requests = select_chunk(requests, args.chunk_size, args.chunk)
-    manifest = generate_baseline(model, requests, args.output_dir, args.batch_size, args.save_size, args.intensity,
-                                 args.manifest)
+    manifest = generate_baseline(
+        model, requests, args.output_dir, args.batch_size, args.save_size, args.intensity, args.manifest
+    )
     log.info("wrote %d volumes and %s", len(requests), manifest)
     return 0

@@ -12,7 +12,8 @@ from flowlet.generative.unet import load_config, parameter_count
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", required=True,
+        "--config",
+        required=True,
         help="reference-format config.json (e.g. flowlet/generative/presets/base.json)",
     )
 

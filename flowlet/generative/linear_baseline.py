@@ -49,13 +49,16 @@ class LinearBaseline:
         return self.full_resolution_size
 
     @classmethod
-    def fit(cls, images: Sequence[np.ndarray], ages: Sequence[float], downsample: int,
-            full_resolution_size: Sequence[int]) -> LinearBaseline:
+    def fit(
+        cls, images: Sequence[np.ndarray], ages: Sequence[float], downsample: int, full_resolution_size: Sequence[int]
+    ) -> LinearBaseline:
         """Least-squares lines per voxel and the residuals' principal components, from working-grid volumes."""
         n = len(images)
         if n < MIN_TRAINING_IMAGES:
-            raise FlowletError(f"the linear baseline generator needs at least {MIN_TRAINING_IMAGES} training images "
-                               f"(a line per voxel plus residuals to sample), got {n}")
+            raise FlowletError(
+                f"the linear baseline generator needs at least {MIN_TRAINING_IMAGES} training images "
+                f"(a line per voxel plus residuals to sample), got {n}"
+            )
         ages = np.asarray(ages, dtype=np.float64)
         if not np.ptp(ages) > 0:
             raise FlowletError(f"all {n} training images have age {ages[0]:g}: an age slope cannot be fitted")
@@ -69,9 +72,15 @@ class LinearBaseline:
         keep = singular > singular[0] * 1e-6
         scale = singular[keep] / np.sqrt(n - 2)
         components = (directions[keep] * scale[:, None]).astype(np.float32)
-        return cls(intercept.reshape(shape).astype(np.float32), slope.reshape(shape).astype(np.float32),
-                   components.reshape(-1, *shape), float(ages.mean()), (float(ages.min()), float(ages.max())),
-                   int(downsample), tuple(int(s) for s in full_resolution_size))
+        return cls(
+            intercept.reshape(shape).astype(np.float32),
+            slope.reshape(shape).astype(np.float32),
+            components.reshape(-1, *shape),
+            float(ages.mean()),
+            (float(ages.min()), float(ages.max())),
+            int(downsample),
+            tuple(int(s) for s in full_resolution_size),
+        )
 
     @classmethod
     def fit_table(cls, table: str | Path, downsample: int) -> LinearBaseline:
@@ -79,8 +88,13 @@ class LinearBaseline:
         records = read_training_table(table, ["Age"])
         volumes, full_shape = load_volumes(records, downsample)
         model = cls.fit(volumes, [record.conditions["Age"] for record in records], downsample, full_shape)
-        log.info("linear baseline: %d training images, ages %.1f-%.1f, %d residual components, working grid %s",
-                 len(records), *model.age_range, len(model.components), list(model.intercept.shape))
+        log.info(
+            "linear baseline: %d training images, ages %.1f-%.1f, %d residual components, working grid %s",
+            len(records),
+            *model.age_range,
+            len(model.components),
+            list(model.intercept.shape),
+        )
         return model
 
     def sample(self, ages: Sequence[float], seeds: Sequence[int], save_size: Sequence[int] | None = None) -> np.ndarray:
@@ -98,9 +112,17 @@ class LinearBaseline:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as stream:
-            np.savez(stream, format_version=FORMAT_VERSION, intercept=self.intercept, slope=self.slope,
-                     components=self.components, mean_age=self.mean_age, age_range=np.asarray(self.age_range),
-                     downsample=self.downsample, full_resolution_size=np.asarray(self.full_resolution_size))
+            np.savez(
+                stream,
+                format_version=FORMAT_VERSION,
+                intercept=self.intercept,
+                slope=self.slope,
+                components=self.components,
+                mean_age=self.mean_age,
+                age_range=np.asarray(self.age_range),
+                downsample=self.downsample,
+                full_resolution_size=np.asarray(self.full_resolution_size),
+            )
         return path
 
     @classmethod
@@ -111,11 +133,19 @@ class LinearBaseline:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 if int(stored["format_version"]) != FORMAT_VERSION:
-                    raise FlowletError(f"linear baseline model {path} has format {int(stored['format_version'])}, "
-                                       f"this version reads {FORMAT_VERSION}")
-                return cls(stored["intercept"], stored["slope"], stored["components"], float(stored["mean_age"]),
-                           tuple(float(a) for a in stored["age_range"]), int(stored["downsample"]),
-                           tuple(int(s) for s in stored["full_resolution_size"]))
+                    raise FlowletError(
+                        f"linear baseline model {path} has format {int(stored['format_version'])}, "
+                        f"this version reads {FORMAT_VERSION}"
+                    )
+                return cls(
+                    stored["intercept"],
+                    stored["slope"],
+                    stored["components"],
+                    float(stored["mean_age"]),
+                    tuple(float(a) for a in stored["age_range"]),
+                    int(stored["downsample"]),
+                    tuple(int(s) for s in stored["full_resolution_size"]),
+                )
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
             raise FlowletError(f"linear baseline model {path} is unreadable or not one: {error}") from None
 

@@ -41,9 +41,7 @@ class SamplingSpec:
             raise FlowletError(f"prediction must be one of {list(PREDICTIONS)}, got {self.prediction!r}")
         if (self.band_mean is None) != (self.band_std is None):
             raise FlowletError("band statistics need both band_mean and band_std")
-        if self.band_std is not None and (
-            len(self.band_std) != len(self.band_mean) or min(self.band_std) <= 0
-        ):
+        if self.band_std is not None and (len(self.band_std) != len(self.band_mean) or min(self.band_std) <= 0):
             raise FlowletError(f"band_std must be positive and as long as band_mean, got {list(self.band_std)}")
         if self.downsample < 1:
             raise FlowletError(f"downsample must be at least 1, got {self.downsample}")
@@ -110,8 +108,11 @@ def sampling_spec(extra: Mapping[str, Any], where: str = "generator config") -> 
     """The record in a config's extra keys; a config without one samples as the reference does (one log line)."""
     if SPEC_KEY in extra:
         return SamplingSpec.from_dict(extra[SPEC_KEY], where)
-    log.info("%s records no prediction target or band statistics: sampling as the reference does "
-             "(velocity prediction on raw Haar bands)", where)
+    log.info(
+        "%s records no prediction target or band statistics: sampling as the reference does "
+        "(velocity prediction on raw Haar bands)",
+        where,
+    )
     # Our checkpoints from before the record kept the working resolution as two loose keys.
     size = extra.get("full_resolution_size")
     return SamplingSpec(int(extra.get("downsample", 1)), tuple(size) if size is not None else None)

@@ -84,8 +84,10 @@ def qc_metrics(volume: np.ndarray, template: TemplateQC) -> dict[str, float]:
         # No brain, no contrast to correlate: a missing NCC flags the volume.
         return {"dice_template": dice(brain, template.mask), "ncc_template": float("nan")}
     as_real = np.where(brain, volume, volume[brain].mean())
-    return {"dice_template": dice(brain, template.mask),
-            "ncc_template": normalised_cross_correlation(as_real, template.t1, template.mask)}
+    return {
+        "dice_template": dice(brain, template.mask),
+        "ncc_template": normalised_cross_correlation(as_real, template.t1, template.mask),
+    }
 
 
 def generator_view(image: np.ndarray, downsample: int) -> np.ndarray:
@@ -120,8 +122,10 @@ def reference_metrics(images: Sequence[Path], downsample: int) -> pd.DataFrame:
     for path in tqdm(images, desc="real reference", unit="image"):
         image = load_nifti(path, "real reference image")
         if tuple(image.shape) != tuple(shape):
-            raise FlowletError(f"real reference image {path} has shape {list(image.shape)}, not the {resolution_mm} mm "
-                               f"MNI grid {list(shape)} the generator samples on")
+            raise FlowletError(
+                f"real reference image {path} has shape {list(image.shape)}, not the {resolution_mm} mm "
+                f"MNI grid {list(shape)} the generator samples on"
+            )
         volume = generator_view(image.get_fdata(dtype=np.float32), downsample)
         rows.append({"image": str(path), **qc_metrics(volume, template)})
     return pd.DataFrame(rows, columns=["image", *QC_METRICS])
@@ -132,8 +136,10 @@ def read_reference(path: str | Path) -> pd.DataFrame:
     table = read_tsv(path, "synthetic QC reference (made by flowlet synthetic-qc reference)", required=QC_METRICS)
     usable = table[list(QC_METRICS)].apply(pd.to_numeric, errors="coerce").dropna()
     if len(usable) < MIN_REFERENCE_IMAGES:
-        raise FlowletError(f"synthetic QC reference {path} has {len(usable)} real image(s) with every metric; at least "
-                           f"{MIN_REFERENCE_IMAGES} are needed for a median and MAD to judge synthetic volumes by")
+        raise FlowletError(
+            f"synthetic QC reference {path} has {len(usable)} real image(s) with every metric; at least "
+            f"{MIN_REFERENCE_IMAGES} are needed for a median and MAD to judge synthetic volumes by"
+        )
     return usable
 
 
@@ -151,7 +157,9 @@ def merge_manifests(paths: Sequence[str | Path], output: str | Path) -> pd.DataF
         missing = [column for column in ("image", *QC_METRICS) if column not in table.columns]
         if missing:
             raise FlowletError(f"synthetic manifest {path} lacks the columns {missing} (written by flowlet generate?)")
-        table["image"] = [os.path.relpath(resolve_image_path(image, path), Path(output).parent) for image in table["image"]]
+        table["image"] = [
+            os.path.relpath(resolve_image_path(image, path), Path(output).parent) for image in table["image"]
+        ]
         frames.append(table)
     if not frames:
         raise FlowletError("no synthetic manifest to merge")
@@ -180,12 +188,27 @@ def gate_manifests(
     table.to_csv(output, sep="\t", index=False)
     outliers = int((table["qc_outlier"] == "true").sum())
     dropped = int((~passed).sum())
-    summary = {"age_bin": age_bin, "generated": len(table), "outliers": outliers, "dropped": dropped,
-               "kept": len(table) - dropped, "gate": "on" if gate else "off", "max_robust_z": max_robust_z,
-               "n_reference": len(reference)}
+    summary = {
+        "age_bin": age_bin,
+        "generated": len(table),
+        "outliers": outliers,
+        "dropped": dropped,
+        "kept": len(table) - dropped,
+        "gate": "on" if gate else "off",
+        "max_robust_z": max_robust_z,
+        "n_reference": len(reference),
+    }
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([summary], columns=list(SUMMARY_COLUMNS)).to_csv(summary_path, sep="\t", index=False)
-    log.info("bin %s: %d synthetic volume(s) generated, %d QC outlier(s) (|robust z| > %g against %d real training "
-             "images), %d dropped by the gate (%s)", age_bin, len(table), outliers, max_robust_z, len(reference),
-             dropped, summary["gate"])
+    log.info(
+        "bin %s: %d synthetic volume(s) generated, %d QC outlier(s) (|robust z| > %g against %d real training "
+        "images), %d dropped by the gate (%s)",
+        age_bin,
+        len(table),
+        outliers,
+        max_robust_z,
+        len(reference),
+        dropped,
+        summary["gate"],
+    )
     return summary

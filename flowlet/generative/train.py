@@ -130,8 +130,10 @@ class TrainingOptions:
         if self.loss_space not in LOSS_SPACES:
             problems.append(f"--loss-space must be {' or '.join(LOSS_SPACES)}, got {self.loss_space}")
         if (self.prediction, self.loss_space) != ("velocity", "velocity") and self.flow not in ("rectified", "cfm"):
-            problems.append(f"--prediction data and --loss-space data need a straight path (rectified or cfm), "
-                            f"not --flow {self.flow}")
+            problems.append(
+                f"--prediction data and --loss-space data need a straight path (rectified or cfm), "
+                f"not --flow {self.flow}"
+            )
         if not 0.0 <= self.flip_probability <= 1.0:
             problems.append(f"--flip-probability must be in [0, 1], got {self.flip_probability}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -350,16 +352,16 @@ def split_records(num_records: int, val_split: float, seed: int) -> tuple[list[i
     return sorted(order[num_val:].tolist()), sorted(order[:num_val].tolist())
 
 
-def fit_config_to_data(
-    config: UNetConfig, source_shape: Sequence[int], options: TrainingOptions
-) -> UNetConfig:
+def fit_config_to_data(config: UNetConfig, source_shape: Sequence[int], options: TrainingOptions) -> UNetConfig:
     """Set save_size / model_input_size (and our downsampling keys) from the data's grid."""
     grid = working_shape(source_shape, options.downsample)
     multiple = 2 ** len(config.channel_mult)
     if options.model_input_size is not None:
         input_size = tuple(options.model_input_size)
-    elif options.downsample == 1 and all(m >= g for m, g in zip(config.model_input_size, grid)) and all(
-        m % multiple == 0 for m in config.model_input_size
+    elif (
+        options.downsample == 1
+        and all(m >= g for m, g in zip(config.model_input_size, grid))
+        and all(m % multiple == 0 for m in config.model_input_size)
     ):
         input_size = tuple(config.model_input_size)
     else:
@@ -434,7 +436,8 @@ class Trainer:
         if not val_rows:
             log.warning(
                 "no validation set (%d training rows, --val-split %g): checkpoint_best.pth is chosen by the training loss",
-                len(records), options.val_split,
+                len(records),
+                options.val_split,
             )
         mirrored = [] if options.augment and options.flip_probability > 0 else None
         volumes, source_shape = load_volumes(records, options.downsample, mirrored)
@@ -447,15 +450,21 @@ class Trainer:
         )
         config.extra[SPEC_KEY] = self.spec.to_dict()
         self.schedule = BatchSchedule(len(train_rows), options.batch_size, options.seed, self.distributed)
-        config.extra.update(training_config_keys(options, len(train_rows), self.schedule.global_batch, self.time_sampling))
+        config.extra.update(
+            training_config_keys(options, len(train_rows), self.schedule.global_batch, self.time_sampling)
+        )
         self.config = config
 
         def subset(rows: list[int], augmentation: Augmentation | None) -> VolumeDataset | None:
             if not rows:
                 return None
             return VolumeDataset(
-                [records[i] for i in rows], [volumes[i] for i in rows], self.condition_ranges,
-                config.model_input_size, augmentation, [mirrored[i] for i in rows] if mirrored else None,
+                [records[i] for i in rows],
+                [volumes[i] for i in rows],
+                self.condition_ranges,
+                config.model_input_size,
+                augmentation,
+                [mirrored[i] for i in rows] if mirrored else None,
             )
 
         augmentation = Augmentation(flip_probability=options.flip_probability) if options.augment else None
@@ -474,7 +483,7 @@ class Trainer:
         if self.ema is not None and pretrained is not None and "ema_state_dict" in pretrained:
             self.ema.load_state_dict(pretrained["ema_state_dict"], 0)
         decay, no_decay = [], []
-        for name, parameter in self.model.named_parameters():
+        for parameter in self.model.parameters():
             # Norm gains, biases and null embeddings are not weights to shrink.
             (no_decay if parameter.dim() <= 1 else decay).append(parameter)
         self.optimizer = torch.optim.AdamW(
@@ -526,8 +535,13 @@ class Trainer:
         return {name: ranges[name] for name in records[0].conditions}
 
     def _sampling_spec(
-        self, checkpoint: dict | None, pretrained: dict | None, resume_path: Path | None,
-        source_shape: Sequence[int], train_volumes: list[np.ndarray], model_input_size: Sequence[int],
+        self,
+        checkpoint: dict | None,
+        pretrained: dict | None,
+        resume_path: Path | None,
+        source_shape: Sequence[int],
+        train_volumes: list[np.ndarray],
+        model_input_size: Sequence[int],
     ) -> SamplingSpec:
         """What the network's inputs and outputs will mean; see :mod:`flowlet.generative.sampling_spec`."""
         options = self.options
@@ -540,15 +554,22 @@ class Trainer:
             if (inherited.prediction, inherited.standardised) != (options.prediction, options.standardise_bands):
                 log.warning(
                     "%s was trained with prediction %s on %s bands; fine-tuning keeps those (the options asked for "
-                    "prediction %s, standardise_bands %s)", options.init_checkpoint, inherited.prediction,
-                    "standardised" if inherited.standardised else "raw", options.prediction, options.standardise_bands,
+                    "prediction %s, standardise_bands %s)",
+                    options.init_checkpoint,
+                    inherited.prediction,
+                    "standardised" if inherited.standardised else "raw",
+                    options.prediction,
+                    options.standardise_bands,
                 )
             return dataclasses.replace(inherited, **grid)
         mean = std = None
         if options.standardise_bands:
-            mean, std = band_statistics([
-                dwt3d(pad_to_size(torch.from_numpy(volume)[None], model_input_size)[None])[0] for volume in train_volumes
-            ])
+            mean, std = band_statistics(
+                [
+                    dwt3d(pad_to_size(torch.from_numpy(volume)[None], model_input_size)[None])[0]
+                    for volume in train_volumes
+                ]
+            )
         return SamplingSpec(prediction=options.prediction, band_mean=mean, band_std=std, **grid)
 
     def _load_pretrained(self, payload: dict, path: Path) -> None:
@@ -570,7 +591,9 @@ class Trainer:
     def _restore(self, checkpoint: dict, path: Path) -> None:
         stored_seed = checkpoint.get("training_options", {}).get("seed")
         if stored_seed is not None and stored_seed != self.options.seed:
-            raise FlowletError(f"cannot resume from {path}: it was trained with --seed {stored_seed}, not {self.options.seed}")
+            raise FlowletError(
+                f"cannot resume from {path}: it was trained with --seed {stored_seed}, not {self.options.seed}"
+            )
         self.model.load_state_dict(checkpoint["flow_net_state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
@@ -628,13 +651,20 @@ class Trainer:
     # ---- one step
 
     def _batch_loss(
-        self, images: torch.Tensor, conditions: dict[str, torch.Tensor], t: torch.Tensor, x0: torch.Tensor,
-        drop: torch.Tensor | None, network: torch.nn.Module,
+        self,
+        images: torch.Tensor,
+        conditions: dict[str, torch.Tensor],
+        t: torch.Tensor,
+        x0: torch.Tensor,
+        drop: torch.Tensor | None,
+        network: torch.nn.Module,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x1 = self.spec.to_model_units(dwt3d(images))
         x_t, velocity = self.flow.sample_path(x0, x1, t)
         autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None else nullcontext()
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else nullcontext()
         )
         with autocast:
             output = network(x_t, t, conditions, drop_conditions=drop)
@@ -659,13 +689,18 @@ class Trainer:
             drop = drop.to(self.device)
         # Noise per global batch position, so a step's batch is the same whatever the number of processes.
         wavelet_shape = (8 * images.shape[1], *(s // 2 for s in images.shape[2:]))
-        x0 = torch.stack([
-            torch.randn(
-                wavelet_shape, device=self.device,
-                generator=torch.Generator(self.device).manual_seed(derived_seed(options.seed, STREAM_NOISE, step, position)),
-            )
-            for position in range(local.start, local.stop)
-        ])
+        x0 = torch.stack(
+            [
+                torch.randn(
+                    wavelet_shape,
+                    device=self.device,
+                    generator=torch.Generator(self.device).manual_seed(
+                        derived_seed(options.seed, STREAM_NOISE, step, position)
+                    ),
+                )
+                for position in range(local.start, local.stop)
+            ]
+        )
         # Network dropout draws from the global generator; reseed it so it too depends on the step only.
         torch.manual_seed(derived_seed(options.seed, STREAM_MODEL, step, rank))
 
@@ -760,16 +795,18 @@ class Trainer:
             if self.step % options.log_every == 0 or val_loss is not None or self.step == options.steps:
                 self.elapsed_seconds = time.perf_counter() - started
                 count = self.interval["count"]
-                self.loss_log.append({
-                    "step": self.step,
-                    "epoch": self.schedule.epoch(self.step),
-                    "train_loss": self.interval["total"] / count,
-                    "lll": self.interval["lll"] / count,
-                    "detail": self.interval["detail"] / count,
-                    "val_loss": val_loss,
-                    "lr": lr,
-                    "seconds": self.elapsed_seconds,
-                })
+                self.loss_log.append(
+                    {
+                        "step": self.step,
+                        "epoch": self.schedule.epoch(self.step),
+                        "train_loss": self.interval["total"] / count,
+                        "lll": self.interval["lll"] / count,
+                        "detail": self.interval["detail"] / count,
+                        "val_loss": val_loss,
+                        "lr": lr,
+                        "seconds": self.elapsed_seconds,
+                    }
+                )
                 self.interval = {"total": 0.0, "lll": 0.0, "detail": 0.0, "count": 0}
             if evaluation_step:
                 self._select_best(val_loss)

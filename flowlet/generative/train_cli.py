@@ -14,11 +14,11 @@ import logging
 import typing
 from pathlib import Path
 
+from flowlet.errors import FlowletError
 from flowlet.generative.flows import FLOW_NAMES, TIME_SAMPLERS
 from flowlet.generative.loss import LOSS_SPACES
 from flowlet.generative.sampling_spec import PREDICTIONS
 from flowlet.generative.train import OUTPUT_INITS, TrainingOptions, train
-from flowlet.errors import FlowletError
 from flowlet.generative.unet import UNetConfig, load_config, preset_config, preset_training
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
     arch = parser.add_argument_group("architecture (a preset or config.json, then overrides)")
     source = arch.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="base",
-                        help="shipped architecture: base or large (the published FlowLet ones), tiny, or cpu (a lean "
-                             "network for 4 mm studies on a CPU, with the training settings it was tuned with; flags "
-                             "given here override them) (default: base)")
+    source.add_argument(
+        "--preset",
+        default="base",
+        help="shipped architecture: base or large (the published FlowLet ones), tiny, or cpu (a lean "
+        "network for 4 mm studies on a CPU, with the training settings it was tuned with; flags "
+        "given here override them) (default: base)",
+    )
     source.add_argument("--config", type=Path, help="reference-format config.json to take the architecture from")
     arch.add_argument("--model-channels", type=int, help="base channel count C")
     arch.add_argument("--channel-mult", type=int, nargs="+", help="channel multiplier per level, e.g. 1 2 3 4")
@@ -61,17 +64,31 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     arch.add_argument("--norm-num-groups", type=int, help="GroupNorm groups")
     arch.add_argument("--condition-embedding-dim", type=int, help="condition embedding width")
     arch.add_argument("--num-context-tokens", type=int, help="cross-attention context tokens (1 = reference)")
-    arch.add_argument("--use-film", action=argparse.BooleanOptionalAction, default=None, help="condition FiLM in ResBlocks")
-    arch.add_argument("--use-cross-attn", action=argparse.BooleanOptionalAction, default=None, help="condition cross-attention")
+    arch.add_argument(
+        "--use-film", action=argparse.BooleanOptionalAction, default=None, help="condition FiLM in ResBlocks"
+    )
+    arch.add_argument(
+        "--use-cross-attn", action=argparse.BooleanOptionalAction, default=None, help="condition cross-attention"
+    )
     arch.add_argument("--dropout", type=float, help="dropout inside ResBlocks")
-    arch.add_argument("--condition-dropout", type=float,
-                      help="probability of training a sample unconditionally (enables classifier-free guidance)")
+    arch.add_argument(
+        "--condition-dropout",
+        type=float,
+        help="probability of training a sample unconditionally (enables classifier-free guidance)",
+    )
     arch.add_argument("--condition-vars", nargs="+", choices=("Age", "Sex"), help="conditions, e.g. Age Sex")
-    arch.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                      help="recompute activations in the backward pass to save memory (default: the preset's)")
+    arch.add_argument(
+        "--grad-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute activations in the backward pass to save memory (default: the preset's)",
+    )
 
-    groups = {"architecture": arch, "optimisation": parser.add_argument_group("optimisation"),
-              "run": parser.add_argument_group("run")}
+    groups = {
+        "architecture": arch,
+        "optimisation": parser.add_argument_group("optimisation"),
+        "run": parser.add_argument_group("run"),
+    }
     add_option_flags(groups)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
@@ -80,18 +97,26 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 # (or in the preset's "training" block), so flags default to None, meaning "not given".
 OPTION_FLAGS: dict[str, tuple[str, str]] = {
     # field: (group, help)
-    "model_input_size": ("architecture", "padded volume size D H W (default: the config's when it fits at --downsample 1, "
-                                         "else the smallest that fits)"),
+    "model_input_size": (
+        "architecture",
+        "padded volume size D H W (default: the config's when it fits at --downsample 1, else the smallest that fits)",
+    ),
     "downsample": ("architecture", "train at 1/N resolution (2: 2 mm volumes become 4 mm; generation upsamples back)"),
     "flow": ("optimisation", "probability path"),
     "time_sampling": ("optimisation", "distribution of t (unset: uniform; stratified for vp_diffusion)"),
-    "prediction": ("optimisation", "what the network predicts: velocity (the reference) or data, the clean wavelet bands, "
-                                   "from which sampling derives the velocity (x1_hat - x_t) / (1 - t); recorded in the "
-                                   "checkpoint"),
+    "prediction": (
+        "optimisation",
+        "what the network predicts: velocity (the reference) or data, the clean wavelet bands, "
+        "from which sampling derives the velocity (x1_hat - x_t) / (1 - t); recorded in the "
+        "checkpoint",
+    ),
     "loss_space": ("optimisation", "compare prediction and target as velocities (the reference) or as clean data"),
-    "standardise_bands": ("optimisation", "standardise every wavelet subband to zero mean and unit variance over the "
-                                          "training set (raw Haar detail bands are near zero, so noise drowns them); "
-                                          "recorded in the checkpoint"),
+    "standardise_bands": (
+        "optimisation",
+        "standardise every wavelet subband to zero mean and unit variance over the "
+        "training set (raw Haar detail bands are near zero, so noise drowns them); "
+        "recorded in the checkpoint",
+    ),
     "lll_loss_weight": ("optimisation", "weight of the LLL-band MSE"),
     "detail_loss_weight": ("optimisation", "weight of the detail-band MSE"),
     "steps": ("optimisation", "total optimisation steps (epochs follow from the data size)"),
@@ -100,33 +125,51 @@ OPTION_FLAGS: dict[str, tuple[str, str]] = {
     "min_lr": ("optimisation", "learning rate at the end of the cosine decay (equal to --lr: constant)"),
     "warmup_steps": ("optimisation", "linear learning-rate warm-up steps"),
     "weight_decay": ("optimisation", "AdamW weight decay (not on biases and norms)"),
-    "adam_beta2": ("optimisation", "AdamW second-moment decay; 0.99 or 0.95 forget the large early gradients of the "
-                                   "mean image sooner, so short runs learn faster"),
+    "adam_beta2": (
+        "optimisation",
+        "AdamW second-moment decay; 0.99 or 0.95 forget the large early gradients of the "
+        "mean image sooner, so short runs learn faster",
+    ),
     "grad_clip_norm": ("optimisation", "gradient norm clip (0 disables)"),
     "ema_decay": ("optimisation", "EMA decay of the weights (0 disables), warmed up as min(decay, (1 + n) / (10 + n))"),
-    "output_init": ("optimisation", "initial weights of the last convolution: zero (the reference, improved-diffusion) or "
-                                    "PyTorch's default random init, which learns to use the noisy input sooner"),
+    "output_init": (
+        "optimisation",
+        "initial weights of the last convolution: zero (the reference, improved-diffusion) or "
+        "PyTorch's default random init, which learns to use the noisy input sooner",
+    ),
     "augment": ("optimisation", "rotation/intensity/noise augmentation of the reference"),
     "flip_probability": ("optimisation", "probability of mirroring a training volume left-right (with --augment)"),
-    "precision": ("optimisation", "CUDA autocast dtype (auto: bf16 where supported, else fp16 with a gradient scaler); "
-                                  "CPU is fp32"),
+    "precision": (
+        "optimisation",
+        "CUDA autocast dtype (auto: bf16 where supported, else fp16 with a gradient scaler); CPU is fp32",
+    ),
     "condition_ranges": ("run", "condition_ranges.json to normalise with (default: min/max of the table)"),
     "val_split": ("run", "fraction of rows held out for validation"),
     "val_every": ("run", "validate (and update checkpoint_best) every N steps"),
     "checkpoint_every": ("run", "write checkpoint_last.pth every N steps"),
     "log_every": ("run", "write a loss.tsv row (interval mean) every N steps"),
-    "max_steps_per_run": ("run", "stop after this many steps in this invocation (for wall-time-limited jobs); rerun "
-                                 "to continue"),
+    "max_steps_per_run": (
+        "run",
+        "stop after this many steps in this invocation (for wall-time-limited jobs); rerun to continue",
+    ),
     "seed": ("run", "seed of the split, batches, augmentation, t and noise"),
     "resume": ("run", "checkpoint to resume from (default: checkpoint_last.pth in --output-dir when present)"),
-    "init_checkpoint": ("run", "start from these weights (ours or a released FlowLet checkpoint; EMA too where present) "
-                               "with a fresh optimiser and schedule; the architecture must match exactly"),
+    "init_checkpoint": (
+        "run",
+        "start from these weights (ours or a released FlowLet checkpoint; EMA too where present) "
+        "with a fresh optimiser and schedule; the architecture must match exactly",
+    ),
     "device": ("run", "training device"),
     "num_workers": ("run", "DataLoader worker processes for augmentation"),
 }
 OPTION_CHOICES = {
-    "flow": FLOW_NAMES, "time_sampling": tuple(TIME_SAMPLERS), "prediction": PREDICTIONS, "loss_space": LOSS_SPACES,
-    "output_init": OUTPUT_INITS, "precision": ("auto", "fp32", "bf16", "fp16"), "device": ("auto", "cpu", "cuda"),
+    "flow": FLOW_NAMES,
+    "time_sampling": tuple(TIME_SAMPLERS),
+    "prediction": PREDICTIONS,
+    "loss_space": LOSS_SPACES,
+    "output_init": OUTPUT_INITS,
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "device": ("auto", "cpu", "cuda"),
 }
 POSITIONAL_OPTIONS = ("table", "output_dir")
 
@@ -141,7 +184,9 @@ def add_option_flags(groups: dict[str, argparse._ArgumentGroup]) -> None:
         default = defaults[name]
         shown = f" (default: the preset's, else {default})" if default is not None else ""
         if base is bool:
-            groups[group].add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text + shown)
+            groups[group].add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text + shown
+            )
         elif typing.get_origin(base) is tuple:
             groups[group].add_argument(flag, type=int, nargs=3, metavar=("D", "H", "W"), help=help_text)
         else:
@@ -171,6 +216,10 @@ def architecture_from_args(args: argparse.Namespace) -> UNetConfig:
 
 def run(args: argparse.Namespace) -> int:
     summary = train(options_from_args(args), architecture_from_args(args), threads=args.threads)
-    log.info("training stopped at step %d; best selection loss %.6g; outputs in %s",
-             summary.steps_done, summary.best_metric, summary.output_dir)
+    log.info(
+        "training stopped at step %d; best selection loss %.6g; outputs in %s",
+        summary.steps_done,
+        summary.best_metric,
+        summary.output_dir,
+    )
     return 0

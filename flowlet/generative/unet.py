@@ -76,7 +76,9 @@ def _int_tuple(value: Any, key: str) -> tuple[int, ...]:
             return (int(value),)
         return tuple(int(part) for part in value)
     except (TypeError, ValueError):
-        raise FlowletError(f"config key '{key}' must be a list of integers or a comma string like '1,2,3,4', got {value!r}") from None
+        raise FlowletError(
+            f"config key '{key}' must be a list of integers or a comma string like '1,2,3,4', got {value!r}"
+        ) from None
 
 
 @dataclasses.dataclass
@@ -166,7 +168,7 @@ class UNetConfig:
             raise FlowletError("invalid U-Net configuration: " + "; ".join(problems))
 
     @classmethod
-    def from_reference_dict(cls, config: Mapping[str, Any]) -> "UNetConfig":
+    def from_reference_dict(cls, config: Mapping[str, Any]) -> UNetConfig:
         """Read a reference-style config.json dict; keys we do not model are kept in ``extra``."""
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
@@ -485,9 +487,7 @@ class FlowUNet(nn.Module):
             _xformers_ops()
 
         def res_block(c_in: int, c_out: int, resample: str | None = None) -> ResBlock:
-            return ResBlock(
-                c_in, time_dim, film_dim, c_out, groups, config.dropout, resample, config.use_checkpointing
-            )
+            return ResBlock(c_in, time_dim, film_dim, c_out, groups, config.dropout, resample, config.use_checkpointing)
 
         def attention(channels: int) -> AttentionBlock:
             return AttentionBlock(
@@ -518,7 +518,9 @@ class FlowUNet(nn.Module):
                 skip_channels.append(current)
                 downsample *= 2
 
-        self.middle_block = ConditionedSequential(res_block(current, current), attention(current), res_block(current, current))
+        self.middle_block = ConditionedSequential(
+            res_block(current, current), attention(current), res_block(current, current)
+        )
 
         self.output_blocks = nn.ModuleList()
         for level, width in reversed(list(enumerate(config.level_channels))):
@@ -533,7 +535,9 @@ class FlowUNet(nn.Module):
                 self.output_blocks.append(ConditionedSequential(*layers))
 
         self.out = nn.Sequential(
-            normalization(current, groups), nn.SiLU(), zero_module(nn.Conv3d(current, config.out_channels, 3, padding=1))
+            normalization(current, groups),
+            nn.SiLU(),
+            zero_module(nn.Conv3d(current, config.out_channels, 3, padding=1)),
         )
 
     def _drop_mask(self, batch: int, device: torch.device, drop_conditions) -> torch.Tensor | None:

@@ -36,9 +36,7 @@ def dwt3d(x: torch.Tensor) -> torch.Tensor:
         raise FlowletError(f"dwt3d expects an (N, C, D, H, W) tensor, got shape {tuple(x.shape)}")
     n, c, d, h, w = x.shape
     if d % 2 or h % 2 or w % 2:
-        raise FlowletError(
-            f"dwt3d needs even spatial sizes, got {d} x {h} x {w}; pad the volume first (pad_to_size)"
-        )
+        raise FlowletError(f"dwt3d needs even spatial sizes, got {d} x {h} x {w}; pad the volume first (pad_to_size)")
     haar = _haar_matrix(x)
     blocks = x.reshape(n, c, d // 2, 2, h // 2, 2, w // 2, 2)
     bands = torch.einsum("ncixjykz,px,qy,rz->ncpqrijk", blocks, haar, haar, haar)
@@ -48,9 +46,7 @@ def dwt3d(x: torch.Tensor) -> torch.Tensor:
 def idwt3d(y: torch.Tensor) -> torch.Tensor:
     """Exact inverse of :func:`dwt3d`: (N, 8C, D, H, W) -> (N, C, 2D, 2H, 2W)."""
     if y.dim() != 5 or y.shape[1] % NUM_BANDS:
-        raise FlowletError(
-            f"idwt3d expects an (N, 8C, D, H, W) tensor of wavelet bands, got shape {tuple(y.shape)}"
-        )
+        raise FlowletError(f"idwt3d expects an (N, 8C, D, H, W) tensor of wavelet bands, got shape {tuple(y.shape)}")
     n, c8, d, h, w = y.shape
     c = c8 // NUM_BANDS
     haar = _haar_matrix(y)
@@ -62,7 +58,9 @@ def idwt3d(y: torch.Tensor) -> torch.Tensor:
 def _check_size(x: torch.Tensor, size: Sequence[int], what: str) -> tuple[int, int, int]:
     size = tuple(int(s) for s in size)
     if len(size) != 3 or x.dim() < 3:
-        raise FlowletError(f"{what} needs a tensor with 3 spatial dims and a 3-value size, got {tuple(x.shape)} and {size}")
+        raise FlowletError(
+            f"{what} needs a tensor with 3 spatial dims and a 3-value size, got {tuple(x.shape)} and {size}"
+        )
     return size
 
 

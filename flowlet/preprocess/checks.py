@@ -37,7 +37,9 @@ def validate_t1w(image: nib.Nifti1Image, subject: str) -> tuple[np.ndarray, np.n
     if data.ndim == 4 and shape[3] == 1:
         data = data[..., 0]
     elif data.ndim == 4:
-        raise FlowletError(f"{subject}: the T1w image has {shape[3]} volumes (shape {shape}); expected a single 3D volume")
+        raise FlowletError(
+            f"{subject}: the T1w image has {shape[3]} volumes (shape {shape}); expected a single 3D volume"
+        )
     elif data.ndim > 4:
         raise FlowletError(f"{subject}: the T1w image has {data.ndim} dimensions (shape {shape}); expected a 3D volume")
     if data.ndim < 3 or min(data.shape) < _MIN_VOXELS_PER_AXIS:

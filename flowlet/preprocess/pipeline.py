@@ -122,7 +122,9 @@ def _n4_region(settings: PreprocessSettings, data: np.ndarray, affine: np.ndarra
 def _native_brain_mask(settings: PreprocessSettings, corrected: np.ndarray, raw: np.ndarray, affine: np.ndarray):
     """The native brain mask and the name of what produced it."""
     if settings.skullstripped not in SKULLSTRIPPED_MODES:
-        raise FlowletError(f"--skullstripped must be one of {', '.join(SKULLSTRIPPED_MODES)}, got '{settings.skullstripped}'")
+        raise FlowletError(
+            f"--skullstripped must be one of {', '.join(SKULLSTRIPPED_MODES)}, got '{settings.skullstripped}'"
+        )
     if settings.skullstripped == "force" or (
         settings.skullstripped == "auto" and looks_skullstripped(raw, affine, settings.max_brain_ml)
     ):
@@ -130,7 +132,9 @@ def _native_brain_mask(settings: PreprocessSettings, corrected: np.ndarray, raw:
     return brain_mask(corrected, affine, settings.skullstrip), settings.skullstrip.backend
 
 
-def preprocess_subject(t1w_path: str | Path, subject: str, settings: PreprocessSettings) -> tuple[PreprocessResult, Registration]:
+def preprocess_subject(
+    t1w_path: str | Path, subject: str, settings: PreprocessSettings
+) -> tuple[PreprocessResult, Registration]:
     """Run the chain on one image. Returns the result and the Registration (the caller saves or cleans it up)."""
     start = time.perf_counter()
     set_threads(settings.threads)
@@ -151,9 +155,15 @@ def preprocess_subject(t1w_path: str | Path, subject: str, settings: PreprocessS
     try:
         native_image = nib.Nifti1Image(corrected, affine)
         mni_head = apply_to_mni(native_image, registration.files, settings.interpolation, settings.resolution_mm)
-        mni_mask = apply_to_mni(
-            nib.Nifti1Image(native_mask.astype(np.float32), affine), registration.files, "linear", settings.resolution_mm
-        ).get_fdata(dtype=np.float32) >= 0.5
+        mni_mask = (
+            apply_to_mni(
+                nib.Nifti1Image(native_mask.astype(np.float32), affine),
+                registration.files,
+                "linear",
+                settings.resolution_mm,
+            ).get_fdata(dtype=np.float32)
+            >= 0.5
+        )
         if not mni_mask.any():
             raise FlowletError(f"{subject}: the brain mask falls outside the MNI grid after registration")
         mni_image = zscore_in_mask(mni_head.get_fdata(dtype=np.float32), mni_mask, subject)
@@ -180,8 +190,13 @@ def preprocess_subject(t1w_path: str | Path, subject: str, settings: PreprocessS
         "skullstrip_backend": mask_source,
         "registration": f"{settings.registration.backend}-{settings.registration.method}",
     }
-    log.info("%s: mask %.0f ml, Dice with template %.3f, %.1f s", subject, volume_ml, metrics["dice_template"],
-             metrics["seconds_total"])
+    log.info(
+        "%s: mask %.0f ml, Dice with template %.3f, %.1f s",
+        subject,
+        volume_ml,
+        metrics["dice_template"],
+        metrics["seconds_total"],
+    )
     result = PreprocessResult(
         subject=subject,
         native_mask=native_mask,
@@ -221,8 +236,14 @@ def run_and_write(
             qc.write_qc_row(outputs.path(qc_tsv), result.metrics)
         if qc_png is not None:
             qc.save_qc_png(
-                outputs.path(qc_png), subject, result.bias_corrected, result.native_affine, result.native_mask,
-                result.mni_image, result.mni_affine, template_brain_mask(settings.resolution_mm).get_fdata() > 0,
+                outputs.path(qc_png),
+                subject,
+                result.bias_corrected,
+                result.native_affine,
+                result.native_mask,
+                result.mni_image,
+                result.mni_affine,
+                template_brain_mask(settings.resolution_mm).get_fdata() > 0,
                 result.metrics,
             )
         outputs.commit()

@@ -11,8 +11,17 @@ import pandas as pd
 from flowlet.errors import FlowletError
 from flowlet.qc_metrics import dice, normalised_cross_correlation, outlier_reasons, robust_z
 
-__all__ = ["QC_COLUMNS", "OUTLIER_METRICS", "aggregate_qc", "dice", "normalised_cross_correlation", "robust_z",
-           "save_failure_png", "save_qc_png", "write_qc_row"]
+__all__ = [
+    "QC_COLUMNS",
+    "OUTLIER_METRICS",
+    "aggregate_qc",
+    "dice",
+    "normalised_cross_correlation",
+    "robust_z",
+    "save_failure_png",
+    "save_qc_png",
+    "write_qc_row",
+]
 
 QC_COLUMNS = (
     "subject",
@@ -31,7 +40,9 @@ QC_COLUMNS = (
 OUTLIER_METRICS = ("mask_volume_ml", "dice_template", "ncc_template")
 
 
-def aggregate_qc(tables: list[pd.DataFrame], threshold: float = 3.0, failed: pd.DataFrame | None = None) -> pd.DataFrame:
+def aggregate_qc(
+    tables: list[pd.DataFrame], threshold: float = 3.0, failed: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Concatenate per-subject QC rows and flag outliers (|robust z| > threshold on any metric), flagged first.
 
     ``failed`` (columns subject, reason) adds subjects whose preprocessing failed, flagged with their reason.
@@ -42,17 +53,26 @@ def aggregate_qc(tables: list[pd.DataFrame], threshold: float = 3.0, failed: pd.
         raise FlowletError(f"QC tables lack the columns {', '.join(missing)}")
     table["status"] = table["status"].fillna("ok") if "status" in table.columns else "ok"
     succeeded = (table["status"] == "ok").to_numpy()
-    reasons: list[list[str]] = [[] if ok else [f"preprocessing {status}"] for ok, status in zip(succeeded, table["status"])]
+    reasons: list[list[str]] = [
+        [] if ok else [f"preprocessing {status}"] for ok, status in zip(succeeded, table["status"])
+    ]
     # Subjects that failed have no metrics; the cohort's spread is that of the ones that succeeded.
     if succeeded.any():
-        for index, found in zip(np.flatnonzero(succeeded), outlier_reasons(table[succeeded], OUTLIER_METRICS, threshold)):
+        for index, found in zip(
+            np.flatnonzero(succeeded), outlier_reasons(table[succeeded], OUTLIER_METRICS, threshold)
+        ):
             reasons[index] += found
     table["outlier"] = [bool(r) for r in reasons]
     table["outlier_reasons"] = ["; ".join(r) for r in reasons]
     if failed is not None and len(failed):
-        failed_rows = pd.DataFrame({"subject": failed["subject"], "status": "failed: " + failed["reason"].astype(str),
-                                    "outlier": True,
-                                    "outlier_reasons": "preprocessing failed: " + failed["reason"].astype(str)})
+        failed_rows = pd.DataFrame(
+            {
+                "subject": failed["subject"],
+                "status": "failed: " + failed["reason"].astype(str),
+                "outlier": True,
+                "outlier_reasons": "preprocessing failed: " + failed["reason"].astype(str),
+            }
+        )
         table = pd.concat([failed_rows, table], ignore_index=True)
     table = table.sort_values(["outlier", "subject"], ascending=[False, True], kind="stable").reset_index(drop=True)
     return table
@@ -94,10 +114,20 @@ def save_qc_png(
     import matplotlib.pyplot as plt
 
     rows = [
-        ("native + brain mask", _ras(native, native_affine), _ras(native_mask.astype(np.uint8), native_affine),
-         np.abs(nib.affines.voxel_sizes(native_affine)), "red"),
-        ("MNI + template mask", _ras(mni_brain, mni_affine), _ras(template_mask.astype(np.uint8), mni_affine),
-         np.abs(nib.affines.voxel_sizes(mni_affine)), "cyan"),
+        (
+            "native + brain mask",
+            _ras(native, native_affine),
+            _ras(native_mask.astype(np.uint8), native_affine),
+            np.abs(nib.affines.voxel_sizes(native_affine)),
+            "red",
+        ),
+        (
+            "MNI + template mask",
+            _ras(mni_brain, mni_affine),
+            _ras(template_mask.astype(np.uint8), mni_affine),
+            np.abs(nib.affines.voxel_sizes(mni_affine)),
+            "cyan",
+        ),
     ]
     grey_on_black = matplotlib.colormaps["gray"].with_extremes(bad="black")
     figure, axes = plt.subplots(2, 3, figsize=(11, 7.5), facecolor="black")
@@ -108,15 +138,24 @@ def save_qc_png(
             ax = axes[row, col]
             horizontal, vertical = voxel_axes[col]
             # Zero is background (z-scored brains are 0 outside the brain); it is drawn black, not mid-grey.
-            ax.imshow(np.ma.masked_equal(picture, 0), cmap=grey_on_black, origin="lower", vmin=low, vmax=high,
-                      aspect=zooms[vertical] / zooms[horizontal], interpolation="nearest")
+            ax.imshow(
+                np.ma.masked_equal(picture, 0),
+                cmap=grey_on_black,
+                origin="lower",
+                vmin=low,
+                vmax=high,
+                aspect=zooms[vertical] / zooms[horizontal],
+                interpolation="nearest",
+            )
             if outline.any():
                 ax.contour(outline, levels=[0.5], colors=colour, linewidths=0.8)
             ax.set_axis_off()
         axes[row, 0].set_title(label, color="white", loc="left", fontsize=10)
-    summary = (f"{subject}   mask {metrics['mask_volume_ml']:.0f} ml   Dice(template) {metrics['dice_template']:.3f}   "
-               f"NCC {metrics['ncc_template']:.3f}   {metrics['skullstrip_backend']} / {metrics['registration']}   "
-               f"{metrics['seconds_total']:.1f} s")
+    summary = (
+        f"{subject}   mask {metrics['mask_volume_ml']:.0f} ml   Dice(template) {metrics['dice_template']:.3f}   "
+        f"NCC {metrics['ncc_template']:.3f}   {metrics['skullstrip_backend']} / {metrics['registration']}   "
+        f"{metrics['seconds_total']:.1f} s"
+    )
     figure.suptitle(summary, color="white", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     figure.savefig(str(path), dpi=80, facecolor="black")
@@ -137,7 +176,9 @@ def save_failure_png(path: str | Path, subject: str, reason: str) -> None:
     import matplotlib.pyplot as plt
 
     figure = plt.figure(figsize=(9, 2), facecolor="black")
-    figure.text(0.02, 0.5, f"{subject}: preprocessing failed\n{reason}", color="tomato", fontsize=10, va="center", wrap=True)
+    figure.text(
+        0.02, 0.5, f"{subject}: preprocessing failed\n{reason}", color="tomato", fontsize=10, va="center", wrap=True
+    )
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(str(path), dpi=80, facecolor="black")
     plt.close(figure)

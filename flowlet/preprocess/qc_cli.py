@@ -15,11 +15,21 @@ log = logging.getLogger(__name__)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--inputs", type=Path, nargs="*", default=[], help="per-subject QC tables (flowlet preprocess --qc-tsv)")
+    parser.add_argument(
+        "--inputs", type=Path, nargs="*", default=[], help="per-subject QC tables (flowlet preprocess --qc-tsv)"
+    )
     parser.add_argument("--output", type=Path, required=True, help="output: aggregate QC table")
-    parser.add_argument("--failed-list", type=Path,
-                        help="TSV of subjects whose preprocessing failed (columns subject, reason); listed first")
-    parser.add_argument("--outlier-threshold", type=float, default=3.0, help="robust z-score (median/MAD) above which a metric is flagged")
+    parser.add_argument(
+        "--failed-list",
+        type=Path,
+        help="TSV of subjects whose preprocessing failed (columns subject, reason); listed first",
+    )
+    parser.add_argument(
+        "--outlier-threshold",
+        type=float,
+        default=3.0,
+        help="robust z-score (median/MAD) above which a metric is flagged",
+    )
 
 
 def _read(path: Path) -> pd.DataFrame:

@@ -54,7 +54,7 @@ class TransformFiles:
     inverse_warp: Path
 
     @classmethod
-    def from_spec(cls, spec: str | Path) -> "TransformFiles":
+    def from_spec(cls, spec: str | Path) -> TransformFiles:
         spec = str(spec)
         if spec.endswith(".mat"):
             stem = spec[: -len(".mat")]
@@ -150,7 +150,9 @@ def _register_flirt(brain: np.ndarray, affine: np.ndarray, settings: Registratio
 
     require_fsl("flirt")
     if settings.method == "syn":
-        raise FlowletError("the fsl registration backend is linear only (rigid or affine); use --registration-backend ants for syn")
+        raise FlowletError(
+            "the fsl registration backend is linear only (rigid or affine); use --registration-backend ants for syn"
+        )
     import ants
     from fsl.data.image import Image
     from fsl.transform.flirt import fromFlirt, readFlirt
@@ -163,7 +165,9 @@ def _register_flirt(brain: np.ndarray, affine: np.ndarray, settings: Registratio
     mask = template_brain_mask(resolution_mm).get_fdata(dtype=np.float32)
     nib.Nifti1Image(template.get_fdata(dtype=np.float32) * mask, template.affine).to_filename(str(fixed_path))
     flirt(str(moving_path), str(fixed_path), omat=str(matrix_path), dof=6 if settings.method == "rigid" else 12)
-    native_to_mni = fromFlirt(readFlirt(str(matrix_path)), Image(str(moving_path)), Image(str(fixed_path)), "world", "world")
+    native_to_mni = fromFlirt(
+        readFlirt(str(matrix_path)), Image(str(moving_path)), Image(str(fixed_path)), "world", "world"
+    )
     # ANTs transforms map fixed (MNI) points to moving (native) points, in LPS coordinates.
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     mni_to_native_lps = flip @ np.linalg.inv(native_to_mni) @ flip

@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from flowlet.data.templates import template_brain_mask, template_t1
 from flowlet.data.masks import fill_and_keep_largest
+from flowlet.data.templates import template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.preprocess.antsio import to_ants
 from flowlet.preprocess.bias import foreground_mask
@@ -54,6 +54,7 @@ def adjust_layers(mask: np.ndarray, layers: int) -> np.ndarray:
 
 # --- detection of skull-stripped input -------------------------------------------------------
 
+
 def looks_skullstripped(data: np.ndarray, affine: np.ndarray, max_brain_ml: float = 2500.0) -> bool:
     """True when the image is already a brain: its nonzero voxels form at most a brain's volume
     (a head with skull, scalp and neck is 3-6 litres) and touch no face of the field of view."""
@@ -70,6 +71,7 @@ def stripped_input_mask(data: np.ndarray) -> np.ndarray:
 
 
 # --- deepbet ------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def _deepbet_model():
@@ -128,12 +130,15 @@ def deepbet_mask(data: np.ndarray, affine: np.ndarray, settings: SkullstripSetti
 
 # --- FSL BET ------------------------------------------------------------------------------
 
+
 def require_fsl(tool: str) -> Path:
     """The path of an FSL tool; a FlowletError naming FSLDIR when FSL is not installed."""
     fsldir = os.environ.get("FSLDIR")
     if not fsldir:
-        raise FlowletError(f"the fsl backend needs FSL's {tool}, but FSLDIR is not set; install FSL and set FSLDIR, "
-                           "or choose another backend")
+        raise FlowletError(
+            f"the fsl backend needs FSL's {tool}, but FSLDIR is not set; install FSL and set FSLDIR, "
+            "or choose another backend"
+        )
     executable = Path(fsldir) / "bin" / tool
     if not executable.exists():
         raise FlowletError(f"the fsl backend needs {executable}, which does not exist (FSLDIR={fsldir})")
@@ -214,8 +219,10 @@ def template_registration_mask(data: np.ndarray, affine: np.ndarray, settings: S
     import ants
 
     if settings.template_registration not in TEMPLATE_REGISTRATIONS:
-        raise FlowletError(f"unknown template registration '{settings.template_registration}'; choose one of "
-                           f"{', '.join(TEMPLATE_REGISTRATIONS)}")
+        raise FlowletError(
+            f"unknown template registration '{settings.template_registration}'; choose one of "
+            f"{', '.join(TEMPLATE_REGISTRATIONS)}"
+        )
     template = _pseudo_head()
     head = foreground_mask(data)
     if not head.any():
@@ -225,21 +232,35 @@ def template_registration_mask(data: np.ndarray, affine: np.ndarray, settings: S
     previous_seed = ants.config._random_seed
     ants.config._random_seed = TEMPLATE_REGISTRATION_SEED
     try:
-        start = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
-                                           translation=shift_ras * np.array([-1.0, -1.0, 1.0]))  # ANTs is LPS
+        start = ants.create_ants_transform(
+            transform_type="AffineTransform", dimension=3, translation=shift_ras * np.array([-1.0, -1.0, 1.0])
+        )  # ANTs is LPS
         ants.write_transform(start, str(workdir / "start.mat"))
-        common = dict(fixed=to_ants(template.image, template.affine),
-                      moving=to_ants(np.asarray(data, dtype=np.float32), affine),
-                      mask=to_ants(template.metric_mask, template.affine), aff_iterations=(200, 100, 50),
-                      aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2.0, 1.0, 0.0))
+        common = dict(
+            fixed=to_ants(template.image, template.affine),
+            moving=to_ants(np.asarray(data, dtype=np.float32), affine),
+            mask=to_ants(template.metric_mask, template.affine),
+            aff_iterations=(200, 100, 50),
+            aff_shrink_factors=(4, 2, 1),
+            aff_smoothing_sigmas=(2.0, 1.0, 0.0),
+        )
         # Translation, rigid, similarity, then affine stages: each starts where the last converged, which
         # keeps the scale from running off before the head is in place.
-        linear = ants.registration(type_of_transform="TRSAA", initial_transform=[str(workdir / "start.mat")],
-                                   outprefix=str(workdir / "linear_"), **common)
+        linear = ants.registration(
+            type_of_transform="TRSAA",
+            initial_transform=[str(workdir / "start.mat")],
+            outprefix=str(workdir / "linear_"),
+            **common,
+        )
         transforms, invert = list(linear["invtransforms"]), [True]
         if settings.template_registration == "syn":
-            nonlinear = ants.registration(type_of_transform="SyNOnly", initial_transform=linear["fwdtransforms"],
-                                          reg_iterations=(40, 20, 0), outprefix=str(workdir / "syn_"), **common)
+            nonlinear = ants.registration(
+                type_of_transform="SyNOnly",
+                initial_transform=linear["fwdtransforms"],
+                reg_iterations=(40, 20, 0),
+                outprefix=str(workdir / "syn_"),
+                **common,
+            )
             transforms.append(next(p for p in nonlinear["invtransforms"] if p.endswith("InverseWarp.nii.gz")))
             invert.append(False)
         carried = ants.apply_transforms(

@@ -25,7 +25,9 @@ from flowlet.regions.trajectories import slope_agreement, slopes_table
 
 log = logging.getLogger(__name__)
 
-NO_SYNTHETIC = "no synthetic images were given (no age bin was under-represented, or generation produced none): not defined"
+NO_SYNTHETIC = (
+    "no synthetic images were given (no age bin was under-represented, or generation produced none): not defined"
+)
 SYNTHETIC_VS_TRAIN, TEST_VS_TRAIN = "synthetic-vs-train", "test-vs-train"
 MIN_REAL = 2
 
@@ -69,7 +71,9 @@ def _groups(measured: list[MeasuredImage]) -> dict[str, list[MeasuredImage]]:
     return {group: [m for m in measured if m.entry.group == group] for group in ("train", "test", SYNTHETIC)}
 
 
-def _paired(groups: dict[str, list[MeasuredImage]], atlas: Atlas, bins: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _paired(
+    groups: dict[str, list[MeasuredImage]], atlas: Atlas, bins: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     comparisons = [PairedComparison(TEST_VS_TRAIN, groups["train"], groups["test"])]
     if groups[SYNTHETIC]:
         comparisons.insert(0, PairedComparison(SYNTHETIC_VS_TRAIN, groups["train"], groups[SYNTHETIC]))
@@ -77,12 +81,45 @@ def _paired(groups: dict[str, list[MeasuredImage]], atlas: Atlas, bins: int) -> 
     summary, overall = region_summary(pairs), global_summary(pairs, atlas)
     summary["note"], overall["note"] = "", ""
     if not groups[SYNTHETIC]:
-        summary = pd.concat([pd.DataFrame({"comparison": SYNTHETIC_VS_TRAIN, "region": [r.name for r in atlas.regions], "n_pairs": 0, "note": NO_SYNTHETIC}), summary], ignore_index=True)
-        overall = pd.concat([pd.DataFrame([{"comparison": SYNTHETIC_VS_TRAIN, "n_pairs": 0, "note": NO_SYNTHETIC}]), overall], ignore_index=True)
-    return pairs, summary.reindex(columns=["comparison", "region", "n_pairs", *[c for c in summary.columns if c not in ("comparison", "region", "n_pairs")]]), overall
+        summary = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "comparison": SYNTHETIC_VS_TRAIN,
+                        "region": [r.name for r in atlas.regions],
+                        "n_pairs": 0,
+                        "note": NO_SYNTHETIC,
+                    }
+                ),
+                summary,
+            ],
+            ignore_index=True,
+        )
+        overall = pd.concat(
+            [pd.DataFrame([{"comparison": SYNTHETIC_VS_TRAIN, "n_pairs": 0, "note": NO_SYNTHETIC}]), overall],
+            ignore_index=True,
+        )
+    return (
+        pairs,
+        summary.reindex(
+            columns=[
+                "comparison",
+                "region",
+                "n_pairs",
+                *[c for c in summary.columns if c not in ("comparison", "region", "n_pairs")],
+            ]
+        ),
+        overall,
+    )
 
 
-def _realism(measures: pd.DataFrame, groups: dict[str, list[MeasuredImage]], atlas: Atlas, options: AnalysisOptions, brain: np.ndarray) -> pd.DataFrame:
+def _realism(
+    measures: pd.DataFrame,
+    groups: dict[str, list[MeasuredImage]],
+    atlas: Atlas,
+    options: AnalysisOptions,
+    brain: np.ndarray,
+) -> pd.DataFrame:
     regions = [region.name for region in atlas.atlas_regions]
     ids = {group: [m.entry.image_id for m in images] for group, images in groups.items()}
     matrices = {group: realism.regional_feature_matrix(measures, ids[group], regions) for group in groups}
@@ -106,10 +143,14 @@ def _realism(measures: pd.DataFrame, groups: dict[str, list[MeasuredImage]], atl
             {
                 "metric": metric,
                 "set": "synthetic vs real train",
-                "value": realism.equal_n_distance(function, features[SYNTHETIC], features["train"], n_equal,
-                                                  seed=options.seed) if n_synthetic >= 2 else np.nan,
-                "real_vs_real": realism.equal_n_distance(function, features["test"], features["train"], n_equal,
-                                                         seed=options.seed),
+                "value": realism.equal_n_distance(
+                    function, features[SYNTHETIC], features["train"], n_equal, seed=options.seed
+                )
+                if n_synthetic >= 2
+                else np.nan,
+                "real_vs_real": realism.equal_n_distance(
+                    function, features["test"], features["train"], n_equal, seed=options.seed
+                ),
                 "real_vs_real_definition": "real test vs real train",
                 "n_set": n_equal if n_synthetic >= 2 else 0,
                 "n_real_vs_real": n_equal,
@@ -120,11 +161,22 @@ def _realism(measures: pd.DataFrame, groups: dict[str, list[MeasuredImage]], atl
 
     def within(images: list[MeasuredImage], seed: int) -> tuple[float, int]:
         pairs = realism.sample_pairs(len(images), None, options.msssim_pairs, seed)
-        return realism.mean_ms_ssim([(images[i].intensities, images[j].intensities) for i, j in pairs], window, options.msssim_scales), len(pairs)
+        return realism.mean_ms_ssim(
+            [(images[i].intensities, images[j].intensities) for i, j in pairs], window, options.msssim_scales
+        ), len(pairs)
 
-    cross_pairs = realism.sample_pairs(len(groups["train"]), len(groups["test"]), options.msssim_pairs, options.seed + 2)
-    cross = realism.mean_ms_ssim([(groups["train"][i].intensities, groups["test"][j].intensities) for i, j in cross_pairs], window, options.msssim_scales)
-    for label, group, seed in (("within synthetic", SYNTHETIC, options.seed), ("within real train", "train", options.seed + 1)):
+    cross_pairs = realism.sample_pairs(
+        len(groups["train"]), len(groups["test"]), options.msssim_pairs, options.seed + 2
+    )
+    cross = realism.mean_ms_ssim(
+        [(groups["train"][i].intensities, groups["test"][j].intensities) for i, j in cross_pairs],
+        window,
+        options.msssim_scales,
+    )
+    for label, group, seed in (
+        ("within synthetic", SYNTHETIC, options.seed),
+        ("within real train", "train", options.seed + 1),
+    ):
         value, n_pairs = within(groups[group], seed) if len(groups[group]) >= 2 else (np.nan, 0)
         if n_pairs:
             note = f"mean MS-SSIM over {n_pairs} pair(s); lower means more diverse (more alike than real-vs-real: too little diversity)"
@@ -145,10 +197,16 @@ def _realism(measures: pd.DataFrame, groups: dict[str, list[MeasuredImage]], atl
     return pd.DataFrame(rows)
 
 
-def _memorisation(groups: dict[str, list[MeasuredImage]], options: AnalysisOptions, mask: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, float]:
+def _memorisation(
+    groups: dict[str, list[MeasuredImage]], options: AnalysisOptions, mask: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, float]:
     training = [m.intensities for m in groups["train"]]
-    test_best, test_nearest = nearest_training_similarity([m.intensities for m in groups["test"]], training, mask, options.memorisation_max_shift)
-    synthetic_best, synthetic_nearest = nearest_training_similarity([m.intensities for m in groups[SYNTHETIC]], training, mask, options.memorisation_max_shift)
+    test_best, test_nearest = nearest_training_similarity(
+        [m.intensities for m in groups["test"]], training, mask, options.memorisation_max_shift
+    )
+    synthetic_best, synthetic_nearest = nearest_training_similarity(
+        [m.intensities for m in groups[SYNTHETIC]], training, mask, options.memorisation_max_shift
+    )
     threshold = memorisation_threshold(test_best, options.memorisation_percentile)
     rows = []
     for group, best, nearest in (("test", test_best, test_nearest), (SYNTHETIC, synthetic_best, synthetic_nearest)):
@@ -186,10 +244,14 @@ def _memorisation(groups: dict[str, list[MeasuredImage]], options: AnalysisOptio
     return per_image, summary, test_best, synthetic_best, threshold
 
 
-def _fidelity(groups: dict[str, list[MeasuredImage]], options: AnalysisOptions) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _fidelity(
+    groups: dict[str, list[MeasuredImage]], options: AnalysisOptions
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if options.brainage_model is None:
         note = "no --brainage-model given: age fidelity was not measured"
-        return pd.DataFrame([{"set": "synthetic (requested age)", "age_bin": "all", "n": len(groups[SYNTHETIC]), "note": note}]), None
+        return pd.DataFrame(
+            [{"set": "synthetic (requested age)", "age_bin": "all", "n": len(groups[SYNTHETIC]), "note": note}]
+        ), None
     from flowlet.regions.fidelity import fidelity_tables, predict_ages
 
     entries = [m.entry for m in groups[SYNTHETIC] + groups["test"]]
@@ -201,12 +263,16 @@ def _fidelity(groups: dict[str, list[MeasuredImage]], options: AnalysisOptions) 
     return summary, per_image
 
 
-def run_analysis(split_path: Path, manifest_paths: list[Path], measures_path: Path, output_dir: Path, options: AnalysisOptions) -> dict[str, str]:
+def run_analysis(
+    split_path: Path, manifest_paths: list[Path], measures_path: Path, output_dir: Path, options: AnalysisOptions
+) -> dict[str, str]:
     """Run every part on the measures of `flowlet regional-measures`; writes tables, figures and captions.json and returns {file name: description}."""
     entries = read_split(split_path) + read_manifests(manifest_paths)
     groups_count = {group: sum(e.group == group for e in entries) for group in ("train", "test")}
     if min(groups_count.values()) < MIN_REAL:
-        raise FlowletError(f"split table {split_path}: regional analysis needs at least {MIN_REAL} training and {MIN_REAL} test images, found {groups_count}")
+        raise FlowletError(
+            f"split table {split_path}: regional analysis needs at least {MIN_REAL} training and {MIN_REAL} test images, found {groups_count}"
+        )
     output_dir = Path(output_dir)
     figure_dir = output_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +284,9 @@ def run_analysis(split_path: Path, manifest_paths: list[Path], measures_path: Pa
     measures = read_measures(measures_path, entries)
     measured = load_measured(entries, measures, measures_path, resolution)
     groups = _groups(measured)
-    log.info("measured %d training, %d test and %d synthetic images", *(len(groups[g]) for g in ("train", "test", SYNTHETIC)))
+    log.info(
+        "measured %d training, %d test and %d synthetic images", *(len(groups[g]) for g in ("train", "test", SYNTHETIC))
+    )
     _write(pd.DataFrame(atlas.table()), output_dir, "atlas_regions.tsv", written)
 
     pairs, summary, overall = _paired(groups, atlas, options.bins)
@@ -226,19 +294,30 @@ def run_analysis(split_path: Path, manifest_paths: list[Path], measures_path: Pa
     _write(summary, output_dir, "paired_region_summary.tsv", written)
     _write(overall, output_dir, "paired_global.tsv", written)
     shown = ["cortex", "hippocampus", "thalamus", "amygdala", "ventricles", "cerebral-white-matter", "brain"]
-    captions["paired_dice.png"] = figures.paired_overview(summary.dropna(subset=["dice_mean"]), shown, figure_dir / "paired_dice.png")
+    captions["paired_dice.png"] = figures.paired_overview(
+        summary.dropna(subset=["dice_mean"]), shown, figure_dir / "paired_dice.png"
+    )
 
     slopes = slopes_table(measures, options.confidence)
     slopes["note"] = "" if groups[SYNTHETIC] else NO_SYNTHETIC
     _write(slopes, output_dir, "slopes.tsv", written)
     single = {region.name for region in atlas.atlas_regions}
     agreement = slope_agreement(slopes, single)
-    _write(pd.DataFrame([{**agreement, "note": "" if groups[SYNTHETIC] else NO_SYNTHETIC}]), output_dir, "slope_agreement.tsv", written)
+    _write(
+        pd.DataFrame([{**agreement, "note": "" if groups[SYNTHETIC] else NO_SYNTHETIC}]),
+        output_dir,
+        "slope_agreement.tsv",
+        written,
+    )
     captions["trajectories.png"] = figures.trajectory_panels(measures, figure_dir / "trajectories.png")
     if groups[SYNTHETIC]:
         background = np.asarray(template_t1(resolution).get_fdata())
-        captions["slope_difference_map.png"] = figures.slope_difference_map(slopes, atlas, background, figure_dir / "slope_difference_map.png")
-        captions["slope_correlation.png"] = figures.slope_correlation(slopes, single, agreement, figure_dir / "slope_correlation.png")
+        captions["slope_difference_map.png"] = figures.slope_difference_map(
+            slopes, atlas, background, figure_dir / "slope_difference_map.png"
+        )
+        captions["slope_correlation.png"] = figures.slope_correlation(
+            slopes, single, agreement, figure_dir / "slope_correlation.png"
+        )
     else:
         for name in ("slope_difference_map.png", "slope_correlation.png"):
             captions[name] = figures.not_defined(NO_SYNTHETIC, figure_dir / name)
@@ -255,7 +334,11 @@ def run_analysis(split_path: Path, manifest_paths: list[Path], measures_path: Pa
     per_image, memorisation_summary, test_best, synthetic_best, threshold = _memorisation(groups, options, mask)
     _write(per_image, output_dir, "memorisation.tsv", written)
     _write(memorisation_summary, output_dir, "memorisation_summary.tsv", written)
-    captions["memorisation.png"] = figures.memorisation_histogram(test_best, synthetic_best, threshold, figure_dir / "memorisation.png")
+    captions["memorisation.png"] = figures.memorisation_histogram(
+        test_best, synthetic_best, threshold, figure_dir / "memorisation.png"
+    )
 
-    (output_dir / "captions.json").write_text(json.dumps({"tables": written, "figures": {f"figures/{k}": v for k, v in captions.items()}}, indent=2))
+    (output_dir / "captions.json").write_text(
+        json.dumps({"tables": written, "figures": {f"figures/{k}": v for k, v in captions.items()}}, indent=2)
+    )
     return {**written, **{f"figures/{name}": caption for name, caption in captions.items()}}

@@ -192,7 +192,10 @@ def load_atlas(resolution_mm: int = 2) -> Atlas:
     singles = []
     for label in sorted(present):
         name = names[label]
-        if any(part in name for part in _EXCLUDED_NAMES) or counts[label] < MIN_REGION_VOXELS * (2 / resolution_mm) ** 3:
+        if (
+            any(part in name for part in _EXCLUDED_NAMES)
+            or counts[label] < MIN_REGION_VOXELS * (2 / resolution_mm) ** 3
+        ):
             continue
         kind, tissue = _classify(name)
         singles.append(Region(name, (label,), tissue, kind, np.flatnonzero(labels.ravel() == label).astype(np.int64)))

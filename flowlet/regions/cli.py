@@ -13,11 +13,31 @@ log = logging.getLogger(__name__)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, age_bin, split, image)")
-    parser.add_argument("--synthetic", nargs="*", default=[], type=Path, help="synthetic manifest TSV(s) (image, age, sex, age_bin); none is allowed")
-    parser.add_argument("--measures", required=True, type=Path, help="regional_measures.tsv of `flowlet regional-measures` on the same split and manifests (its segmentations/ beside it)")
-    parser.add_argument("--output-dir", required=True, type=Path, help="folder for the tables, figures and captions.json")
-    parser.add_argument("--brainage-model", type=Path, default=None, help="real-only brain-age model from `flowlet brainage`, for age fidelity")
+    parser.add_argument(
+        "--split", required=True, type=Path, help="split table (participant_id, age, sex, age_bin, split, image)"
+    )
+    parser.add_argument(
+        "--synthetic",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="synthetic manifest TSV(s) (image, age, sex, age_bin); none is allowed",
+    )
+    parser.add_argument(
+        "--measures",
+        required=True,
+        type=Path,
+        help="regional_measures.tsv of `flowlet regional-measures` on the same split and manifests (its segmentations/ beside it)",
+    )
+    parser.add_argument(
+        "--output-dir", required=True, type=Path, help="folder for the tables, figures and captions.json"
+    )
+    parser.add_argument(
+        "--brainage-model",
+        type=Path,
+        default=None,
+        help="real-only brain-age model from `flowlet brainage`, for age fidelity",
+    )
     parser.add_argument(
         "--brainage-corrected",
         action=argparse.BooleanOptionalAction,
@@ -27,11 +47,31 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument("--bins", type=int, default=256, help="intensity-histogram bins of the paired analysis")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the slope intervals")
-    parser.add_argument("--feature-components", type=int, default=10, help="PCA components of the regional features for Fréchet distance and MMD")
-    parser.add_argument("--msssim-pairs", type=int, default=30, help="largest number of image pairs per MS-SSIM set (random sample above it)")
+    parser.add_argument(
+        "--feature-components",
+        type=int,
+        default=10,
+        help="PCA components of the regional features for Fréchet distance and MMD",
+    )
+    parser.add_argument(
+        "--msssim-pairs",
+        type=int,
+        default=30,
+        help="largest number of image pairs per MS-SSIM set (random sample above it)",
+    )
     parser.add_argument("--msssim-scales", type=int, default=4, help="MS-SSIM scales (1-5; 4 fits the 2 mm grid)")
-    parser.add_argument("--memorisation-max-shift", type=int, default=1, help="largest shift (voxels per axis) tried when matching images")
-    parser.add_argument("--memorisation-percentile", type=float, default=99.0, help="percentile of the real test similarities above which a synthetic image is flagged")
+    parser.add_argument(
+        "--memorisation-max-shift",
+        type=int,
+        default=1,
+        help="largest shift (voxels per axis) tried when matching images",
+    )
+    parser.add_argument(
+        "--memorisation-percentile",
+        type=float,
+        default=99.0,
+        help="percentile of the real test similarities above which a synthetic image is flagged",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the MS-SSIM pair sampling")
 
 

@@ -30,7 +30,11 @@ def predict_ages(model_path: Path, entries: list[ImageEntry], corrected: bool) -
 
 def _agreement(requested: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     errors = predicted - requested
-    r = float(stats.pearsonr(requested, predicted)[0]) if len(requested) >= 3 and np.ptp(requested) > 0 and np.ptp(predicted) > 0 else np.nan
+    r = (
+        float(stats.pearsonr(requested, predicted)[0])
+        if len(requested) >= 3 and np.ptp(requested) > 0 and np.ptp(predicted) > 0
+        else np.nan
+    )
     return {
         "n": len(requested),
         "mae": float(np.abs(errors).mean()) if len(errors) else np.nan,
@@ -55,5 +59,11 @@ def fidelity_tables(entries: list[ImageEntry], predicted: np.ndarray) -> tuple[p
     for group, label in ((SYNTHETIC, "synthetic (requested age)"), ("test", "real test (true age)")):
         subset = per_image[per_image["group"] == group]
         for age_bin, table in [("all", subset), *sorted(subset.groupby("age_bin"))]:
-            rows.append({"set": label, "age_bin": age_bin, **_agreement(table["age"].to_numpy(float), table["predicted_age"].to_numpy(float))})
+            rows.append(
+                {
+                    "set": label,
+                    "age_bin": age_bin,
+                    **_agreement(table["age"].to_numpy(float), table["predicted_age"].to_numpy(float)),
+                }
+            )
     return per_image, pd.DataFrame(rows)

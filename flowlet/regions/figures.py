@@ -64,15 +64,27 @@ def slope_difference_map(slopes: pd.DataFrame, atlas: Atlas, background: np.ndar
     )
 
 
-def trajectory_panels(measures: pd.DataFrame, path: Path, panels: tuple[tuple[str, str], ...] = FAST_AGEING_PANELS) -> str:
+def trajectory_panels(
+    measures: pd.DataFrame, path: Path, panels: tuple[tuple[str, str], ...] = FAST_AGEING_PANELS
+) -> str:
     """A measure against age for the fastest-ageing regions, real and synthetic points with their OLS lines."""
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), layout="constrained")
     for axis, (region, measure) in zip(np.atleast_1d(axes), panels):
         table = measures[measures["region"] == region]
-        for source, subset in (("real", table[table["group"].isin(REAL_GROUPS)]), ("synthetic", table[table["group"] == SYNTHETIC])):
+        for source, subset in (
+            ("real", table[table["group"].isin(REAL_GROUPS)]),
+            ("synthetic", table[table["group"] == SYNTHETIC]),
+        ):
             if subset.empty:
                 continue
-            axis.scatter(subset["age"], subset[measure], s=14, alpha=0.7, color=COLOURS[source], label=f"{source} (n={len(subset)})")
+            axis.scatter(
+                subset["age"],
+                subset[measure],
+                s=14,
+                alpha=0.7,
+                color=COLOURS[source],
+                label=f"{source} (n={len(subset)})",
+            )
             fit = ols_slope(subset["age"].to_numpy(), subset[measure].to_numpy())
             if np.isfinite(fit["slope"]):
                 ages = np.linspace(subset["age"].min(), subset["age"].max(), 2)
@@ -108,7 +120,10 @@ def slope_correlation(slopes: pd.DataFrame, region_names: set[str], agreement: d
     axis.axvline(0, color="lightgray", lw=0.8)
     axis.set_xlabel("real slope (% of volume / year)")
     axis.set_ylabel("synthetic slope (% of volume / year)")
-    axis.set_title(f"r = {agreement['pearson_r']:.2f}, rho = {agreement['spearman_rho']:.2f} over {agreement['n_regions']} regions", fontsize=10)
+    axis.set_title(
+        f"r = {agreement['pearson_r']:.2f}, rho = {agreement['spearman_rho']:.2f} over {agreement['n_regions']} regions",
+        fontsize=10,
+    )
     _save(figure, path)
     return (
         "Each point is one atlas region: its volume's age slope in real images (x) against the slope in synthetic images "
@@ -128,7 +143,15 @@ def paired_overview(summary: pd.DataFrame, regions: list[str], path: Path) -> st
     for k, comparison in enumerate(comparisons):
         values = table[table["comparison"] == comparison].set_index("region").reindex(regions)
         colour = COLOURS["synthetic"] if comparison.startswith("synthetic") else COLOURS["test"]
-        axis.barh(positions + k * height, values["dice_mean"], height, xerr=values["dice_std"], color=colour, label=comparison, alpha=0.85)
+        axis.barh(
+            positions + k * height,
+            values["dice_mean"],
+            height,
+            xerr=values["dice_std"],
+            color=colour,
+            label=comparison,
+            alpha=0.85,
+        )
     axis.set_yticks(positions + height * (len(comparisons) - 1) / 2, regions)
     axis.invert_yaxis()
     axis.set_xlim(0, 1)
@@ -165,7 +188,10 @@ def memorisation_histogram(test: np.ndarray, synthetic: np.ndarray, threshold: f
 
 def fidelity_scatter(per_image: pd.DataFrame, path: Path) -> str:
     figure, axis = plt.subplots(figsize=(5, 5))
-    for group, colour, label in ((SYNTHETIC, COLOURS["synthetic"], "synthetic (requested age)"), ("test", COLOURS["test"], "real test (true age)")):
+    for group, colour, label in (
+        (SYNTHETIC, COLOURS["synthetic"], "synthetic (requested age)"),
+        ("test", COLOURS["test"], "real test (true age)"),
+    ):
         subset = per_image[per_image["group"] == group]
         axis.scatter(subset["age"], subset["predicted_age"], s=14, alpha=0.8, color=colour, label=label)
     low, high = per_image[["age", "predicted_age"]].min().min(), per_image[["age", "predicted_age"]].max().max()

@@ -36,7 +36,20 @@ MANIFEST_COLUMNS = ("image", "age")
 TABLE_TYPES = {"participant_id": str, "sex": str, "age_bin": str, "image": str}
 SEGMENTATION_FOLDER = "segmentations"
 # What `flowlet regions` needs from the long measures table.
-MEASURE_COLUMNS = ("image_id", "group", "age", "region", "volume_ml", "native_volume_ml", "tissue_fraction", "csf_ml", "grey_ml", "white_ml", "mean_intensity", "segmentation")
+MEASURE_COLUMNS = (
+    "image_id",
+    "group",
+    "age",
+    "region",
+    "volume_ml",
+    "native_volume_ml",
+    "tissue_fraction",
+    "csf_ml",
+    "grey_ml",
+    "white_ml",
+    "mean_intensity",
+    "segmentation",
+)
 
 
 @dataclass
@@ -65,7 +78,9 @@ def _checked_ages(table: pd.DataFrame, path: Path, what: str) -> pd.DataFrame:
     ages = pd.to_numeric(table["age"], errors="coerce")
     if ages.isna().any():
         names = table["participant_id"] if "participant_id" in table.columns else table["image"]
-        raise FlowletError(f"{what}: {path} has missing or non-numeric ages for {', '.join(map(str, names[ages.isna()][:10]))}")
+        raise FlowletError(
+            f"{what}: {path} has missing or non-numeric ages for {', '.join(map(str, names[ages.isna()][:10]))}"
+        )
     return table.assign(age=ages.astype(float))
 
 
@@ -83,9 +98,19 @@ def read_split(path: str | Path, groups: Sequence[str] = REAL_GROUPS) -> list[Im
         factors = pd.to_numeric(kept[NATIVE_VOLUME_COLUMN], errors="coerce").to_numpy(float)
         bad = ~(factors > 0)
         if bad.any():
-            raise FlowletError(f"split table: {path} has a missing or non-positive {NATIVE_VOLUME_COLUMN} for {', '.join(kept['participant_id'][bad][:10])}")
+            raise FlowletError(
+                f"split table: {path} has a missing or non-positive {NATIVE_VOLUME_COLUMN} for {', '.join(kept['participant_id'][bad][:10])}"
+            )
     return [
-        ImageEntry(row.participant_id, row.split, float(row.age), str(row.sex), str(row.age_bin), resolve_image_path(row.image, path), float(factor))
+        ImageEntry(
+            row.participant_id,
+            row.split,
+            float(row.age),
+            str(row.sex),
+            str(row.age_bin),
+            resolve_image_path(row.image, path),
+            float(factor),
+        )
         for row, factor in zip(kept.itertuples(index=False), factors)
     ]
 
@@ -93,7 +118,9 @@ def read_split(path: str | Path, groups: Sequence[str] = REAL_GROUPS) -> list[Im
 def read_external(path: str | Path) -> list[ImageEntry]:
     """The external dataset's subjects (evaluation only) as group ``external``; their ids are prefixed, since
     another dataset may reuse the study's subject names."""
-    return [replace(entry, image_id=f"{EXTERNAL}/{entry.image_id}", group=EXTERNAL) for entry in read_split(path, ("test",))]
+    return [
+        replace(entry, image_id=f"{EXTERNAL}/{entry.image_id}", group=EXTERNAL) for entry in read_split(path, ("test",))
+    ]
 
 
 def read_manifests(paths: list[str | Path], group: str = SYNTHETIC) -> list[ImageEntry]:
@@ -105,12 +132,16 @@ def read_manifests(paths: list[str | Path], group: str = SYNTHETIC) -> list[Imag
         # Volumes the QC gate dropped are not part of the synthetic cohort (brain age leaves them out too).
         table = _checked_ages(table[synthetic_qc_passed(table, manifest)], manifest, "synthetic manifest")
         # A manifest of a bin that needed no synthetic subjects has no metadata columns.
-        table = table.assign(**{column: table.get(column, pd.Series("", index=table.index)) for column in ("sex", "age_bin")})
+        table = table.assign(
+            **{column: table.get(column, pd.Series("", index=table.index)) for column in ("sex", "age_bin")}
+        )
         for row in table.itertuples(index=False):
             path = resolve_image_path(row.image, manifest)
             image_id = str(path)
             if image_id in seen:
-                raise FlowletError(f"synthetic manifest: {manifest} lists {path} again (already in an earlier manifest or row)")
+                raise FlowletError(
+                    f"synthetic manifest: {manifest} lists {path} again (already in an earlier manifest or row)"
+                )
             seen.add(image_id)
             entries.append(ImageEntry(image_id, group, float(row.age), str(row.sex), str(row.age_bin), path))
     return entries
@@ -137,11 +168,15 @@ def check_headers(entries: list[ImageEntry], resolution_mm: int) -> None:
         try:
             header = nib.load(str(entry.path))
         except Exception as error:  # nibabel raises many types for unreadable files
-            raise FlowletError(f"{what}: {entry.path} is not a readable NIfTI file ({type(error).__name__}: {error})") from error
+            raise FlowletError(
+                f"{what}: {entry.path} is not a readable NIfTI file ({type(error).__name__}: {error})"
+            ) from error
         shape = header.shape[:3] if len(header.shape) == 4 and header.shape[3] == 1 else header.shape
         found = grid_resolution(shape, header.affine, f"{what} ({entry.path})")
         if found != resolution_mm:
-            raise FlowletError(f"{what} ({entry.path}) is on the {found} mm grid; the regional analysis runs on the {resolution_mm} mm grid")
+            raise FlowletError(
+                f"{what} ({entry.path}) is on the {found} mm grid; the regional analysis runs on the {resolution_mm} mm grid"
+            )
 
 
 def load_image(entry: ImageEntry, resolution_mm: int) -> np.ndarray:
@@ -152,7 +187,9 @@ def load_image(entry: ImageEntry, resolution_mm: int) -> np.ndarray:
         data = data[..., 0]
     found = grid_resolution(data.shape, image.affine, f"{what} ({entry.path})")
     if found != resolution_mm:
-        raise FlowletError(f"{what} ({entry.path}) is on the {found} mm grid, but the others are on the {resolution_mm} mm grid")
+        raise FlowletError(
+            f"{what} ({entry.path}) is on the {found} mm grid, but the others are on the {resolution_mm} mm grid"
+        )
     if not np.isfinite(data).all():
         raise FlowletError(f"{what} ({entry.path}) contains NaN or infinite values")
     return data
@@ -166,11 +203,17 @@ def tissue_codes(tissue: str) -> tuple[int, ...]:
 def segmentation_file(entry: ImageEntry, index: int) -> str:
     """Where an image's tissue labels are saved, relative to the measures table: real images by participant,
     synthetic ones by their measuring order (generators reuse file names across age bins)."""
-    stem = entry.image_id if entry.group in MEASURED_REAL_GROUPS else f"{entry.group}-{index:05d}_{entry.path.name.split('.')[0]}"
+    stem = (
+        entry.image_id
+        if entry.group in MEASURED_REAL_GROUPS
+        else f"{entry.group}-{index:05d}_{entry.path.name.split('.')[0]}"
+    )
     return f"{SEGMENTATION_FOLDER}/{stem}_dseg.nii.gz"
 
 
-def regional_rows(entry: ImageEntry, intensities: np.ndarray, segmentation: Segmentation, atlas: Atlas, segmentation_name: str) -> list[dict]:
+def regional_rows(
+    entry: ImageEntry, intensities: np.ndarray, segmentation: Segmentation, atlas: Atlas, segmentation_name: str
+) -> list[dict]:
     """Per region: tissue volumes (ml, from the posteriors, so partial voluming counts), own-tissue fraction and mean intensity."""
     voxel_ml = abs(np.linalg.det(atlas.affine[:3, :3])) / 1000.0
     flat_posteriors = segmentation.posteriors.reshape(len(TISSUES), -1)
@@ -198,7 +241,9 @@ def regional_rows(entry: ImageEntry, intensities: np.ndarray, segmentation: Segm
                 # not the share of a region its own tissue fills (for "brain", the brain parenchymal fraction).
                 "tissue_fraction": float(own) / total if total > 0 else float("nan"),
                 **{f"{name}_ml": float(value) for name, value in zip(TISSUES, tissue_ml)},
-                "mean_intensity": float(flat_intensities[region.voxels][inside].mean()) if inside.any() else float("nan"),
+                "mean_intensity": float(flat_intensities[region.voxels][inside].mean())
+                if inside.any()
+                else float("nan"),
                 "brain_mask_ml": brain_mask_ml,
                 "image": str(entry.path),
                 "segmentation": segmentation_name,
@@ -207,7 +252,9 @@ def regional_rows(entry: ImageEntry, intensities: np.ndarray, segmentation: Segm
     return rows
 
 
-def measure_images(entries: list[ImageEntry], atlas: Atlas, segmenter: TissueSegmenter, resolution_mm: int, output_dir: Path) -> pd.DataFrame:
+def measure_images(
+    entries: list[ImageEntry], atlas: Atlas, segmenter: TissueSegmenter, resolution_mm: int, output_dir: Path
+) -> pd.DataFrame:
     """Segment every image, save its tissue labels under ``output_dir`` and measure every region (the long table)."""
     check_headers(entries, resolution_mm)
     rows = []
@@ -224,7 +271,20 @@ def read_measures(path: str | Path, entries: list[ImageEntry]) -> pd.DataFrame:
     """The rows of a `flowlet regional-measures` table that belong to ``entries``; every entry must have them."""
     path = Path(path)
     what = "regional measures"
-    table = read_tsv(path, what, required=MEASURE_COLUMNS, dtype={"image_id": str, "group": str, "sex": str, "age_bin": str, "region": str, "image": str, "segmentation": str})
+    table = read_tsv(
+        path,
+        what,
+        required=MEASURE_COLUMNS,
+        dtype={
+            "image_id": str,
+            "group": str,
+            "sex": str,
+            "age_bin": str,
+            "region": str,
+            "image": str,
+            "segmentation": str,
+        },
+    )
     groups = table.drop_duplicates("image_id").set_index("image_id")["group"]
     missing = [entry.image_id for entry in entries if entry.image_id not in groups.index]
     if missing:
@@ -234,11 +294,15 @@ def read_measures(path: str | Path, entries: list[ImageEntry]) -> pd.DataFrame:
         )
     moved = [entry.image_id for entry in entries if groups[entry.image_id] != entry.group]
     if moved:
-        raise FlowletError(f"{what} {path} was measured with another split: {', '.join(moved[:10])} changed group; rerun `flowlet regional-measures`")
+        raise FlowletError(
+            f"{what} {path} was measured with another split: {', '.join(moved[:10])} changed group; rerun `flowlet regional-measures`"
+        )
     return table[table["image_id"].isin({entry.image_id for entry in entries})].reset_index(drop=True)
 
 
-def load_measured(entries: list[ImageEntry], measures: pd.DataFrame, measures_path: str | Path, resolution_mm: int) -> list[MeasuredImage]:
+def load_measured(
+    entries: list[ImageEntry], measures: pd.DataFrame, measures_path: str | Path, resolution_mm: int
+) -> list[MeasuredImage]:
     """Each image's intensities with the tissue labels `flowlet regional-measures` saved beside its table."""
     check_headers(entries, resolution_mm)
     segmentations = measures.drop_duplicates("image_id").set_index("image_id")["segmentation"]
@@ -246,9 +310,13 @@ def load_measured(entries: list[ImageEntry], measures: pd.DataFrame, measures_pa
     measured = []
     for entry in tqdm(entries, desc="loading", unit="image", disable=None):
         intensities = load_image(entry, resolution_mm)
-        labels = np.asarray(load_nifti(folder / segmentations[entry.image_id], what=f"tissue labels of {entry.image_id}").dataobj)
+        labels = np.asarray(
+            load_nifti(folder / segmentations[entry.image_id], what=f"tissue labels of {entry.image_id}").dataobj
+        )
         if labels.shape != intensities.shape:
-            raise FlowletError(f"tissue labels {folder / segmentations[entry.image_id]} have shape {labels.shape}, the image {entry.path} {intensities.shape}")
+            raise FlowletError(
+                f"tissue labels {folder / segmentations[entry.image_id]} have shape {labels.shape}, the image {entry.path} {intensities.shape}"
+            )
         measured.append(MeasuredImage(entry, intensities, labels.astype(np.uint8)))
     return measured
 
@@ -269,7 +337,11 @@ def regional_features(measures: pd.DataFrame) -> pd.DataFrame:
     relative to the table's folder: ``flowlet brainage --feature-sets tissue`` reads them) and ``<region>_<tissue>``.
     """
     tissues = [f"{name}_ml" for name in TISSUES]
-    fractions = measures[tissues].div(measures["brain_mask_ml"], axis=0).assign(image_id=measures["image_id"], region=measures["region"])
+    fractions = (
+        measures[tissues]
+        .div(measures["brain_mask_ml"], axis=0)
+        .assign(image_id=measures["image_id"], region=measures["region"])
+    )
     wide = fractions.pivot_table(index="image_id", columns="region", values=tissues, sort=False)
     regions = list(dict.fromkeys(measures["region"]))
     wide = wide.reindex(columns=[(tissue, region) for region in regions for tissue in tissues])

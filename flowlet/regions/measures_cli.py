@@ -27,13 +27,33 @@ RESOLUTION_MM = 2
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", required=True, type=Path, help="split table (participant_id, age, sex, age_bin, split, image[, native_volume_factor])")
-    parser.add_argument("--synthetic", nargs="*", default=[], type=Path, help="synthetic manifest TSV(s) (image, age[, sex, age_bin]); none is allowed")
-    parser.add_argument("--baseline-synthetic", nargs="*", default=[], type=Path,
-                        help="the linear baseline generator's manifests, measured as group baseline")
-    parser.add_argument("--external-split", type=Path, default=None,
-                        help="a second dataset's split table (flowlet split --evaluation-only): its subjects are "
-                             "measured as group external, for the brain-age external test set")
+    parser.add_argument(
+        "--split",
+        required=True,
+        type=Path,
+        help="split table (participant_id, age, sex, age_bin, split, image[, native_volume_factor])",
+    )
+    parser.add_argument(
+        "--synthetic",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="synthetic manifest TSV(s) (image, age[, sex, age_bin]); none is allowed",
+    )
+    parser.add_argument(
+        "--baseline-synthetic",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="the linear baseline generator's manifests, measured as group baseline",
+    )
+    parser.add_argument(
+        "--external-split",
+        type=Path,
+        default=None,
+        help="a second dataset's split table (flowlet split --evaluation-only): its subjects are "
+        "measured as group external, for the brain-age external test set",
+    )
     parser.add_argument(
         "--output-dir",
         required=True,
@@ -43,7 +63,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for ANTs")
     parser.add_argument("--atropos-iterations", type=int, default=5, help="Atropos EM iterations per image")
-    parser.add_argument("--atropos-mrf", type=float, default=0.1, help="Atropos MRF smoothing weight (0 = none, fastest; 0.1 separates CSF from grey matter far better at 2 mm)")
+    parser.add_argument(
+        "--atropos-mrf",
+        type=float,
+        default=0.1,
+        help="Atropos MRF smoothing weight (0 = none, fastest; 0.1 separates CSF from grey matter far better at 2 mm)",
+    )
     parser.add_argument(
         "--atropos-prior-weight",
         type=float,
@@ -68,7 +93,13 @@ def run(args: argparse.Namespace) -> int:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     from flowlet.regions.atlas import load_atlas
     from flowlet.regions.measures import (
-        BASELINE, MEASURED_REAL_GROUPS, measure_images, read_external, read_manifests, read_split, regional_features,
+        BASELINE,
+        MEASURED_REAL_GROUPS,
+        measure_images,
+        read_external,
+        read_manifests,
+        read_split,
+        regional_features,
     )
     from flowlet.regions.tissue import TissueSegmenter
 
@@ -79,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     atlas = load_atlas(RESOLUTION_MM)
-    with TissueSegmenter(RESOLUTION_MM, args.atropos_iterations, args.atropos_mrf, args.atropos_prior_weight) as segmenter:
+    with TissueSegmenter(
+        RESOLUTION_MM, args.atropos_iterations, args.atropos_mrf, args.atropos_prior_weight
+    ) as segmenter:
         measures = measure_images(entries, atlas, segmenter, RESOLUTION_MM, output)
     measures.to_csv(output / MEASURES_TABLE, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
     regional_features(measures).to_csv(output / FEATURES_TABLE, sep="\t", index=False, float_format="%.6g")

@@ -115,7 +115,19 @@ def paired_table(comparison: PairedComparison, atlas: Atlas, bins: int = 256) ->
                     **row,
                 }
             )
-    return pd.DataFrame(rows, columns=["comparison", "pair", "reference_id", "compared_id", "reference_age", "compared_age", "region", *METRIC_COLUMNS])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "comparison",
+            "pair",
+            "reference_id",
+            "compared_id",
+            "reference_age",
+            "compared_age",
+            "region",
+            *METRIC_COLUMNS,
+        ],
+    )
 
 
 def region_summary(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +153,11 @@ def global_summary(pairs: pd.DataFrame, atlas: Atlas) -> pd.DataFrame:
             "comparison": name,
             "n_pairs": int(table["pair"].nunique()),
             "n_regions": int(regional["region"].nunique()),
-            "mean_age_gap": float((table.drop_duplicates("pair")["compared_age"] - table.drop_duplicates("pair")["reference_age"]).abs().mean()),
+            "mean_age_gap": float(
+                (table.drop_duplicates("pair")["compared_age"] - table.drop_duplicates("pair")["reference_age"])
+                .abs()
+                .mean()
+            ),
         }
         for metric in METRIC_COLUMNS:
             row[f"{metric}_mean"] = float(per_pair[metric].mean())

@@ -29,8 +29,12 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 def regional_feature_matrix(measures: pd.DataFrame, image_ids: list[str], regions: list[str]) -> np.ndarray:
     """Rows: images in the given order; columns: own-tissue volume then mean intensity of each region."""
     table = measures[measures["region"].isin(regions)]
-    volume = table.pivot_table(index="image_id", columns="region", values="volume_ml").reindex(index=image_ids, columns=regions)
-    intensity = table.pivot_table(index="image_id", columns="region", values="mean_intensity").reindex(index=image_ids, columns=regions)
+    volume = table.pivot_table(index="image_id", columns="region", values="volume_ml").reindex(
+        index=image_ids, columns=regions
+    )
+    intensity = table.pivot_table(index="image_id", columns="region", values="mean_intensity").reindex(
+        index=image_ids, columns=regions
+    )
     matrix = np.concatenate([volume.to_numpy(float), intensity.to_numpy(float)], axis=1)
     # A region empty of its tissue in one image has no mean intensity; the training mean stands in later.
     return matrix
@@ -59,7 +63,9 @@ class FeatureProjection:
         return (self._standardise(features) - self.centre) @ self.axes.T
 
 
-def frechet_distance_from_moments(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
+def frechet_distance_from_moments(
+    mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray
+) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)): the Fréchet (2-Wasserstein) distance of two Gaussians."""
     root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
     root = np.real(root)
@@ -72,10 +78,14 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     if len(features_a) < 2 or len(features_b) < 2:
         return float("nan")
     covariance = lambda x: np.atleast_2d(np.cov(x, rowvar=False))  # noqa: E731
-    return frechet_distance_from_moments(features_a.mean(axis=0), covariance(features_a), features_b.mean(axis=0), covariance(features_b))
+    return frechet_distance_from_moments(
+        features_a.mean(axis=0), covariance(features_a), features_b.mean(axis=0), covariance(features_b)
+    )
 
 
-def equal_n_distance(distance, sample: np.ndarray, reference: np.ndarray, n: int, repeats: int = 20, seed: int = 0) -> float:
+def equal_n_distance(
+    distance, sample: np.ndarray, reference: np.ndarray, n: int, repeats: int = 20, seed: int = 0
+) -> float:
     """``distance(sample, reference)`` at sample size ``n``: the mean over ``repeats`` random n-subsets of ``sample``.
 
     The Fréchet distance of finite samples is biased upwards, more for smaller samples, so a value and its
@@ -84,7 +94,9 @@ def equal_n_distance(distance, sample: np.ndarray, reference: np.ndarray, n: int
     if len(sample) <= n:
         return distance(sample, reference)
     rng = np.random.default_rng(seed)
-    return float(np.mean([distance(sample[rng.choice(len(sample), n, replace=False)], reference) for _ in range(repeats)]))
+    return float(
+        np.mean([distance(sample[rng.choice(len(sample), n, replace=False)], reference) for _ in range(repeats)])
+    )
 
 
 def median_bandwidth(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -135,7 +147,9 @@ def _filter(volume: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return volume
 
 
-def _ssim_parts(first: torch.Tensor, second: torch.Tensor, kernel: torch.Tensor, data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _ssim_parts(
+    first: torch.Tensor, second: torch.Tensor, kernel: torch.Tensor, data_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean SSIM and mean contrast-structure term over the valid region, per batch element."""
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     stacked = torch.cat([first, second, first * first, second * second, first * second], dim=1)
@@ -155,7 +169,9 @@ def ssim3d(first: np.ndarray, second: np.ndarray, data_range: float, window: int
     return float(_ssim_parts(a, b, _gaussian_kernel(window, sigma), data_range)[0][0])
 
 
-def ms_ssim3d(first: np.ndarray, second: np.ndarray, data_range: float, scales: int = 4, window: int = 11, sigma: float = 1.5) -> float:
+def ms_ssim3d(
+    first: np.ndarray, second: np.ndarray, data_range: float, scales: int = 4, window: int = 11, sigma: float = 1.5
+) -> float:
     """Multi-scale SSIM (Wang et al. 2003) of two 3D volumes, halving the resolution between scales.
 
     Contrast-structure terms are clipped at zero before the fractional powers, as common implementations do.
@@ -164,7 +180,9 @@ def ms_ssim3d(first: np.ndarray, second: np.ndarray, data_range: float, scales: 
         raise FlowletError(f"MS-SSIM scales must be between 1 and {len(MS_SSIM_WEIGHTS)}, got {scales}")
     smallest = min(first.shape) / 2 ** (scales - 1)
     if smallest < window:
-        raise FlowletError(f"MS-SSIM: volumes of shape {first.shape} are too small for {scales} scales of a {window}-voxel window")
+        raise FlowletError(
+            f"MS-SSIM: volumes of shape {first.shape} are too small for {scales} scales of a {window}-voxel window"
+        )
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=torch.float64)
     weights = weights / weights.sum()
     kernel = _gaussian_kernel(window, sigma)
@@ -180,7 +198,9 @@ def ms_ssim3d(first: np.ndarray, second: np.ndarray, data_range: float, scales: 
     return float(torch.prod(stacked**weights))
 
 
-def intensity_window(volumes: list[np.ndarray], brains: list[np.ndarray], quantile: float = 0.001) -> tuple[float, float]:
+def intensity_window(
+    volumes: list[np.ndarray], brains: list[np.ndarray], quantile: float = 0.001
+) -> tuple[float, float]:
     """A common intensity window for MS-SSIM: the pooled brain intensities' quantiles (background 0 included)."""
     values = np.concatenate([volume[brain] for volume, brain in zip(volumes, brains)] + [np.zeros(1, np.float32)])
     low, high = np.quantile(values, [quantile, 1 - quantile])
@@ -194,7 +214,11 @@ def mean_ms_ssim(pairs: list[tuple[np.ndarray, np.ndarray]], window: tuple[float
     if not pairs:
         return float("nan")
     low, high = window
-    return float(np.mean([ms_ssim3d(np.clip(a, low, high) - low, np.clip(b, low, high) - low, high - low, scales) for a, b in pairs]))
+    return float(
+        np.mean(
+            [ms_ssim3d(np.clip(a, low, high) - low, np.clip(b, low, high) - low, high - low, scales) for a, b in pairs]
+        )
+    )
 
 
 def sample_pairs(n_first: int, n_second: int | None, max_pairs: int, seed: int) -> list[tuple[int, int]]:

@@ -43,10 +43,23 @@ log = logging.getLogger(__name__)
 GENERATORS = {SYNTHETIC: "FlowLet", BASELINE: "linear baseline"}
 FEATURE_BLOCK = 4  # 2 mm voxels -> 8 mm blocks
 FEATURE_COMPONENTS = 10
-SLOPES = (("ventricle CSF volume slope (ml/year)", "ventricles", "csf_ml"),
-          ("total grey-matter volume slope (ml/year)", "brain", "grey_ml"))
-COLUMNS = ("generator", "criterion", "value", "ci_low", "ci_high", "real_reference", "real_ci_low", "real_ci_high",
-           "n", "n_real", "definition")
+SLOPES = (
+    ("ventricle CSF volume slope (ml/year)", "ventricles", "csf_ml"),
+    ("total grey-matter volume slope (ml/year)", "brain", "grey_ml"),
+)
+COLUMNS = (
+    "generator",
+    "criterion",
+    "value",
+    "ci_low",
+    "ci_high",
+    "real_reference",
+    "real_ci_low",
+    "real_ci_high",
+    "n",
+    "n_real",
+    "definition",
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,9 @@ def voxel_features(volumes: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarra
     block = FEATURE_BLOCK
     rows = []
     for volume in volumes:
-        trimmed = volume[: volume.shape[0] // block * block, : volume.shape[1] // block * block, : volume.shape[2] // block * block]
+        trimmed = volume[
+            : volume.shape[0] // block * block, : volume.shape[1] // block * block, : volume.shape[2] // block * block
+        ]
         coarse = trimmed.reshape(trimmed.shape[0] // block, block, trimmed.shape[1] // block, block, -1, block)
         rows.append(coarse.mean(axis=(1, 3, 5)).ravel())
     return np.asarray(rows)
@@ -92,16 +107,31 @@ def zscore_in_mask(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, (volume - inside.mean()) / inside.std(), 0.0).astype(np.float32)
 
 
-def _row(generator: str, criterion: str, value: float, reference: float, n: int, n_real: int, definition: str,
-         interval=(np.nan, np.nan), real_interval=(np.nan, np.nan)) -> dict:
-    return dict(zip(COLUMNS, (generator, criterion, value, *interval, reference, *real_interval, n, n_real, definition)))
+def _row(
+    generator: str,
+    criterion: str,
+    value: float,
+    reference: float,
+    n: int,
+    n_real: int,
+    definition: str,
+    interval=(np.nan, np.nan),
+    real_interval=(np.nan, np.nan),
+) -> dict:
+    return dict(
+        zip(COLUMNS, (generator, criterion, value, *interval, reference, *real_interval, n, n_real, definition))
+    )
 
 
 def _qc_counts(manifests: Sequence[Path]) -> tuple[int, int]:
     generated = passed = 0
     for manifest in manifests:
         table = read_tsv(manifest, "synthetic manifest", dtype=str, keep_default_na=False)
-        verdict = (table["qc_outlier"].str.lower() != "true") if "qc_outlier" in table else synthetic_qc_passed(table, manifest)
+        verdict = (
+            (table["qc_outlier"].str.lower() != "true")
+            if "qc_outlier" in table
+            else synthetic_qc_passed(table, manifest)
+        )
         generated += len(table)
         passed += int(verdict.sum())
     return generated, passed
@@ -121,7 +151,10 @@ def scorecard(
     mask = np.asarray(template_brain_mask(2).dataobj) > 0
     train_volumes, test_volumes = _load(train, options.downsample, mask), _load(test, options.downsample, mask)
     project = pca_projection(voxel_features(train_volumes, mask))
-    train_features, test_features = project(voxel_features(train_volumes, mask)), project(voxel_features(test_volumes, mask))
+    train_features, test_features = (
+        project(voxel_features(train_volumes, mask)),
+        project(voxel_features(test_volumes, mask)),
+    )
     window = realism.intensity_window(train_volumes, [mask] * len(train_volumes))
     test_pairs = realism.sample_pairs(len(test), None, options.msssim_pairs, options.seed + 1)
     msssim_real = realism.mean_ms_ssim([(test_volumes[i], test_volumes[j]) for i, j in test_pairs], window)
@@ -134,44 +167,119 @@ def scorecard(
     for group, paths in manifests.items():
         name = GENERATORS[group]
         generated, passed = _qc_counts(paths)
-        rows.append(_row(name, "QC pass rate", passed / generated if generated else np.nan, 1.0, generated, 0,
-                         "share of generated volumes within the QC gate's robust-z limits of real training brains"))
+        rows.append(
+            _row(
+                name,
+                "QC pass rate",
+                passed / generated if generated else np.nan,
+                1.0,
+                generated,
+                0,
+                "share of generated volumes within the QC gate's robust-z limits of real training brains",
+            )
+        )
         entries = read_manifests(list(paths), group=group)
         if len(entries) < 2:
-            rows.append(_row(name, "note", np.nan, np.nan, len(entries), 0,
-                             "fewer than two volumes passed QC: no distribution to score"))
+            rows.append(
+                _row(
+                    name,
+                    "note",
+                    np.nan,
+                    np.nan,
+                    len(entries),
+                    0,
+                    "fewer than two volumes passed QC: no distribution to score",
+                )
+            )
             continue
         volumes = _load(entries, None, mask)
         features = project(voxel_features(volumes, mask))
         n = min(len(entries), len(test))
-        for criterion, function in (("Fréchet distance", realism.frechet_distance),
-                                    ("MMD^2 (RBF, median bandwidth)", realism.mmd_rbf)):
+        for criterion, function in (
+            ("Fréchet distance", realism.frechet_distance),
+            ("MMD^2 (RBF, median bandwidth)", realism.mmd_rbf),
+        ):
             value = realism.equal_n_distance(function, features, train_features, n, seed=options.seed)
             floor = realism.equal_n_distance(function, test_features, train_features, n, seed=options.seed)
-            rows.append(_row(name, criterion, value, floor, n, n,
-                             f"kept volumes vs real training images, and the floor real test vs training, both at n = {n} "
-                             "(means over random subsets of the larger set); real images through the generator's "
-                             f"working resolution (1/{options.downsample}); voxel features, {FEATURE_COMPONENTS} PCs"))
+            rows.append(
+                _row(
+                    name,
+                    criterion,
+                    value,
+                    floor,
+                    n,
+                    n,
+                    f"kept volumes vs real training images, and the floor real test vs training, both at n = {n} "
+                    "(means over random subsets of the larger set); real images through the generator's "
+                    f"working resolution (1/{options.downsample}); voxel features, {FEATURE_COMPONENTS} PCs",
+                )
+            )
         pairs = realism.sample_pairs(len(volumes), None, options.msssim_pairs, options.seed)
-        rows.append(_row(name, "MS-SSIM within set", realism.mean_ms_ssim([(volumes[i], volumes[j]) for i, j in pairs], window),
-                         msssim_real, len(pairs), len(test_pairs),
-                         "mean over random pairs of kept volumes; reference: pairs of real test images (same data path)"))
+        rows.append(
+            _row(
+                name,
+                "MS-SSIM within set",
+                realism.mean_ms_ssim([(volumes[i], volumes[j]) for i, j in pairs], window),
+                msssim_real,
+                len(pairs),
+                len(test_pairs),
+                "mean over random pairs of kept volumes; reference: pairs of real test images (same data path)",
+            )
+        )
         best, _ = nearest_training_similarity(volumes, train_volumes, mask, options.memorisation_max_shift)
-        rows.append(_row(name, "memorised (flagged count)", float((best > threshold).sum()), 0.0, len(best), len(test_best),
-                         f"highest correlation with a training image above {threshold:.4f}, the "
-                         f"{options.memorisation_percentile:g}th percentile of real test images' own"))
-        rows.append(_row(name, "median highest training similarity", float(np.median(best)), float(np.median(test_best)),
-                         len(best), len(test_best), "median over volumes of the highest shift-tolerant correlation with "
-                         "any real training image; reference: the same for real test images"))
+        rows.append(
+            _row(
+                name,
+                "memorised (flagged count)",
+                float((best > threshold).sum()),
+                0.0,
+                len(best),
+                len(test_best),
+                f"highest correlation with a training image above {threshold:.4f}, the "
+                f"{options.memorisation_percentile:g}th percentile of real test images' own",
+            )
+        )
+        rows.append(
+            _row(
+                name,
+                "median highest training similarity",
+                float(np.median(best)),
+                float(np.median(test_best)),
+                len(best),
+                len(test_best),
+                "median over volumes of the highest shift-tolerant correlation with "
+                "any real training image; reference: the same for real test images",
+            )
+        )
         predicted = _predict(brainage_model, entries)
         if predicted is not None:
             requested = np.array([e.age for e in entries])
             true_test = np.array([e.age for e in test])
-            definition = "real-only brain-age model on kept volumes vs requested age; reference: on real test vs true age"
-            rows.append(_row(name, "age fidelity MAE (years)", float(np.abs(predicted - requested).mean()),
-                             float(np.abs(test_predicted - true_test).mean()), len(entries), len(test), definition))
-            rows.append(_row(name, "age fidelity r", _pearson(requested, predicted), _pearson(true_test, test_predicted),
-                             len(entries), len(test), definition))
+            definition = (
+                "real-only brain-age model on kept volumes vs requested age; reference: on real test vs true age"
+            )
+            rows.append(
+                _row(
+                    name,
+                    "age fidelity MAE (years)",
+                    float(np.abs(predicted - requested).mean()),
+                    float(np.abs(test_predicted - true_test).mean()),
+                    len(entries),
+                    len(test),
+                    definition,
+                )
+            )
+            rows.append(
+                _row(
+                    name,
+                    "age fidelity r",
+                    _pearson(requested, predicted),
+                    _pearson(true_test, test_predicted),
+                    len(entries),
+                    len(test),
+                    definition,
+                )
+            )
         if measures is not None:
             rows += _slope_rows(name, measures, {entry.image_id for entry in entries})
     return pd.DataFrame(rows, columns=list(COLUMNS))
@@ -196,11 +304,23 @@ def _slope_rows(name: str, measures: pd.DataFrame, image_ids: set[str]) -> list[
         real = table["group"].isin(REAL_GROUPS)
         scored = table["image_id"].isin(image_ids)
         if not scored.any():
-            raise FlowletError(f"regional measures lack the scored {name} volumes: run flowlet regional-measures on them")
+            raise FlowletError(
+                f"regional measures lack the scored {name} volumes: run flowlet regional-measures on them"
+            )
         real_fit = ols_slope(table.loc[real, "age"], table.loc[real, column])
         fit = ols_slope(table.loc[scored, "age"], table.loc[scored, column])
-        rows.append(_row(name, criterion, fit["slope"], real_fit["slope"], fit["n"], real_fit["n"],
-                         f"OLS slope of {column} in region {region} on (requested) age, 95% t interval; reference: real "
-                         "training and test images", (fit["ci_low"], fit["ci_high"]),
-                         (real_fit["ci_low"], real_fit["ci_high"])))
+        rows.append(
+            _row(
+                name,
+                criterion,
+                fit["slope"],
+                real_fit["slope"],
+                fit["n"],
+                real_fit["n"],
+                f"OLS slope of {column} in region {region} on (requested) age, 95% t interval; reference: real "
+                "training and test images",
+                (fit["ci_low"], fit["ci_high"]),
+                (real_fit["ci_low"], real_fit["ci_high"]),
+            )
+        )
     return rows

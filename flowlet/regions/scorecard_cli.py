@@ -13,13 +13,25 @@ log = logging.getLogger(__name__)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", required=True, type=Path, help="split table (its train and test images are the real references)")
+    parser.add_argument(
+        "--split", required=True, type=Path, help="split table (its train and test images are the real references)"
+    )
     parser.add_argument("--synthetic", nargs="*", default=[], type=Path, help="FlowLet's QC-gated manifests")
-    parser.add_argument("--baseline-synthetic", nargs="*", default=[], type=Path, help="the linear baseline's QC-gated manifests")
-    parser.add_argument("--measures", type=Path, help="regional_measures.tsv (for the ventricle and grey-matter slopes)")
-    parser.add_argument("--brainage-model", type=Path, help="model_real.joblib of `flowlet brainage` (for age fidelity)")
-    parser.add_argument("--downsample", type=int, default=1,
-                        help="the generators' working resolution factor; real images are seen through it")
+    parser.add_argument(
+        "--baseline-synthetic", nargs="*", default=[], type=Path, help="the linear baseline's QC-gated manifests"
+    )
+    parser.add_argument(
+        "--measures", type=Path, help="regional_measures.tsv (for the ventricle and grey-matter slopes)"
+    )
+    parser.add_argument(
+        "--brainage-model", type=Path, help="model_real.joblib of `flowlet brainage` (for age fidelity)"
+    )
+    parser.add_argument(
+        "--downsample",
+        type=int,
+        default=1,
+        help="the generators' working resolution factor; real images are seen through it",
+    )
     parser.add_argument("--output", required=True, type=Path, help="scorecard TSV to write")
 
 
@@ -30,10 +42,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.downsample < 1:
         raise FlowletError(f"--downsample must be at least 1, got {args.downsample}")
-    manifests = {group: paths for group, paths in ((SYNTHETIC, args.synthetic), (BASELINE, args.baseline_synthetic)) if paths}
+    manifests = {
+        group: paths for group, paths in ((SYNTHETIC, args.synthetic), (BASELINE, args.baseline_synthetic)) if paths
+    }
     if not manifests:
         raise FlowletError("give --synthetic and/or --baseline-synthetic manifests to score")
-    table = scorecard(args.split, manifests, args.measures, args.brainage_model, ScorecardOptions(downsample=args.downsample))
+    table = scorecard(
+        args.split, manifests, args.measures, args.brainage_model, ScorecardOptions(downsample=args.downsample)
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.output, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
     log.info("wrote %s (%d rows)", args.output, len(table))

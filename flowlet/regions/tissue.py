@@ -35,7 +35,9 @@ class Segmentation:
     brain: np.ndarray  # bool
 
 
-def brain_mask_of(image: np.ndarray, tolerance: float = BACKGROUND_TOLERANCE, fallback: np.ndarray | None = None) -> np.ndarray:
+def brain_mask_of(
+    image: np.ndarray, tolerance: float = BACKGROUND_TOLERANCE, fallback: np.ndarray | None = None
+) -> np.ndarray:
     """The brain as the largest connected non-background component of an image, with holes filled.
 
     A brain never reaches the edge of the MNI grid; when the foreground does, the background is not clean
@@ -54,7 +56,9 @@ def _touches_border(mask: np.ndarray) -> bool:
 class TissueSegmenter:
     """Segments images on one MNI grid; create once and reuse (it owns a temporary folder; call close())."""
 
-    def __init__(self, resolution_mm: int = 2, iterations: int = 3, mrf_smoothing: float = 0.0, prior_weight: float = 0.1):
+    def __init__(
+        self, resolution_mm: int = 2, iterations: int = 3, mrf_smoothing: float = 0.0, prior_weight: float = 0.1
+    ):
         if iterations < 1:
             raise FlowletError(f"Atropos needs at least one iteration, got {iterations}")
         if not 0 <= prior_weight <= 1:
@@ -86,7 +90,9 @@ class TissueSegmenter:
         if box == self._written_box:
             return
         for index, prior in enumerate(self._priors, start=1):
-            ants.image_write(ants.from_numpy(np.ascontiguousarray(prior[box])), str(self._folder / f"prior{index:02d}.nii"))
+            ants.image_write(
+                ants.from_numpy(np.ascontiguousarray(prior[box])), str(self._folder / f"prior{index:02d}.nii")
+            )
         self._written_box = box
 
     def segment(self, image: np.ndarray, brain: np.ndarray | None = None, what: str = "image") -> Segmentation:
@@ -94,10 +100,14 @@ class TissueSegmenter:
         from ants.internal import get_lib_fn, get_pointer_string, process_arguments
 
         if image.shape != self._priors.shape[1:]:
-            raise FlowletError(f"{what}: shape {image.shape} does not match the tissue priors' grid {self._priors.shape[1:]}")
+            raise FlowletError(
+                f"{what}: shape {image.shape} does not match the tissue priors' grid {self._priors.shape[1:]}"
+            )
         brain = brain_mask_of(image, fallback=self._brain_limit) if brain is None else brain
         if brain.sum() < 1000:
-            raise FlowletError(f"{what}: only {int(brain.sum())} brain voxels; is it brain-extracted and on the MNI grid?")
+            raise FlowletError(
+                f"{what}: only {int(brain.sum())} brain voxels; is it brain-extracted and on the MNI grid?"
+            )
         corners = np.argwhere(brain)
         # A one-voxel rim of background around the brain; Atropos works on this box only.
         low = np.maximum(corners.min(axis=0) - 1, 0)

@@ -9,7 +9,12 @@ from scipy import stats
 from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC
 
 # The regions that change most with age in adults, with the measure plotted for each.
-FAST_AGEING_PANELS = (("ventricles", "volume_ml"), ("hippocampus", "volume_ml"), ("cortex", "volume_ml"), ("brain", "tissue_fraction"))
+FAST_AGEING_PANELS = (
+    ("ventricles", "volume_ml"),
+    ("hippocampus", "volume_ml"),
+    ("cortex", "volume_ml"),
+    ("brain", "tissue_fraction"),
+)
 
 
 def ols_slope(ages: np.ndarray, values: np.ndarray, level: float = 0.95) -> dict[str, float]:
@@ -21,7 +26,16 @@ def ols_slope(ages: np.ndarray, values: np.ndarray, level: float = 0.95) -> dict
     keep = np.isfinite(ages) & np.isfinite(values)
     ages, values = ages[keep], values[keep]
     n = len(ages)
-    empty = {"n": n, "slope": np.nan, "slope_se": np.nan, "ci_low": np.nan, "ci_high": np.nan, "intercept": np.nan, "r": np.nan, "p": np.nan}
+    empty = {
+        "n": n,
+        "slope": np.nan,
+        "slope_se": np.nan,
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+        "intercept": np.nan,
+        "r": np.nan,
+        "p": np.nan,
+    }
     if n < 3 or np.ptp(ages) == 0:
         return empty
     fit = stats.linregress(ages, values)
@@ -62,7 +76,12 @@ def slopes_table(measures: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             real = table[table["group"].isin(REAL_GROUPS)]
             reference = float(real[measure].mean()) if len(real) else np.nan
             scale = 100.0 / reference if np.isfinite(reference) and reference != 0 else np.nan
-            row: dict[str, object] = {"region": region, "measure": measure, "region_tissue": table["region_tissue"].iloc[0], "real_mean": reference}
+            row: dict[str, object] = {
+                "region": region,
+                "measure": measure,
+                "region_tissue": table["region_tissue"].iloc[0],
+                "real_mean": reference,
+            }
             for source in ("real", "synthetic"):
                 subset = table[table["group"].map(_source) == source]
                 fit = ols_slope(subset["age"].to_numpy(), subset[measure].to_numpy(), level)
@@ -70,8 +89,16 @@ def slopes_table(measures: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
                 row[f"{source}_slope_percent_per_year"] = fit["slope"] * scale
             difference = row["synthetic_slope"] - row["real_slope"]
             se = float(np.hypot(row["real_slope_se"], row["synthetic_slope_se"]))
-            row.update({"slope_difference": difference, "difference_ci_low": difference - z * se, "difference_ci_high": difference + z * se})
-            row["slope_difference_percent_per_year"] = row["synthetic_slope_percent_per_year"] - row["real_slope_percent_per_year"]
+            row.update(
+                {
+                    "slope_difference": difference,
+                    "difference_ci_low": difference - z * se,
+                    "difference_ci_high": difference + z * se,
+                }
+            )
+            row["slope_difference_percent_per_year"] = (
+                row["synthetic_slope_percent_per_year"] - row["real_slope_percent_per_year"]
+            )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -79,7 +106,10 @@ def slopes_table(measures: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 def slope_agreement(slopes: pd.DataFrame, region_names: set[str], measure: str = "volume_ml") -> dict[str, float]:
     """Pearson and Spearman correlation of real and synthetic slopes (%/year) of one measure across the given regions."""
     subset = slopes[slopes["region"].isin(region_names) & (slopes["measure"] == measure)]
-    real, synthetic = subset["real_slope_percent_per_year"].to_numpy(float), subset["synthetic_slope_percent_per_year"].to_numpy(float)
+    real, synthetic = (
+        subset["real_slope_percent_per_year"].to_numpy(float),
+        subset["synthetic_slope_percent_per_year"].to_numpy(float),
+    )
     keep = np.isfinite(real) & np.isfinite(synthetic)
     if keep.sum() < 3:
         return {"n_regions": int(keep.sum()), "pearson_r": np.nan, "spearman_rho": np.nan}

@@ -11,8 +11,19 @@ from pathlib import Path
 import yaml
 
 PACKAGES = [
-    "flowlet", "torch", "numpy", "scipy", "antspyx", "nibabel", "nilearn", "deepbet",
-    "scikit-learn", "pandas", "matplotlib", "snakemake", "fslpy",
+    "flowlet",
+    "torch",
+    "numpy",
+    "scipy",
+    "antspyx",
+    "nibabel",
+    "nilearn",
+    "deepbet",
+    "scikit-learn",
+    "pandas",
+    "matplotlib",
+    "snakemake",
+    "fslpy",
 ]
 
 
@@ -40,8 +51,15 @@ def torch_record() -> dict[str, str]:
 
 def git_commit(repo: Path) -> str:
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + (" with uncommitted changes" if dirty else "")

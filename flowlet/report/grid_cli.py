@@ -17,7 +17,9 @@ from flowlet.data.tables import resolve_image_path  # noqa: E402
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifests", nargs="+", required=True, type=Path, help="per-bin manifests from 'flowlet generate'")
+    parser.add_argument(
+        "--manifests", nargs="+", required=True, type=Path, help="per-bin manifests from 'flowlet generate'"
+    )
     parser.add_argument("--per-bin", type=int, default=4, help="synthetic subjects shown per age bin")
     parser.add_argument("--output", required=True, type=Path, help="PNG to write")
 
@@ -36,15 +38,22 @@ def run(args: argparse.Namespace) -> int:
         manifest_of[label] = manifest
         bins.append((label, table.sort_values("age").head(args.per_bin)))
     columns = max(1, max(len(table) for _, table in bins)) * 3
-    figure, axes = plt.subplots(len(bins), columns, figsize=(1.6 * columns, 1.9 * len(bins)), squeeze=False,
-                                gridspec_kw={"left": 0.01, "right": 0.99, "bottom": 0.01, "top": 0.93, "wspace": 0.05, "hspace": 0.3})
+    figure, axes = plt.subplots(
+        len(bins),
+        columns,
+        figsize=(1.6 * columns, 1.9 * len(bins)),
+        squeeze=False,
+        gridspec_kw={"left": 0.01, "right": 0.99, "bottom": 0.01, "top": 0.93, "wspace": 0.05, "hspace": 0.3},
+    )
     for row, (label, table) in enumerate(bins):
         for axis in axes[row]:
             axis.axis("off")
         if table.empty:
             # Text in figure coordinates: text inside a tiny axis makes the layout shrink every image.
             box = axes[row][0].get_position()
-            figure.text(box.x0, (box.y0 + box.y1) / 2, f"{label}: no synthetic subjects planned", fontsize=9, va="center")
+            figure.text(
+                box.x0, (box.y0 + box.y1) / 2, f"{label}: no synthetic subjects planned", fontsize=9, va="center"
+            )
             continue
         for index, item in enumerate(table.itertuples()):
             volume = load_nifti(resolve_image_path(item.image, manifest_of[label]), "synthetic volume").get_fdata()

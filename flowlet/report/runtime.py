@@ -14,7 +14,14 @@ def runtime_table(benchmarks_dir: Path) -> pd.DataFrame:
         rule = path.relative_to(benchmarks_dir).parts[0].removesuffix(".tsv")
         table = pd.read_csv(path, sep="\t")
         for _, row in table.iterrows():
-            rows.append({"rule": rule, "seconds": row["s"], "cpu_seconds": row.get("cpu_time", float("nan")), "max_rss_mb": row.get("max_rss", float("nan"))})
+            rows.append(
+                {
+                    "rule": rule,
+                    "seconds": row["s"],
+                    "cpu_seconds": row.get("cpu_time", float("nan")),
+                    "max_rss_mb": row.get("max_rss", float("nan")),
+                }
+            )
     if not rows:
         return pd.DataFrame(columns=["rule", "jobs", "total_seconds", "median_seconds", "cpu_seconds", "peak_rss_mb"])
     frame = pd.DataFrame(rows)

@@ -47,7 +47,9 @@ def methods_paragraph(config: dict, environment: dict[str, str], n_subjects: int
         f"We analysed {n_subjects} T1-weighted scans from {dataset} with the FlowLet workflow "
         f"(flowlet {version('flowlet')}, Snakemake {version('snakemake')} [snakemake]). "
         f"Images were bias-corrected with N4 [n4] (ANTsPy {version('antspyx')}, shrink factor {pre.get('n4_shrink_factor')}), "
-        f"skull-stripped with {pre.get('skullstrip_backend')}" + (" [deepbet]" if pre.get("skullstrip_backend") == "deepbet" else "") + ", "
+        f"skull-stripped with {pre.get('skullstrip_backend')}"
+        + (" [deepbet]" if pre.get("skullstrip_backend") == "deepbet" else "")
+        + ", "
         f"registered ({pre.get('registration')}) to the MNI152 2009a template [mni] with ANTs [ants] and resampled to the "
         f"{pre.get('resolution')} mm FSL grid, and z-scored inside the brain mask. "
         f"Subjects were split by age bin (edges {', '.join(f'{edge:g}' for edge in edges)} years; "
@@ -72,8 +74,11 @@ def verdict_section(verdict: pd.DataFrame) -> list[str]:
     if verdict.empty:
         return lines + ["No bin was reduced or under-represented, so synthetic subjects were not asked to help.", ""]
     model = verdict["model"].iloc[0]
-    lines += [f"Brain-age model: {model}, on the held-out real test subjects; MAE in years with 95% paired "
-              "bootstrap intervals; gap closed = (MAE real - MAE real+synthetic) / (MAE real - MAE oracle).", ""]
+    lines += [
+        f"Brain-age model: {model}, on the held-out real test subjects; MAE in years with 95% paired "
+        "bootstrap intervals; gap closed = (MAE real - MAE real+synthetic) / (MAE real - MAE oracle).",
+        "",
+    ]
     lines += [f"- {text}" for text in verdict["sentence"]] + [""]
     shown = verdict.drop(columns=["sentence", "model"])
     return lines + [markdown_table(shown), ""]
@@ -99,10 +104,15 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
     if verdict is not None:
         sections += verdict_section(verdict)
     if scorecard is not None:
-        sections += ["## Are the synthetic brains usable? Generator scorecard", "",
-                     "Each generator's value beside its real reference (real test vs real training, or real slopes); "
-                     "definitions in `synthetic/scorecard.tsv`.", "",
-                     markdown_table(scorecard.drop(columns=["definition"])), ""]
+        sections += [
+            "## Are the synthetic brains usable? Generator scorecard",
+            "",
+            "Each generator's value beside its real reference (real test vs real training, or real slopes); "
+            "definitions in `synthetic/scorecard.tsv`.",
+            "",
+            markdown_table(scorecard.drop(columns=["definition"])),
+            "",
+        ]
     sections += ["## Methods", "", methods_paragraph(config, environment, len(split), n_train, n_test), ""]
 
     sections += ["## Subjects", ""]
@@ -114,14 +124,32 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
         sections += [f"- {row.participant_id}: {row.reason}" for row in excluded.itertuples()] + [""]
 
     if qc is not None:
-        flagged = qc[qc.get("outlier", pd.Series(False, index=qc.index)).astype(bool)] if "outlier" in qc else qc.iloc[0:0]
-        sections += ["## Preprocessing QC", "", f"{len(qc)} subjects; {len(flagged)} flagged as outliers (robust z-score above the threshold).", ""]
+        flagged = (
+            qc[qc.get("outlier", pd.Series(False, index=qc.index)).astype(bool)] if "outlier" in qc else qc.iloc[0:0]
+        )
+        sections += [
+            "## Preprocessing QC",
+            "",
+            f"{len(qc)} subjects; {len(flagged)} flagged as outliers (robust z-score above the threshold).",
+            "",
+        ]
         if not flagged.empty:
             sections += [markdown_table(flagged), ""]
 
     if losses is not None and not losses.empty:
         last = losses.iloc[-1]
-        sections += ["## Generator", "", f"{int(last['step'])} training steps; final training loss {last['train_loss']:.4g}" + (f", validation loss {last['val_loss']:.4g}" if "val_loss" in losses and pd.notna(last.get("val_loss")) else "") + ".", ""]
+        sections += [
+            "## Generator",
+            "",
+            f"{int(last['step'])} training steps; final training loss {last['train_loss']:.4g}"
+            + (
+                f", validation loss {last['val_loss']:.4g}"
+                if "val_loss" in losses and pd.notna(last.get("val_loss"))
+                else ""
+            )
+            + ".",
+            "",
+        ]
 
     if plan is not None:
         sections += ["## Synthetic cohort plan", "", markdown_table(plan), ""]
@@ -131,17 +159,52 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
         for path in sorted((results / folder).glob("bin-*/qc_summary.tsv"))
     ]
     if synthetic_qc:
-        gate = "on: outliers were dropped" if config["generate"].get("qc_gate") else "off: outliers were counted, not dropped"
-        sections += ["## Synthetic QC", "", f"Each synthetic volume was measured like a real scan (Dice and correlation with the "
-                     f"template) against real training brains; robust z-score threshold {config['generate'].get('qc_max_robust_z')}; "
-                     f"gate {gate}.", "", markdown_table(pd.concat(synthetic_qc, ignore_index=True)), ""]
+        gate = (
+            "on: outliers were dropped"
+            if config["generate"].get("qc_gate")
+            else "off: outliers were counted, not dropped"
+        )
+        sections += [
+            "## Synthetic QC",
+            "",
+            f"Each synthetic volume was measured like a real scan (Dice and correlation with the "
+            f"template) against real training brains; robust z-score threshold {config['generate'].get('qc_max_robust_z')}; "
+            f"gate {gate}.",
+            "",
+            markdown_table(pd.concat(synthetic_qc, ignore_index=True)),
+            "",
+        ]
 
     if metrics is not None:
-        columns = [c for c in ["test_set", "feature_set", "regressor", "arm", "correction", "n_test", "mae", "mae_ci_low", "mae_ci_high",
-                               "delta_mae_vs_real", "delta_ci_low", "delta_ci_high", "n_train_real", "n_train_synthetic"] if c in metrics]
+        columns = [
+            c
+            for c in [
+                "test_set",
+                "feature_set",
+                "regressor",
+                "arm",
+                "correction",
+                "n_test",
+                "mae",
+                "mae_ci_low",
+                "mae_ci_high",
+                "delta_mae_vs_real",
+                "delta_ci_low",
+                "delta_ci_high",
+                "n_train_real",
+                "n_train_synthetic",
+            ]
+            if c in metrics
+        ]
         overall = metrics.loc[metrics["age_bin"] == "all", columns]
-        sections += ["## Brain age (held-out real test subjects)", "", markdown_table(overall), "",
-                     "Per-bin rows are in `brainage/metrics.tsv`.", ""]
+        sections += [
+            "## Brain age (held-out real test subjects)",
+            "",
+            markdown_table(overall),
+            "",
+            "Per-bin rows are in `brainage/metrics.tsv`.",
+            "",
+        ]
 
     if regions is not None:
         sections += ["## Regions: paired analysis", "", markdown_table(regions), ""]

@@ -2,11 +2,19 @@
 # all evaluated on the same held-out real test subjects.
 
 # With an external cohort, the MAE-per-bin and predicted-versus-true figures are drawn for it too.
-EXTERNAL_FIGURES = {
-    f"{name}_external": report(f"{RESULTS}/brainage/{name}_external.png", caption=f"../report/brainage_{name}.rst",
-                               category="Brain age", subcategory="External cohort")
-    for name in ("mae_per_bin", "pred_vs_true")
-} if EXTERNAL_DIR else {}
+EXTERNAL_FIGURES = (
+    {
+        f"{name}_external": report(
+            f"{RESULTS}/brainage/{name}_external.png",
+            caption=f"../report/brainage_{name}.rst",
+            category="Brain age",
+            subcategory="External cohort",
+        )
+        for name in ("mae_per_bin", "pred_vs_true")
+    }
+    if EXTERNAL_DIR
+    else {}
+)
 
 
 rule brainage:
@@ -19,6 +27,7 @@ rule brainage:
         # Written by rule regional_measures (regions.smk, included after this file).
         regional_features=f"{RESULTS}/regional_measures/regional_features.tsv",
     output:
+        **EXTERNAL_FIGURES,
         metrics=report(
             f"{RESULTS}/brainage/metrics.tsv",
             caption="../report/brainage_metrics.rst",
@@ -42,23 +51,22 @@ rule brainage:
         ),
         verdict=f"{RESULTS}/brainage/verdict.tsv",
         model=f"{RESULTS}/brainage/model_real.joblib",
-        **EXTERNAL_FIGURES,
     log:
         f"{LOGS}/brainage.log",
     benchmark:
         f"{BENCHMARKS}/brainage.tsv"
-    params:
-        flags=cli_flags("brainage"),
-        bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
-        output_dir=lambda wildcards, output: Path(output.metrics).parent,
-        external=external_split_flag,
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=1 if config["brainage"]["device"] == "cuda" else 0,
-    conda:
-        f"{ENVS}/analysis.yaml"
+    params:
+        flags=cli_flags("brainage"),
+        bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
+        output_dir=lambda wildcards, output: Path(output.metrics).parent,
+        external=external_split_flag,
     shell:
         "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} "
         "--baseline-synthetic {input.baseline} --plan {input.plan} {params.external} --bin-edges {params.bin_edges} "

@@ -33,10 +33,12 @@ BIDS_DIR = f"{RESULTS}/demo/bids" if DEMO else config["data"]["bids_dir"]
 AGE_BINS = bin_labels(config["split"]["bin_edges"])
 # The generator's working resolution, which the QC reference and the baseline generator share with it: the
 # config's, else the preset's, else full resolution.
-GENERATOR_DOWNSAMPLE = (
-    config["train_generator"]["downsample"] or preset_training(config["train_generator"]["preset"]).get("downsample", 1)
-)
-BACKENDS = {"both": ("flowlet", "linear"), "flowlet": ("flowlet",), "linear": ("linear",)}[config["generate"]["backend"]]
+GENERATOR_DOWNSAMPLE = config["train_generator"]["downsample"] or preset_training(
+    config["train_generator"]["preset"]
+).get("downsample", 1)
+BACKENDS = {"both": ("flowlet", "linear"), "flowlet": ("flowlet",), "linear": ("linear",)}[
+    config["generate"]["backend"]
+]
 
 
 def demo_subjects():
@@ -56,7 +58,9 @@ if DEMO:
     T1W = {subject: f"{BIDS_DIR}/{subject}/anat/{subject}_T1w.nii.gz" for subject in SUBJECTS}
 else:
     T1W = dataset_subjects(
-        BIDS_DIR, ColumnNames(config["data"]["age_column"], config["data"]["sex_column"]), config["data"]["exclude_subjects"]
+        BIDS_DIR,
+        ColumnNames(config["data"]["age_column"], config["data"]["sex_column"]),
+        config["data"]["exclude_subjects"],
     )
     SUBJECTS = list(T1W)
 
@@ -68,7 +72,9 @@ EXTERNAL_COLUMNS = ColumnNames(
     config["data"]["sex_column"],
     "data.external_age_column",
 )
-EXTERNAL_COLUMN_FLAGS = f"--age-column {shlex.quote(EXTERNAL_COLUMNS.age)} --sex-column {shlex.quote(EXTERNAL_COLUMNS.sex)}"
+EXTERNAL_COLUMN_FLAGS = (
+    f"--age-column {shlex.quote(EXTERNAL_COLUMNS.age)} --sex-column {shlex.quote(EXTERNAL_COLUMNS.sex)}"
+)
 EXTERNAL_T1W = dataset_subjects(EXTERNAL_DIR, EXTERNAL_COLUMNS) if EXTERNAL_DIR else {}
 EXTERNAL_SPLIT = f"{RESULTS}/{EXTERNAL}/data/split.tsv"
 # What rules brainage and regional_measures add for it: inputs, and the flag that passes them.

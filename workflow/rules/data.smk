@@ -10,15 +10,15 @@ if DEMO:
             f"{LOGS}/phantoms.log",
         benchmark:
             f"{BENCHMARKS}/phantoms.tsv"
-        params:
-            flags=cli_flags("phantoms"),
-            bids_dir=lambda wildcards, output: Path(output.participants).parent,
+        conda:
+            f"{ENVS}/preprocess.yaml"
         threads: 2
         resources:
             mem_mb=4000,
             runtime=20,
-        conda:
-            f"{ENVS}/preprocess.yaml"
+        params:
+            flags=cli_flags("phantoms"),
+            bids_dir=lambda wildcards, output: Path(output.participants).parent,
         shell:
             "python -m flowlet phantoms --output-dir {params.bids_dir} {params.flags} --threads {threads} > {log} 2>&1"
 
@@ -31,15 +31,15 @@ rule participants:
         f"{RESULTS}/data/participants.tsv",
     log:
         f"{LOGS}/participants.log",
-    params:
-        bids_dir=lambda wildcards, input: Path(input.participants).parent,
-        flags=cli_flags("data", skip=("bids_dir", "on_error", "external_bids_dir", "external_age_column")),
+    conda:
+        f"{ENVS}/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/preprocess.yaml"
+    params:
+        bids_dir=lambda wildcards, input: Path(input.participants).parent,
+        flags=cli_flags("data", skip=("bids_dir", "on_error", "external_bids_dir", "external_age_column")),
     shell:
         "python -m flowlet participants --bids-dir {params.bids_dir} {params.flags} --output {output} > {log} 2>&1"
 
@@ -55,15 +55,15 @@ rule split:
         f"{RESULTS}/data/split.tsv",
     log:
         f"{LOGS}/split.log",
-    params:
-        flags=cli_flags("split"),
-        image_pattern=lambda wildcards: preprocessed("{participant_id}")["image"],
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/analysis.yaml"
+    params:
+        flags=cli_flags("split"),
+        image_pattern=lambda wildcards: preprocessed("{participant_id}")["image"],
     shell:
         "python -m flowlet split --participants {input.participants} --qc {input.qc} "
         "--image-pattern '{params.image_pattern}' {params.flags} --output {output} > {log} 2>&1"

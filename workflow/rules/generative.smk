@@ -37,16 +37,16 @@ rule train:
         f"{LOGS}/train_generator.log",
     benchmark:
         f"{BENCHMARKS}/train_generator.tsv"
-    params:
-        flags=cli_flags("train_generator"),
-        run_dir=f"{RESULTS}/generator/training",
+    conda:
+        f"{ENVS}/generative.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=1440,
         gpu=1 if config["train_generator"]["device"] == "cuda" else 0,
-    conda:
-        f"{ENVS}/generative.yaml"
+    params:
+        flags=cli_flags("train_generator"),
+        run_dir=f"{RESULTS}/generator/training",
     shell:
         "python -m flowlet train {input.split} --output-dir {params.run_dir} {params.flags} "
         "--threads {threads} > {log} 2>&1 && "
@@ -65,17 +65,17 @@ rule plan_synthetic:
         ages=expand(f"{RESULTS}/synthetic/ages/bin-{{age_bin}}_ages.tsv", age_bin=AGE_BINS + EVALUATION_BINS),
     log:
         f"{LOGS}/plan_synthetic.log",
+    conda:
+        f"{ENVS}/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         flags=cli_flags("plan_synthetic"),
         bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
         ages_dir=lambda wildcards, output: Path(output.ages[0]).parent,
         evaluation=config["generate"]["scorecard_samples"],
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        f"{ENVS}/analysis.yaml"
     shell:
         "python -m flowlet plan --split {input.split} --bin-edges {params.bin_edges} {params.flags} "
         "--output {output.plan} --ages-dir {params.ages_dir} --evaluation-count {params.evaluation} > {log} 2>&1"
@@ -95,16 +95,16 @@ rule generate:
         f"{BENCHMARKS}/generate/bin-{{age_bin}}_chunk-{{chunk}}.tsv"
     wildcard_constraints:
         chunk="[0-9]+",
-    params:
-        flags=cli_flags("generate", skip=GENERATE_QC_KEYS),
-        output_dir=lambda wildcards, output: Path(output.manifest).parent,
+    conda:
+        f"{ENVS}/generative.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=1 if config["generate"]["device"] == "cuda" else 0,
-    conda:
-        f"{ENVS}/generative.yaml"
+    params:
+        flags=cli_flags("generate", skip=GENERATE_QC_KEYS),
+        output_dir=lambda wildcards, output: Path(output.manifest).parent,
     shell:
         "python -m flowlet generate --checkpoint_path {input.checkpoint} --config_path {input.config} "
         "--condition_ranges_path {input.ranges} --ages-tsv {input.ages} --output_dir {params.output_dir} "
@@ -120,14 +120,14 @@ rule fit_baseline:
         f"{LOGS}/fit_baseline.log",
     benchmark:
         f"{BENCHMARKS}/fit_baseline.tsv"
-    params:
-        downsample=GENERATOR_DOWNSAMPLE,
+    conda:
+        f"{ENVS}/generative.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        f"{ENVS}/generative.yaml"
+    params:
+        downsample=GENERATOR_DOWNSAMPLE,
     shell:
         "python -m flowlet fit-baseline {input.split} --downsample {params.downsample} --output {output} > {log} 2>&1"
 
@@ -144,15 +144,15 @@ rule generate_baseline:
         f"{BENCHMARKS}/generate_baseline/bin-{{age_bin}}_chunk-{{chunk}}.tsv"
     wildcard_constraints:
         chunk="[0-9]+",
-    params:
-        flags=cli_flags("generate", only=("seed", "batch_size", "chunk_size")),
-        output_dir=lambda wildcards, output: Path(output.manifest).parent,
+    conda:
+        f"{ENVS}/generative.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        f"{ENVS}/generative.yaml"
+    params:
+        flags=cli_flags("generate", only=("seed", "batch_size", "chunk_size")),
+        output_dir=lambda wildcards, output: Path(output.manifest).parent,
     shell:
         "python -m flowlet generate --backend linear --checkpoint-path {input.model} --ages-tsv {input.ages} "
         "--output-dir {params.output_dir} --manifest {output.manifest} --chunk {wildcards.chunk} {params.flags} "
@@ -168,15 +168,15 @@ rule synthetic_qc_reference:
         f"{LOGS}/synthetic_qc_reference.log",
     benchmark:
         f"{BENCHMARKS}/synthetic_qc_reference.tsv"
-    params:
-        max_images=config["generate"]["qc_reference_max_images"],
-        downsample=GENERATOR_DOWNSAMPLE,
+    conda:
+        f"{ENVS}/generative.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
-    conda:
-        f"{ENVS}/generative.yaml"
+    params:
+        max_images=config["generate"]["qc_reference_max_images"],
+        downsample=GENERATOR_DOWNSAMPLE,
     shell:
         "python -m flowlet synthetic-qc reference --split {input.split} --downsample {params.downsample} "
         "--max-images {params.max_images} --output {output} > {log} 2>&1"
@@ -198,14 +198,14 @@ rule synthetic_qc:
         f"{BENCHMARKS}/{{generated}}_qc/bin-{{age_bin}}.tsv"
     wildcard_constraints:
         generated="synthetic|synthetic_baseline",
-    params:
-        flags=qc_gate_flags,
+    conda:
+        f"{ENVS}/generative.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/generative.yaml"
+    params:
+        flags=qc_gate_flags,
     shell:
         "python -m flowlet synthetic-qc gate --manifests {input.chunks} --reference {input.reference} "
         "--output {output.manifest} --summary {output.summary} --age-bin {wildcards.age_bin} {params.flags} "
@@ -223,11 +223,11 @@ rule synthetic_grid:
         ),
     log:
         f"{LOGS}/synthetic_grid.log",
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        f"{ENVS}/analysis.yaml"
     shell:
         "python -m flowlet synthetic-grid --manifests {input.manifests} --output {output} > {log} 2>&1"

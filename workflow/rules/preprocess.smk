@@ -20,16 +20,16 @@ rule preprocess:
         f"{LOGS}/preprocess/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/preprocess/{{subject}}.tsv"
-    params:
-        flags=cli_flags("preprocess"),
-        on_error=config["data"]["on_error"],
+    conda:
+        f"{ENVS}/preprocess.yaml"
     # One thread per subject: subjects are independent, so parallel jobs use the cores better than threads.
     threads: 1
     resources:
         mem_mb=3000,
         runtime=30,
-    conda:
-        f"{ENVS}/preprocess.yaml"
+    params:
+        flags=cli_flags("preprocess"),
+        on_error=config["data"]["on_error"],
     shell:
         "python -m flowlet preprocess {input.t1w} --subject {wildcards.subject} "
         "--brain-mask {output.mask} --output {output.image} --transform {output.transform} "

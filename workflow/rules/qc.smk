@@ -13,13 +13,13 @@ rule qc_table:
         ),
     log:
         f"{LOGS}/qc_table.log",
-    params:
-        flags=cli_flags("qc"),
+    conda:
+        f"{ENVS}/preprocess.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/preprocess.yaml"
+    params:
+        flags=cli_flags("qc"),
     shell:
         "python -m flowlet qc --inputs {input} --output {output} {params.flags} > {log} 2>&1"

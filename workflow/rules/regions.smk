@@ -17,16 +17,16 @@ rule regional_measures:
         f"{LOGS}/regional_measures.log",
     benchmark:
         f"{BENCHMARKS}/regional_measures.tsv"
-    params:
-        flags=cli_flags("regional_measures"),
-        output_dir=lambda wildcards, output: Path(output.measures).parent,
-        external=external_split_flag,
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        f"{ENVS}/analysis.yaml"
+    params:
+        flags=cli_flags("regional_measures"),
+        output_dir=lambda wildcards, output: Path(output.measures).parent,
+        external=external_split_flag,
     shell:
         "python -m flowlet regional-measures --split {input.split} --synthetic {input.synthetic} "
         "--baseline-synthetic {input.baseline} {params.external} "
@@ -95,15 +95,15 @@ rule regions:
         f"{LOGS}/regions.log",
     benchmark:
         f"{BENCHMARKS}/regions.tsv"
-    params:
-        flags=cli_flags("regions"),
-        output_dir=lambda wildcards, output: Path(output.table).parent,
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
-    conda:
-        f"{ENVS}/analysis.yaml"
+    params:
+        flags=cli_flags("regions"),
+        output_dir=lambda wildcards, output: Path(output.table).parent,
     shell:
         "python -m flowlet regions --split {input.split} --synthetic {input.synthetic} --measures {input.measures} "
         "--brainage-model {input.model} "
@@ -127,14 +127,14 @@ rule scorecard:
         f"{LOGS}/scorecard.log",
     benchmark:
         f"{BENCHMARKS}/scorecard.tsv"
-    params:
-        downsample=GENERATOR_DOWNSAMPLE,
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        f"{ENVS}/analysis.yaml"
+    params:
+        downsample=GENERATOR_DOWNSAMPLE,
     shell:
         "python -m flowlet scorecard --split {input.split} --synthetic {input.synthetic} "
         "--baseline-synthetic {input.baseline} --measures {input.measures} --brainage-model {input.model} "

@@ -24,7 +24,11 @@ rule report_summary:
         losses=rules.train.output.losses if "flowlet" in BACKENDS else [],
         plan=rules.plan_synthetic.output.plan,
         grid=rules.synthetic_grid.output[0],
-        synthetic_qc=[manifest.replace("manifest.tsv", "qc_summary.tsv") for backend in BACKENDS for manifest in synthetic_manifests(backend)],
+        synthetic_qc=[
+            manifest.replace("manifest.tsv", "qc_summary.tsv")
+            for backend in BACKENDS
+            for manifest in synthetic_manifests(backend)
+        ],
         scorecard=rules.scorecard.output[0],
         brainage=rules.brainage.output.metrics,
         regions=rules.regions.output.table,
@@ -48,15 +52,15 @@ rule report_summary:
         ),
     log:
         f"{LOGS}/report.log",
-    params:
-        results=lambda wildcards, input: Path(input.split).parents[1],
-        benchmarks=BENCHMARKS,
+    conda:
+        f"{ENVS}/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        f"{ENVS}/analysis.yaml"
+    params:
+        results=lambda wildcards, input: Path(input.split).parents[1],
+        benchmarks=BENCHMARKS,
     shell:
         "python -m flowlet report --results-dir {params.results} --benchmarks-dir {params.benchmarks} "
         "--config {input.config} --output {output.summary} --environment {output.environment} "
