@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from flowlet.devices import resolve_device
 from flowlet.errors import FlowletError
 
 log = logging.getLogger(__name__)
@@ -125,17 +126,6 @@ class CNNSettings:
         if self.architecture == "densenet121":
             return DenseNet3D(self.densenet_growth, self.densenet_blocks, self.densenet_init_features)
         raise FlowletError(f"--cnn-arch must be one of {', '.join(CNN_ARCHITECTURES)}, got {self.architecture!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FlowletError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise FlowletError(f"--device {name!r} is not a torch device ({error})") from error
 
 
 class CNNRegressor:

@@ -76,18 +76,6 @@ class Generator:
         return tuple(self.spec.full_resolution_size or self.config.save_size)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name in ("auto", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FlowletError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FlowletError(f"--device {name} was requested but no CUDA device is available")
-    return device
-
-
 def load_generator(
     checkpoint_path: str | Path,
     config_path: str | Path | None = None,

@@ -146,6 +146,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flowlet.devices import resolve_device
     from flowlet.generative.chunks import select_chunk
     from flowlet.generative.conditions import parse_condition_spec
     from flowlet.generative.generate import (
@@ -153,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
         load_generator,
         requests_from_conditions,
         requests_from_table,
-        resolve_device,
     )
 
     if args.backend == "linear":

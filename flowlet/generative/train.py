@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from flowlet.devices import resolve_device
 from flowlet.errors import FlowletError
 from flowlet.generative.checkpoint import check_compatible, extract_state_dict, read_checkpoint, save_checkpoint
 from flowlet.generative.conditions import (
@@ -180,16 +181,6 @@ def init_distributed(device_name: str) -> Distributed:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     return Distributed(world_size, rank, local_rank)
-
-
-def resolve_device(name: str, distributed: Distributed) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FlowletError("--device cuda was requested but no CUDA device is available")
-    if name not in ("auto", "cpu", "cuda"):
-        raise FlowletError(f"--device must be auto, cpu or cuda, got {name}")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", distributed.local_rank)
 
 
 def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -416,7 +407,7 @@ class Trainer:
         if threads:
             torch.set_num_threads(threads)
         self.distributed = init_distributed(options.device)
-        self.device = resolve_device(options.device, self.distributed)
+        self.device = resolve_device(options.device, self.distributed.local_rank)
         self.autocast_dtype, use_scaler = resolve_precision(options.precision, self.device)
         self.output_dir = Path(options.output_dir)
         self.flow = get_flow(options.flow)
