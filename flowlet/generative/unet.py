@@ -2,7 +2,7 @@
 
 The layout follows improved-diffusion's UNetModel (ResBlocks with scale-shift FiLM, up/down ResBlocks,
 zero-initialised output convolutions) and keeps the FlowLet reference's state-dict names, so released
-reference checkpoints load with ``strict=True``. See docs/flowlet-reference.md, section "Network".
+reference checkpoints load with ``strict=True`` (tests/test_generative_model.py loads the reference fixtures).
 
 Our extensions, all off (or neutral) by default so that the default configuration builds exactly the
 reference network:

@@ -106,8 +106,8 @@ rule generate:
         flags=cli_flags("generate", skip=GENERATE_QC_KEYS),
         output_dir=lambda wildcards, output: Path(output.manifest).parent,
     shell:
-        "python -m flowlet generate --checkpoint_path {input.checkpoint} --config_path {input.config} "
-        "--condition_ranges_path {input.ranges} --ages-tsv {input.ages} --output_dir {params.output_dir} "
+        "python -m flowlet generate --checkpoint-path {input.checkpoint} --config-path {input.config} "
+        "--condition-ranges-path {input.ranges} --ages-tsv {input.ages} --output-dir {params.output_dir} "
         "--manifest {output.manifest} --chunk {wildcards.chunk} {params.flags} > {log} 2>&1"
 
 
