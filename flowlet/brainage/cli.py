@@ -7,16 +7,17 @@ import logging
 from pathlib import Path
 
 from flowlet.brainage.bins import AgeBins
-from flowlet.brainage.cnn import CNN_ARCHITECTURES, DEFAULT_SFCN_CHANNELS, CNNSettings
+from flowlet.brainage.cnn import CNN_ARCHITECTURES, CNNSettings
 from flowlet.brainage.experiment import ARMS, FEATURE_SETS, REDUCED, REGRESSORS, Settings, run_experiment
-from flowlet.brainage.features import DEFAULT_TISSUE_FWHM_MM
 from flowlet.brainage.figures import gap_closed_per_bin, mae_per_bin, pred_vs_true
-from flowlet.brainage.plan_cli import DEFAULT_BIN_EDGES
 from flowlet.brainage.predict import save_model
 from flowlet.brainage.verdict import AUTO, verdict_table
 from flowlet.data.tables import read_tsv
 
 log = logging.getLogger(__name__)
+
+
+DEFAULTS = Settings()
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -53,64 +54,85 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="what the classical regressors learn from: voxels (masked downsampled intensities), regional (the --regional-features "
         "table) and tissue (smoothed CSF and grey-matter density maps from the segmentations that table lists); every regressor is "
-        "trained on each; default: voxels, plus regional when --regional-features is given. The CNN uses voxels only",
+        "trained on each; default: voxels, plus regional and tissue when --regional-features is given. The CNN uses "
+        "voxels only",
     )
     parser.add_argument(
         "--tissue-fwhm",
         type=float,
-        default=DEFAULT_TISSUE_FWHM_MM,
+        default=DEFAULTS.tissue_fwhm_mm,
         help="FWHM in mm of the Gaussian smoothing of the tissue density maps (feature set tissue)",
     )
     parser.add_argument(
         "--output-dir", required=True, type=Path, help="folder for metrics.tsv, predictions.tsv, figures, model"
     )
     parser.add_argument(
-        "--regressors", nargs="+", choices=REGRESSORS, default=["ridge", "svr", "gpr"], help="regressors to train"
+        "--regressors", nargs="+", choices=REGRESSORS, default=DEFAULTS.regressors, help="regressors to train"
     )
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="training sets to compare")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=DEFAULTS.arms, help="training sets to compare")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="repetitions (CV shuffles, CNN initialisation)"
+        "--seeds", type=int, nargs="+", default=DEFAULTS.seeds, help="repetitions (CV shuffles, CNN initialisation)"
     )
-    parser.add_argument("--bin-edges", type=float, nargs="+", default=DEFAULT_BIN_EDGES, help="age bin edges in years")
-    parser.add_argument("--downsample", type=int, default=2, help="block-averaging factor applied to the MNI volumes")
+    parser.add_argument("--bin-edges", type=float, nargs="+", default=DEFAULTS.bin_edges, help="age bin edges in years")
     parser.add_argument(
-        "--pca-components", type=int, nargs="+", default=[10, 25, 50], help="PCA sizes searched by cross-validation"
+        "--downsample", type=int, default=DEFAULTS.downsample, help="block-averaging factor applied to the MNI volumes"
+    )
+    parser.add_argument(
+        "--pca-components",
+        type=int,
+        nargs="+",
+        default=DEFAULTS.pca_components,
+        help="PCA sizes searched by cross-validation",
     )
     parser.add_argument(
         "--cv-folds",
         type=int,
-        default=5,
+        default=DEFAULTS.cv_folds,
         help="folds for hyper-parameter search and the out-of-sample bias-correction fit",
     )
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the test subjects")
-    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples")
+    parser.add_argument(
+        "--bootstrap", type=int, default=DEFAULTS.bootstrap, help="bootstrap resamples of the test subjects"
+    )
+    parser.add_argument(
+        "--bootstrap-seed", type=int, default=DEFAULTS.bootstrap_seed, help="seed of the bootstrap resamples"
+    )
     parser.add_argument(
         "--cnn-arch",
         choices=CNN_ARCHITECTURES,
-        default="sfcn",
+        default=DEFAULTS.cnn.architecture,
         help="CNN architecture when 'cnn' is among --regressors",
     )
     parser.add_argument(
         "--cnn-channels",
         type=int,
         nargs="+",
-        default=list(DEFAULT_SFCN_CHANNELS),
+        default=list(DEFAULTS.cnn.channels),
         help="SFCN block widths (paper: 32 64 128 256 256 64)",
     )
-    parser.add_argument("--cnn-epochs", type=int, default=30, help="CNN training epochs")
-    parser.add_argument("--cnn-batch-size", type=int, default=16, help="CNN batch size")
+    parser.add_argument("--cnn-epochs", type=int, default=DEFAULTS.cnn.epochs, help="CNN training epochs")
+    parser.add_argument("--cnn-batch-size", type=int, default=DEFAULTS.cnn.batch_size, help="CNN batch size")
     parser.add_argument(
         "--cnn-learning-rate",
         type=float,
-        default=0.01,
+        default=DEFAULTS.cnn.learning_rate,
         help="CNN SGD learning rate (cosine warm restarts, T0 17, T_mult 2)",
     )
-    parser.add_argument("--densenet-growth", type=int, default=32, help="DenseNet-121 growth rate")
     parser.add_argument(
-        "--densenet-blocks", type=int, nargs="+", default=[6, 12, 24, 16], help="DenseNet layers per dense block"
+        "--densenet-growth", type=int, default=DEFAULTS.cnn.densenet_growth, help="DenseNet-121 growth rate"
     )
-    parser.add_argument("--densenet-init-features", type=int, default=64, help="DenseNet stem width")
-    parser.add_argument("--device", default="auto", help="torch device for the CNN: auto, cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--densenet-blocks",
+        type=int,
+        nargs="+",
+        default=list(DEFAULTS.cnn.densenet_blocks),
+        help="DenseNet layers per dense block",
+    )
+    parser.add_argument(
+        "--densenet-init-features", type=int, default=DEFAULTS.cnn.densenet_init_features, help="DenseNet stem width"
+    )
+    parser.add_argument(
+        "--device", default=DEFAULTS.cnn.device, help="torch device for the CNN: auto, cpu, cuda, cuda:1"
+    )
     parser.add_argument(
         "--plan",
         type=Path,

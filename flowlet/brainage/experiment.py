@@ -93,23 +93,26 @@ MIN_TEST_SUBJECTS = 3
 
 @dataclass
 class Settings:
-    regressors: list[str] = field(default_factory=lambda: ["ridge", "svr", "gpr"])
+    """The experiment's settings; the only home of their defaults (the `flowlet brainage` flags take theirs from
+    here, and the workflow schema's agree, which tests/test_config.py checks)."""
+
+    regressors: list[str] = field(default_factory=lambda: ["ridge"])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
     bin_edges: list[float] = field(default_factory=lambda: [20, 30, 40, 50, 60, 70, 80, 90])
     downsample: int = 2
     pca_components: list[int] = field(default_factory=lambda: [10, 25, 50])
     tissue_fwhm_mm: float = DEFAULT_TISSUE_FWHM_MM
     cv_folds: int = 5
-    bootstrap: int = 2000
+    bootstrap: int = 1000
     bootstrap_seed: int = 0
     cnn: CNNSettings = field(default_factory=CNNSettings)
-    # None: voxels, plus regional features when a regional-feature table is given.
+    # None: voxels, plus regional and tissue features when a regional-feature table is given.
     feature_sets: list[str] | None = None
 
     def chosen_feature_sets(self, regional_features_path: Path | None) -> list[str]:
         if self.feature_sets is None:
-            return ["voxels", "regional"] if regional_features_path is not None else ["voxels"]
+            return ["voxels", *TABLE_FEATURE_SETS] if regional_features_path is not None else ["voxels"]
         unknown = [name for name in self.feature_sets if name not in FEATURE_SETS]
         if unknown or not self.feature_sets:
             raise FlowletError(
