@@ -237,3 +237,19 @@ def test_an_evaluation_only_dataset_puts_every_usable_subject_in_test():
     split = evaluation_only(table, EDGES, failed={"sub-001": "preprocessing failed: empty mask"})
     assert split.set_index("participant_id").loc[["sub-000", "sub-001"], "split"].tolist() == ["excluded", "excluded"]
     assert (split["split"] == "test").sum() == 4 and not (split["split"] == "train").any()
+
+
+def test_the_verdict_gives_the_baseline_generators_effect_beside_flowlets():
+    models = pd.DataFrame({"feature_set": ["tissue"], "regressor": ["ridge"], "arm": "real", "cv_mae": [7.0]})
+    rows = [
+        {"feature_set": "tissue", "regressor": "ridge", "test_set": "internal", "correction": "corrected",
+         "age_bin": "60-80", "arm": arm, "n_test": 5, "mae": mae, "mae_ci_low": mae - 1, "mae_ci_high": mae + 1,
+         "delta_mae_vs_real": mae - 8.0, "delta_ci_low": low, "delta_ci_high": high, "gap_closed": np.nan,
+         "gap_ci_low": np.nan, "gap_ci_high": np.nan}
+        for arm, mae, low, high in (("real", 8.0, np.nan, np.nan), ("real+synthetic", 6.0, -3.5, -0.5),
+                                    ("real+baseline", 8.5, -0.5, 1.5))
+    ]  # fmt: skip
+    counts = {"60-80": {"train": 3, "withheld": 0, "synthetic": 6}}
+    text = verdict_table(pd.DataFrame(rows), models, None, counts, REDUCED).iloc[0]["sentence"]
+    assert "synthetic data lowered the MAE by 2.0 years [0.5, 3.5]" in text
+    assert text.endswith("The linear baseline generator's subjects changed the MAE by +0.5 years [-0.5, 1.5].")

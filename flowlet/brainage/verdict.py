@@ -134,9 +134,20 @@ def verdict_table(
             row["gap_closed_ci"] = "n too small"
         else:
             row["gap_closed_ci"] = f"[{100 * augmented['gap_ci_low']:.0f}%, {100 * augmented['gap_ci_high']:.0f}%]"
-        row["sentence"] = sentence(row, augmented)
+        row["sentence"] = sentence(row, augmented) + baseline_clause(at_bin, row["n_test"])
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def baseline_clause(at_bin: pd.DataFrame, n_test: int) -> str:
+    """What the linear baseline generator's subjects did in the same bin, so FlowLet's effect has its yardstick."""
+    if "real+baseline" not in at_bin.index or n_test < MIN_TEST_FOR_INTERVAL:
+        return ""
+    baseline = at_bin.loc["real+baseline"]
+    return (
+        f" The linear baseline generator's subjects changed the MAE by {baseline['delta_mae_vs_real']:+.1f} years "
+        f"[{baseline['delta_ci_low']:.1f}, {baseline['delta_ci_high']:.1f}]."
+    )
 
 
 def sentence(row: dict, augmented: pd.Series | None) -> str:
