@@ -253,3 +253,13 @@ def test_the_verdict_gives_the_baseline_generators_effect_beside_flowlets():
     text = verdict_table(pd.DataFrame(rows), models, None, counts, REDUCED).iloc[0]["sentence"]
     assert "synthetic data lowered the MAE by 2.0 years [0.5, 3.5]" in text
     assert text.endswith("The linear baseline generator's subjects changed the MAE by +0.5 years [-0.5, 1.5].")
+
+
+def test_the_methods_paragraph_says_who_was_withheld():
+    from flowlet.report.summary import scarcity_sentence
+
+    split = pd.DataFrame({"age_bin": ["20-40", "20-40", "40-60", "40-60"],
+                          "split": [WITHHELD, "train", WITHHELD, "test"]})  # fmt: skip
+    text = scarcity_sentence(split, 2)
+    assert "bin(s) 20-40, 40-60 were cut to 2 subjects each; the 2 withheld subjects" in text
+    assert scarcity_sentence(split.assign(split="train"), 2) == ""

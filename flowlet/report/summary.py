@@ -30,7 +30,22 @@ def training_settings(section: dict) -> dict:
     return {**preset_training(section["preset"]), **{k: v for k, v in section.items() if v is not None}}
 
 
-def methods_paragraph(config: dict, environment: dict[str, str], n_subjects: int, n_train: int, n_test: int) -> str:
+def scarcity_sentence(split: pd.DataFrame, keep: float) -> str:
+    """Controlled scarcity in words, when the split withheld anyone."""
+    withheld = split[split["split"] == "withheld"]
+    if withheld.empty:
+        return ""
+    bins = ", ".join(sorted(withheld["age_bin"].astype(str).unique()))
+    kept = f"{keep:g} subjects" if keep >= 1 else f"a share of {keep:g}"
+    return (
+        f" Under controlled scarcity, the real training subjects of bin(s) {bins} were cut to {kept} each; the "
+        f"{len(withheld)} withheld subjects trained only an oracle brain-age arm, never a generator."
+    )
+
+
+def methods_paragraph(
+    config: dict, environment: dict[str, str], n_subjects: int, n_train: int, n_test: int, scarcity: str = ""
+) -> str:
     pre = config["preprocess"]
     gen = training_settings(config["train_generator"])
     sample = config["generate"]
@@ -54,7 +69,7 @@ def methods_paragraph(config: dict, environment: dict[str, str], n_subjects: int
         f"{pre.get('resolution')} mm FSL grid, and z-scored inside the brain mask. "
         f"Subjects were split by age bin (edges {', '.join(f'{edge:g}' for edge in edges)} years; "
         f"{int(config['split']['test_fraction'] * 100)}% of each bin held out; seed {config['split']['seed']}) into "
-        f"{n_train} training and {n_test} test subjects. A conditional wavelet flow-matching generator [flowlet] "
+        f"{n_train} training and {n_test} test subjects.{scarcity} A conditional wavelet flow-matching generator [flowlet] "
         f"({gen.get('flow', 'rectified')} flow, preset {gen.get('preset')}, {gen.get('prediction', 'velocity')} prediction"
         f"{' on standardised wavelet bands' if gen.get('standardise_bands') else ''}, {gen.get('steps')} steps, batch "
         f"{gen.get('batch_size')}, learning rate {gen.get('lr')}, PyTorch {version('torch')}) was trained on the training "
@@ -113,7 +128,8 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
             markdown_table(scorecard.drop(columns=["definition"])),
             "",
         ]
-    sections += ["## Methods", "", methods_paragraph(config, environment, len(split), n_train, n_test), ""]
+    scarcity = scarcity_sentence(split, config["split"].get("scarcity_keep", 2))
+    sections += ["## Methods", "", methods_paragraph(config, environment, len(split), n_train, n_test, scarcity), ""]
 
     sections += ["## Subjects", ""]
     counts = split.groupby(["age_bin", "split"]).size().unstack(fill_value=0).reset_index()
