@@ -29,30 +29,20 @@ def reference_checkpoint_dir() -> Path:
     return REFERENCE_CHECKPOINT
 
 
+def phantom_dataset(folder: Path, n_subjects: int, seed: int) -> Path:
+    """A small BIDS dataset of demo phantoms; another seed gives other brains under the same subject names."""
+    from flowlet.cli import main
+
+    assert main(["phantoms", "--output-dir", str(folder), "--n-subjects", str(n_subjects), "--seed", str(seed)]) == 0
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> Path:
     """The tiny end-to-end study (every stage, a few minutes), run once for every test that inspects its results;
     with an external cohort of four phantoms from another seed, which reuse the study's subject names."""
     workdir = tmp_path_factory.mktemp("study")
-    external = workdir / "external_bids"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flowlet",
-            "phantoms",
-            "--output-dir",
-            str(external),
-            "--n-subjects",
-            "4",
-            "--seed",
-            "99",
-            "--threads",
-            "2",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    external = phantom_dataset(workdir / "external_bids", n_subjects=4, seed=99)
     config = workdir / "tiny.yaml"
     config.write_text(
         TINY_CONFIG.read_text().replace('  bids_dir: ""\n', f'  bids_dir: ""\n  external_bids_dir: "{external}"\n')

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -99,23 +100,7 @@ def test_bad_dataset_is_rejected_before_any_job(tmp_path):
 
 
 def test_an_external_cohort_is_preprocessed_by_the_same_rules_and_only_evaluated(tmp_path):
-    external = tmp_path / "external"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flowlet",
-            "phantoms",
-            "--output-dir",
-            str(external),
-            "--n-subjects",
-            "3",
-            "--seed",
-            "5",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    external = phantom_dataset(tmp_path / "external", n_subjects=3, seed=5)
     result = snakemake(tmp_path, "-n", "-p", "--config", f"data={{'external_bids_dir': '{external}'}}")
     jobs = planned_jobs(result)
     assert jobs["preprocess_external"] == 3 and jobs["preprocess"] == 12
