@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "plan": ("flowlet.brainage.plan_cli", "decide how many synthetic subjects each age bin gets"),
     "brainage": ("flowlet.brainage.cli", "train and evaluate brain-age regressors with and without synthetic data"),
+    "measure-images": (
+        "flowlet.regions.measure_images_cli",
+        "segment and measure some images on their own (per-subject and per-bin jobs of regional-measures)",
+    ),
     "regional-measures": (
         "flowlet.regions.measures_cli",
         "tissue volumes per atlas region of every real and synthetic image",

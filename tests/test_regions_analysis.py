@@ -415,3 +415,34 @@ def test_user_errors_name_the_file_and_the_reason(cohort, measures_dir, tmp_path
     assert (
         "has no rows for 1 image(s)" in error and str(other) in error and "rerun `flowlet regional-measures`" in error
     )
+
+
+def test_per_image_jobs_are_merged_without_segmenting_their_images_again(
+    cohort, measures_dir, tmp_path, capsys, caplog
+):
+    """The workflow's per-subject jobs: `measure-images` per subject, then `regional-measures --measured` with a
+    {participant_id} path; a subject without a job is segmented by the merge itself."""
+    split = pd.read_csv(cohort["split"], sep="\t")
+    small = split[split["participant_id"].isin(["sub-00", "sub-01", "sub-06"])]
+    small.to_csv(tmp_path / "split.tsv", sep="\t", index=False)
+    for participant, image in small[["participant_id", "image"]].to_numpy()[:2]:
+        assert main(["measure-images", "--images", image, "--output-dir", str(tmp_path / "jobs" / participant)]) == 0
+    pattern = str(tmp_path / "jobs" / "{participant_id}" / "measured.tsv")
+    merged = tmp_path / "merged"
+    command = ["regional-measures", "--split", str(tmp_path / "split.tsv"), "--output-dir", str(merged)]
+    with caplog.at_level("INFO", logger="flowlet.regions.measures"):
+        assert main([*command, "--measured", pattern]) == 0
+    assert "2 of 3 image(s) measured earlier; segmenting 1" in caplog.text
+    table = _read(merged, "regional_measures.tsv").set_index(["image_id", "region"])
+    whole = _read(measures_dir, "regional_measures.tsv").set_index(["image_id", "region"]).loc[table.index]
+    # The numbers of segmenting all in one job (Atropos differs by up to a few percent from run to run), with
+    # the group, age and native volumes of the split.
+    pd.testing.assert_frame_equal(table.drop(columns="segmentation"), whole.drop(columns="segmentation"), rtol=0.05)
+    segmentations = table.groupby(level="image_id")["segmentation"].first()
+    assert segmentations["sub-00"].startswith("../jobs/sub-00/segmentations/")
+    assert segmentations["sub-06"].startswith("segmentations/")
+    assert all((merged / name).is_file() for name in segmentations)
+    assert main([*command, "--measured", str(tmp_path / "jobs" / "sub-99" / "measured.tsv")]) == 1
+    assert "sub-99/measured.tsv does not exist" in capsys.readouterr().err
+    assert main(["measure-images", "--output-dir", str(tmp_path / "none")]) == 1
+    assert "needs --images or --manifests" in capsys.readouterr().err

@@ -46,16 +46,9 @@ def test_features_are_tissue_volumes_over_the_brain_mask_so_head_size_cancels():
 
 
 def test_synthetic_segmentations_get_distinct_files_although_generators_reuse_names():
-    entries = [
-        ImageEntry(
-            str(Path(f"/syn/Age_{age}/brain_0.nii.gz")), SYNTHETIC, age, "", "", Path(f"/syn/Age_{age}/brain_0.nii.gz")
-        )
-        for age in (30, 70)
-    ]
-    entries.insert(0, ImageEntry("sub-01", "train", 40.0, "F", "40s", Path("/data/sub-01.nii.gz")))
-    names = [segmentation_file(entry, index) for index, entry in enumerate(entries)]
-    assert names[0] == "segmentations/sub-01_dseg.nii.gz"
-    assert len(set(names)) == 3 and all(name.startswith("segmentations/") for name in names)
+    paths = [Path(f"/syn/Age_{age}/brain_0.nii.gz") for age in (30, 70)]
+    names = [segmentation_file(path, index) for index, path in enumerate(paths)]
+    assert names == ["segmentations/00000_brain_0_dseg.nii.gz", "segmentations/00001_brain_0_dseg.nii.gz"]
 
 
 def test_measures_of_other_images_or_another_split_are_refused(tmp_path: Path):
@@ -88,7 +81,7 @@ def test_external_subjects_are_told_apart_from_study_subjects_of_the_same_name(t
     ).to_csv(tmp_path / "external.tsv", sep="\t", index=False)
     (entry,) = read_external(tmp_path / "external.tsv")
     assert entry.group == EXTERNAL and entry.image_id == "external/sub-01"
-    assert segmentation_file(entry, 3) != segmentation_file(ImageEntry("sub-01", "train", 50.0, "", "", image), 3)
+    assert entry.participant_id == "sub-01" and entry.what == "external image external/sub-01"
     rows = _long_table().assign(
         image_id=lambda t: t["image_id"].where(t["group"] != "train", entry.image_id),
         group=lambda t: t["group"].where(t["group"] != "train", EXTERNAL),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +36,29 @@ SPLIT_COLUMNS = ("participant_id", "age", "sex", "age_bin", "split", "image")
 MANIFEST_COLUMNS = ("image", "age")
 TABLE_TYPES = {"participant_id": str, "sex": str, "age_bin": str, "image": str}
 SEGMENTATION_FOLDER = "segmentations"
+# A per-image job's table (`flowlet measure-regions`): what the image alone tells, keyed by its path.
+IMAGE_MEASURE_COLUMNS = (
+    "region",
+    "region_tissue",
+    "volume_ml",
+    "tissue_fraction",
+    *(f"{name}_ml" for name in TISSUES),
+    "mean_intensity",
+    "brain_mask_ml",
+    "image",
+    "segmentation",
+)
+# The study's long table (`flowlet regional-measures`): who each image is, then what it measured.
+TABLE_COLUMNS = (
+    "image_id",
+    "group",
+    "age",
+    "sex",
+    "age_bin",
+    *IMAGE_MEASURE_COLUMNS[:3],
+    "native_volume_ml",
+    *IMAGE_MEASURE_COLUMNS[3:],
+)
 # What `flowlet regions` needs from the long measures table.
 MEASURE_COLUMNS = (
     "image_id",
@@ -65,6 +89,16 @@ class ImageEntry:
     # Native ml per MNI ml (1 / |det| of the native-to-MNI affine), when the split table has it: affine
     # normalisation removes head size and global atrophy, so only native volumes show whole-brain shrinkage.
     native_volume_factor: float = float("nan")
+    # Real subjects' id in their own dataset (image_id may carry a cohort prefix); empty for synthetic images.
+    participant_id: str = ""
+
+    @property
+    def what(self) -> str:
+        return f"{self.group} image {self.image_id}"
+
+    @property
+    def described(self) -> tuple[Path, str]:
+        return self.path, self.what
 
 
 @dataclass
@@ -110,6 +144,7 @@ def read_split(path: str | Path, groups: Sequence[str] = REAL_GROUPS) -> list[Im
             str(row.age_bin),
             resolve_image_path(row.image, path),
             float(factor),
+            row.participant_id,
         )
         for row, factor in zip(kept.itertuples(index=False), factors)
     ]
@@ -157,41 +192,40 @@ def grid_resolution(shape: tuple[int, ...], affine: np.ndarray, what: str) -> in
     )
 
 
-def check_headers(entries: list[ImageEntry], resolution_mm: int) -> None:
-    """Fail before any segmentation if an image is missing or off the grid (reads headers only)."""
+def check_headers(images: Sequence[tuple[Path, str]], resolution_mm: int) -> None:
+    """Fail before any segmentation if one of the (path, description) images is missing or off the grid (reads
+    headers only)."""
     import nibabel as nib
 
-    for entry in entries:
-        what = f"{entry.group} image {entry.image_id}"
-        if not entry.path.exists():
-            raise FlowletError(f"{what}: {entry.path} does not exist")
+    for path, what in images:
+        if not path.exists():
+            raise FlowletError(f"{what}: {path} does not exist")
         try:
-            header = nib.load(str(entry.path))
+            header = nib.load(str(path))
         except Exception as error:  # nibabel raises many types for unreadable files
             raise FlowletError(
-                f"{what}: {entry.path} is not a readable NIfTI file ({type(error).__name__}: {error})"
+                f"{what}: {path} is not a readable NIfTI file ({type(error).__name__}: {error})"
             ) from error
         shape = header.shape[:3] if len(header.shape) == 4 and header.shape[3] == 1 else header.shape
-        found = grid_resolution(shape, header.affine, f"{what} ({entry.path})")
+        found = grid_resolution(shape, header.affine, f"{what} ({path})")
         if found != resolution_mm:
             raise FlowletError(
-                f"{what} ({entry.path}) is on the {found} mm grid; the regional analysis runs on the {resolution_mm} mm grid"
+                f"{what} ({path}) is on the {found} mm grid; the regional analysis runs on the {resolution_mm} mm grid"
             )
 
 
-def load_image(entry: ImageEntry, resolution_mm: int) -> np.ndarray:
-    what = f"{entry.group} image {entry.image_id}"
-    image = load_nifti(entry.path, what=what)
+def load_image(path: Path, what: str, resolution_mm: int) -> np.ndarray:
+    image = load_nifti(path, what=what)
     data = np.asarray(image.get_fdata(), dtype=np.float32)
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
-    found = grid_resolution(data.shape, image.affine, f"{what} ({entry.path})")
+    found = grid_resolution(data.shape, image.affine, f"{what} ({path})")
     if found != resolution_mm:
         raise FlowletError(
-            f"{what} ({entry.path}) is on the {found} mm grid, but the others are on the {resolution_mm} mm grid"
+            f"{what} ({path}) is on the {found} mm grid, but the others are on the {resolution_mm} mm grid"
         )
     if not np.isfinite(data).all():
-        raise FlowletError(f"{what} ({entry.path}) contains NaN or infinite values")
+        raise FlowletError(f"{what} ({path}) contains NaN or infinite values")
     return data
 
 
@@ -200,21 +234,15 @@ def tissue_codes(tissue: str) -> tuple[int, ...]:
     return tuple(TISSUE_LABEL[name] for name in tissue.split("+"))
 
 
-def segmentation_file(entry: ImageEntry, index: int) -> str:
-    """Where an image's tissue labels are saved, relative to the measures table: real images by participant,
-    synthetic ones by their measuring order (generators reuse file names across age bins)."""
-    stem = (
-        entry.image_id
-        if entry.group in MEASURED_REAL_GROUPS
-        else f"{entry.group}-{index:05d}_{entry.path.name.split('.')[0]}"
-    )
-    return f"{SEGMENTATION_FOLDER}/{stem}_dseg.nii.gz"
+def segmentation_file(path: Path, index: int) -> str:
+    """Where an image's tissue labels are saved, relative to its measures table: numbered, because generators
+    reuse file names across age bins."""
+    return f"{SEGMENTATION_FOLDER}/{index:05d}_{path.name.split('.')[0]}_dseg.nii.gz"
 
 
-def regional_rows(
-    entry: ImageEntry, intensities: np.ndarray, segmentation: Segmentation, atlas: Atlas, segmentation_name: str
-) -> list[dict]:
-    """Per region: tissue volumes (ml, from the posteriors, so partial voluming counts), own-tissue fraction and mean intensity."""
+def image_rows(intensities: np.ndarray, segmentation: Segmentation, atlas: Atlas) -> list[dict]:
+    """Per region: tissue volumes (ml, from the posteriors, so partial voluming counts), own-tissue fraction and
+    mean intensity; what the image alone tells, without who it is."""
     voxel_ml = abs(np.linalg.det(atlas.affine[:3, :3])) / 1000.0
     flat_posteriors = segmentation.posteriors.reshape(len(TISSUES), -1)
     flat_labels = segmentation.labels.ravel()
@@ -228,15 +256,9 @@ def regional_rows(
         total = float(tissue_ml.sum())
         rows.append(
             {
-                "image_id": entry.image_id,
-                "group": entry.group,
-                "age": entry.age,
-                "sex": entry.sex,
-                "age_bin": entry.age_bin,
                 "region": region.name,
                 "region_tissue": region.tissue,
                 "volume_ml": float(own),
-                "native_volume_ml": float(own) * entry.native_volume_factor,
                 # Scale-free: affine normalisation to MNI removes head size and uniform atrophy from volumes, but
                 # not the share of a region its own tissue fills (for "brain", the brain parenchymal fraction).
                 "tissue_fraction": float(own) / total if total > 0 else float("nan"),
@@ -245,26 +267,78 @@ def regional_rows(
                 if inside.any()
                 else float("nan"),
                 "brain_mask_ml": brain_mask_ml,
-                "image": str(entry.path),
-                "segmentation": segmentation_name,
             }
         )
     return rows
 
 
-def measure_images(
-    entries: list[ImageEntry], atlas: Atlas, segmenter: TissueSegmenter, resolution_mm: int, output_dir: Path
+def segment_images(
+    images: Sequence[tuple[Path, str]], atlas: Atlas, segmenter: TissueSegmenter, resolution_mm: int, output_dir: Path
 ) -> pd.DataFrame:
-    """Segment every image, save its tissue labels under ``output_dir`` and measure every region (the long table)."""
-    check_headers(entries, resolution_mm)
-    rows = []
-    for index, entry in enumerate(tqdm(entries, desc="segmenting", unit="image", disable=None)):
-        intensities = load_image(entry, resolution_mm)
-        segmentation = segmenter.segment(intensities, what=f"{entry.group} image {entry.image_id} ({entry.path})")
-        name = segmentation_file(entry, index)
+    """Segment each (path, description) image, save its tissue labels under ``output_dir`` and measure every
+    region: one row per image and region, keyed by ``image`` (the path) with ``segmentation`` relative to
+    ``output_dir``."""
+    frames = []
+    for index, (path, what) in enumerate(tqdm(images, desc="segmenting", unit="image", disable=None)):
+        intensities = load_image(path, what, resolution_mm)
+        segmentation = segmenter.segment(intensities, what=f"{what} ({path})")
+        name = segmentation_file(path, index)
         save_nifti(segmentation.labels, atlas.affine, Path(output_dir) / name, dtype=np.uint8)
-        rows.extend(regional_rows(entry, intensities, segmentation, atlas, name))
-    return pd.DataFrame(rows)
+        rows = pd.DataFrame(image_rows(intensities, segmentation, atlas))
+        frames.append(rows.assign(image=str(path), segmentation=name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*IMAGE_MEASURE_COLUMNS])
+
+
+def read_measured(tables: Sequence[str | Path], relative_to: Path) -> dict[Path, pd.DataFrame]:
+    """Per-image measures written earlier by `flowlet measure-regions`, by resolved image path, with their
+    segmentation paths made relative to ``relative_to`` (the folder of the merged table)."""
+    measured: dict[Path, pd.DataFrame] = {}
+    for table_path in map(Path, tables):
+        table = read_tsv(
+            table_path, "measured images", required=IMAGE_MEASURE_COLUMNS, dtype={"region": str, "image": str}
+        )
+        table["segmentation"] = [
+            os.path.relpath(table_path.parent / name, relative_to) for name in table["segmentation"]
+        ]
+        for image, rows in table.groupby("image", sort=False):
+            measured[resolve_image_path(image, table_path).resolve()] = rows
+    return measured
+
+
+def measure_images(
+    entries: list[ImageEntry],
+    atlas: Atlas,
+    segmenter: TissueSegmenter,
+    resolution_mm: int,
+    output_dir: Path,
+    measured: dict[Path, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """The long table of every entry: its measures from ``measured`` (earlier per-image jobs) where there,
+    else segmented here with the labels saved under ``output_dir``; then who each image is."""
+    check_headers([entry.described for entry in entries], resolution_mm)
+    measured = dict(measured or {})
+    missing = [entry for entry in entries if entry.path.resolve() not in measured]
+    log.info(
+        "%d of %d image(s) measured earlier; segmenting %d", len(entries) - len(missing), len(entries), len(missing)
+    )
+    fresh = segment_images([entry.described for entry in missing], atlas, segmenter, resolution_mm, output_dir)
+    for image, rows in fresh.groupby("image", sort=False):
+        measured[Path(image).resolve()] = rows
+    frames = [
+        measured[entry.path.resolve()].assign(
+            image_id=entry.image_id,
+            group=entry.group,
+            age=entry.age,
+            sex=entry.sex,
+            age_bin=entry.age_bin,
+            native_volume_ml=lambda rows, factor=entry.native_volume_factor: rows["volume_ml"] * factor,
+            image=str(entry.path),
+        )
+        for entry in entries
+    ]
+    if not frames:
+        return pd.DataFrame(columns=[*TABLE_COLUMNS])
+    return pd.concat(frames, ignore_index=True)[[*TABLE_COLUMNS]]
 
 
 def read_measures(path: str | Path, entries: list[ImageEntry]) -> pd.DataFrame:
@@ -304,12 +378,12 @@ def load_measured(
     entries: list[ImageEntry], measures: pd.DataFrame, measures_path: str | Path, resolution_mm: int
 ) -> list[MeasuredImage]:
     """Each image's intensities with the tissue labels `flowlet regional-measures` saved beside its table."""
-    check_headers(entries, resolution_mm)
+    check_headers([entry.described for entry in entries], resolution_mm)
     segmentations = measures.drop_duplicates("image_id").set_index("image_id")["segmentation"]
     folder = Path(measures_path).parent
     measured = []
     for entry in tqdm(entries, desc="loading", unit="image", disable=None):
-        intensities = load_image(entry, resolution_mm)
+        intensities = load_image(*entry.described, resolution_mm)
         labels = np.asarray(
             load_nifti(folder / segmentations[entry.image_id], what=f"tissue labels of {entry.image_id}").dataobj
         )

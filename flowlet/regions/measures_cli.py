@@ -2,12 +2,15 @@
 
 Every real image of the split table (rows not ``excluded``) and every image of the synthetic manifests is
 segmented into CSF, grey and white matter (ANTs Atropos, template priors) and measured in every region of
-the atlas. Three outputs, all in ``--output-dir``:
+the atlas, unless a per-image table of `flowlet measure-images` (``--measured``) already has it: the
+workflow segments per subject and per age bin in parallel jobs and this command merges them. Outputs, all
+in ``--output-dir``:
 
 - ``regional_measures.tsv``: the long table, one row per image and region (what `flowlet regions` reads);
 - ``regional_features.tsv``: one row per image, the brain-age regional features (``flowlet brainage
   --regional-features``), see :func:`flowlet.regions.measures.regional_features`;
-- ``segmentations/``: each image's tissue labels (0 outside, 1 CSF, 2 grey, 3 white), for the paired analysis.
+- ``segmentations/``: the tissue labels (0 outside, 1 CSF, 2 grey, 3 white) of the images segmented here;
+  the table's ``segmentation`` column points to every image's labels, relative to the table.
 """
 
 from __future__ import annotations
@@ -61,6 +64,18 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         help=f"folder for {MEASURES_TABLE} (one row per image and region), {FEATURES_TABLE} (one row per image: CSF, grey and white "
         "volume of every region as fractions of the image's brain-mask volume, for `flowlet brainage --regional-features`) and segmentations/",
     )
+    parser.add_argument(
+        "--measured",
+        nargs="*",
+        default=[],
+        help="per-image tables of `flowlet measure-images` (the workflow's per-subject and per-bin jobs); a path "
+        "with {participant_id} is filled in for every real subject and read where it exists. Images found in "
+        "them are not segmented again; the others are segmented here",
+    )
+    add_segmentation_arguments(parser)
+
+
+def add_segmentation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for ANTs")
     parser.add_argument("--atropos-iterations", type=int, default=5, help="Atropos EM iterations per image")
     parser.add_argument(
@@ -77,7 +92,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check(args: argparse.Namespace) -> None:
+def check_segmentation_arguments(args: argparse.Namespace) -> None:
     if args.threads < 1:
         raise FlowletError(f"--threads must be at least 1, got {args.threads}")
     if args.atropos_iterations < 1 or args.atropos_mrf < 0 or not 0 <= args.atropos_prior_weight <= 1:
@@ -85,12 +100,34 @@ def _check(args: argparse.Namespace) -> None:
             f"Atropos settings out of range: --atropos-iterations {args.atropos_iterations} (>= 1), "
             f"--atropos-mrf {args.atropos_mrf} (>= 0), --atropos-prior-weight {args.atropos_prior_weight} (0-1)"
         )
+    # ITK reads its thread count when the library loads, so it is set before ants is first imported.
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+
+
+def segmenter_from_args(args: argparse.Namespace):
+    from flowlet.regions.tissue import TissueSegmenter
+
+    return TissueSegmenter(RESOLUTION_MM, args.atropos_iterations, args.atropos_mrf, args.atropos_prior_weight)
+
+
+def measured_tables(items: list[str], entries) -> list[Path]:
+    """``--measured``: plain paths as given (each must exist), paths with {participant_id} filled in for every real
+    subject and kept where they exist."""
+    tables: list[Path] = []
+    participants = [entry.participant_id for entry in entries if entry.participant_id]
+    for item in items:
+        if "{participant_id}" not in item:
+            if not Path(item).is_file():
+                raise FlowletError(f"--measured: {item} does not exist")
+            tables.append(Path(item))
+            continue
+        filled = (Path(item.replace("{participant_id}", participant)) for participant in participants)
+        tables.extend(path for path in filled if path.is_file())
+    return tables
 
 
 def run(args: argparse.Namespace) -> int:
-    _check(args)
-    # ITK reads its thread count when the library loads, so it is set before ants is first imported.
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+    check_segmentation_arguments(args)
     from flowlet.regions.atlas import load_atlas
     from flowlet.regions.measures import (
         BASELINE,
@@ -98,10 +135,10 @@ def run(args: argparse.Namespace) -> int:
         measure_images,
         read_external,
         read_manifests,
+        read_measured,
         read_split,
         regional_features,
     )
-    from flowlet.regions.tissue import TissueSegmenter
 
     entries = read_split(args.split, MEASURED_REAL_GROUPS) + read_manifests(list(args.synthetic))
     entries += read_manifests(list(args.baseline_synthetic), group=BASELINE)
@@ -110,10 +147,9 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     atlas = load_atlas(RESOLUTION_MM)
-    with TissueSegmenter(
-        RESOLUTION_MM, args.atropos_iterations, args.atropos_mrf, args.atropos_prior_weight
-    ) as segmenter:
-        measures = measure_images(entries, atlas, segmenter, RESOLUTION_MM, output)
+    measured = read_measured(measured_tables(args.measured, entries), output)
+    with segmenter_from_args(args) as segmenter:
+        measures = measure_images(entries, atlas, segmenter, RESOLUTION_MM, output, measured)
     measures.to_csv(output / MEASURES_TABLE, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
     regional_features(measures).to_csv(output / FEATURES_TABLE, sep="\t", index=False, float_format="%.6g")
     groups = measures.drop_duplicates("image_id")["group"].value_counts().to_dict()

@@ -46,18 +46,19 @@ def demo_subjects():
 
 
 def dataset_subjects(bids_dir, columns, exclude=()):
+    """Each subject's T1w image, and the subjects with an age (only they can be trained on or tested)."""
     table = participant_table(bids_dir, columns, exclude)
     note = ages_missing_note(table)
     if note:
         logger.info(f"Note ({bids_dir}): {note}")
-    return dict(zip(table["participant_id"], table["image"]))
+    return dict(zip(table["participant_id"], table["image"])), list(table["participant_id"][table["age"].notna()])
 
 
 if DEMO:
-    SUBJECTS = demo_subjects()
+    SUBJECTS = AGED_SUBJECTS = demo_subjects()
     T1W = {subject: f"{BIDS_DIR}/{subject}/anat/{subject}_T1w.nii.gz" for subject in SUBJECTS}
 else:
-    T1W = dataset_subjects(
+    T1W, AGED_SUBJECTS = dataset_subjects(
         BIDS_DIR,
         ColumnNames(config["data"]["age_column"], config["data"]["sex_column"]),
         config["data"]["exclude_subjects"],
@@ -75,7 +76,7 @@ EXTERNAL_COLUMNS = ColumnNames(
 EXTERNAL_COLUMN_FLAGS = (
     f"--age-column {shlex.quote(EXTERNAL_COLUMNS.age)} --sex-column {shlex.quote(EXTERNAL_COLUMNS.sex)}"
 )
-EXTERNAL_T1W = dataset_subjects(EXTERNAL_DIR, EXTERNAL_COLUMNS) if EXTERNAL_DIR else {}
+EXTERNAL_T1W, EXTERNAL_AGED_SUBJECTS = dataset_subjects(EXTERNAL_DIR, EXTERNAL_COLUMNS) if EXTERNAL_DIR else ({}, [])
 EXTERNAL_SPLIT = f"{RESULTS}/{EXTERNAL}/data/split.tsv"
 # What rules brainage and regional_measures add for it: inputs, and the flag that passes them.
 EXTERNAL_INPUTS = [EXTERNAL_SPLIT] if EXTERNAL_DIR else []
@@ -144,3 +145,18 @@ def qc_gate_flags(wildcards):
     """The scorecard judges a generator by all it makes, so its evaluation cohort is flagged, never dropped."""
     gate = "--no-qc-gate" if wildcards.age_bin == "evaluation" else cli_flags("generate", only=("qc_gate",))
     return f"{cli_flags('generate', only=('qc_max_robust_z',))} {gate}"
+
+
+# Per-image regional measures (rules/regions.smk): a real subject's table, and each generator's per-bin tables.
+MEASURED = f"{RESULTS}/regional_measures"
+
+
+def measured_subject(subject, cohort=""):
+    folder = f"{RESULTS}/{cohort}/regional_measures" if cohort else MEASURED
+    return f"{folder}/subjects/{subject}/measured.tsv"
+
+
+def measured_synthetic(backend, bins=AGE_BINS + EVALUATION_BINS):
+    if backend not in BACKENDS:
+        return []
+    return expand(f"{MEASURED}/{GENERATED_DIRS[backend]}/bin-{{age_bin}}/measured.tsv", age_bin=bins)

@@ -3,33 +3,109 @@
 # floor, and age trajectories.
 
 
+# Segmenting is per image: one job per real subject and one per synthetic age bin of each generator, so a
+# cluster runs them in parallel and new subjects segment only themselves; rule regional_measures merges.
+
+
+rule regional_measures_subject:
+    input:
+        image=lambda wildcards: preprocessed(wildcards.subject)["image"],
+    output:
+        table=measured_subject("{subject}"),
+        segmentations=directory(str(Path(measured_subject("{subject}")).parent / "segmentations")),
+    log:
+        f"{LOGS}/regional_measures/{{subject}}.log",
+    benchmark:
+        f"{BENCHMARKS}/regional_measures/{{subject}}.tsv"
+    conda:
+        f"{ENVS}/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        flags=cli_flags("regional_measures"),
+        output_dir=lambda wildcards, output: Path(output.table).parent,
+    shell:
+        "python -m flowlet measure-images --images {input.image} --output-dir {params.output_dir} "
+        "{params.flags} --threads {threads} > {log} 2>&1"
+
+
+if EXTERNAL_DIR:
+
+    use rule regional_measures_subject as regional_measures_subject_external with:
+        input:
+            image=lambda wildcards: preprocessed(wildcards.subject, EXTERNAL)["image"],
+        output:
+            table=measured_subject("{subject}", EXTERNAL),
+            segmentations=directory(str(Path(measured_subject("{subject}", EXTERNAL)).parent / "segmentations")),
+        log:
+            f"{LOGS}/{EXTERNAL}/regional_measures/{{subject}}.log",
+        benchmark:
+            f"{BENCHMARKS}/{EXTERNAL}/regional_measures/{{subject}}.tsv"
+
+
+rule regional_measures_synthetic:
+    input:
+        manifest=f"{RESULTS}/{{generated}}/bin-{{age_bin}}/manifest.tsv",
+    output:
+        table=f"{MEASURED}/{{generated}}/bin-{{age_bin}}/measured.tsv",
+        segmentations=directory(f"{MEASURED}/{{generated}}/bin-{{age_bin}}/segmentations"),
+    log:
+        f"{LOGS}/regional_measures/{{generated}}/bin-{{age_bin}}.log",
+    benchmark:
+        f"{BENCHMARKS}/regional_measures/{{generated}}/bin-{{age_bin}}.tsv"
+    wildcard_constraints:
+        generated="|".join(GENERATED_DIRS.values()),
+    conda:
+        f"{ENVS}/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    params:
+        flags=cli_flags("regional_measures"),
+        output_dir=lambda wildcards, output: Path(output.table).parent,
+    shell:
+        "python -m flowlet measure-images --manifests {input.manifest} --output-dir {params.output_dir} "
+        "{params.flags} --threads {threads} > {log} 2>&1"
+
+
 rule regional_measures:
     input:
         split=rules.split.output[0],
         synthetic=synthetic_manifests("flowlet", AGE_BINS + EVALUATION_BINS),
         baseline=synthetic_manifests("linear", AGE_BINS + EVALUATION_BINS),
         external=EXTERNAL_INPUTS,
+        subjects=[measured_subject(subject) for subject in AGED_SUBJECTS],
+        external_subjects=[measured_subject(subject, EXTERNAL) for subject in EXTERNAL_AGED_SUBJECTS],
+        measured_synthetic=measured_synthetic("flowlet") + measured_synthetic("linear"),
     output:
-        measures=f"{RESULTS}/regional_measures/regional_measures.tsv",
-        features=f"{RESULTS}/regional_measures/regional_features.tsv",
-        segmentations=directory(f"{RESULTS}/regional_measures/segmentations"),
+        measures=f"{MEASURED}/regional_measures.tsv",
+        features=f"{MEASURED}/regional_features.tsv",
     log:
         f"{LOGS}/regional_measures.log",
     benchmark:
         f"{BENCHMARKS}/regional_measures.tsv"
     conda:
         f"{ENVS}/analysis.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
-        runtime=120,
+        runtime=60,
     params:
         flags=cli_flags("regional_measures"),
         output_dir=lambda wildcards, output: Path(output.measures).parent,
         external=external_split_flag,
+        # Patterns, not thousands of paths on one command line; every file they name is an input above.
+        subjects=lambda wildcards: " ".join(
+            shlex.quote(measured_subject("{participant_id}", cohort))
+            for cohort in ["", EXTERNAL][: 1 + bool(EXTERNAL_DIR)]
+        ),
     shell:
         "python -m flowlet regional-measures --split {input.split} --synthetic {input.synthetic} "
         "--baseline-synthetic {input.baseline} {params.external} "
+        "--measured {input.measured_synthetic} {params.subjects} "
         "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"
 
 
@@ -38,7 +114,6 @@ rule regions:
         split=rules.split.output[0],
         synthetic=synthetic_manifests(),
         measures=rules.regional_measures.output.measures,
-        segmentations=rules.regional_measures.output.segmentations,
         model=rules.brainage.output.model,
     output:
         table=report(
