@@ -218,6 +218,14 @@ def test_qc_command_writes_flagged_first_with_failed_subjects(tmp_path):
     assert list(table["subject"][:2]) == ["sub-03", "sub-99"]
     assert table["outlier"].tolist()[:2] == [True, True] and not table["outlier"][2:].any()
     assert "truncated gzip" in table.loc[1, "outlier_reasons"]
+    # The workflow's form: a path pattern filled in from the participant table, for cohorts of thousands.
+    participants = tmp_path / "participants.tsv"
+    pd.DataFrame({"participant_id": [f"qc{i}" for i in range(0, 20, 5)]}).to_csv(participants, sep="\t", index=False)
+    by_pattern = tmp_path / "by_pattern.tsv"
+    pattern = str(tmp_path / "{participant_id}.tsv")
+    arguments = ["qc", "--input-pattern", pattern, "--participants", str(participants), "--output", str(by_pattern)]
+    assert flowlet_main([*arguments, "--failed-list", str(failed)]) == 0
+    assert by_pattern.read_text() == output.read_text()
 
 
 def test_preprocess_command_reports_bad_input(tmp_path, capsys):

@@ -32,7 +32,8 @@ if EXTERNAL_DIR:
 
     use rule qc_table as qc_table_external with:
         input:
-            [preprocessed(subject, EXTERNAL)["qc_tsv"] for subject in EXTERNAL_T1W],
+            participants=f"{RESULTS}/{EXTERNAL}/data/participants.tsv",
+            tables=[preprocessed(subject, EXTERNAL)["qc_tsv"] for subject in EXTERNAL_T1W],
         output:
             report(
                 f"{RESULTS}/{EXTERNAL}/qc/qc.tsv",
@@ -42,6 +43,9 @@ if EXTERNAL_DIR:
             ),
         log:
             f"{LOGS}/{EXTERNAL}/qc_table.log",
+        params:
+            flags=cli_flags("qc"),
+            pattern=lambda wildcards: preprocessed("{participant_id}", EXTERNAL)["qc_tsv"],
 
     use rule split as split_external with:
         input:

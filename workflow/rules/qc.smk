@@ -3,7 +3,8 @@
 
 rule qc_table:
     input:
-        [preprocessed(subject)["qc_tsv"] for subject in SUBJECTS],
+        participants=rules.participants.output[0],
+        tables=[preprocessed(subject)["qc_tsv"] for subject in SUBJECTS],
     output:
         report(
             f"{RESULTS}/qc/qc.tsv",
@@ -21,5 +22,8 @@ rule qc_table:
         runtime=10,
     params:
         flags=cli_flags("qc"),
+        # A pattern, not thousands of paths on one command line; every file it names is an input above.
+        pattern=lambda wildcards: preprocessed("{participant_id}")["qc_tsv"],
     shell:
-        "python -m flowlet qc --inputs {input} --output {output} {params.flags} > {log} 2>&1"
+        "python -m flowlet qc --participants {input.participants} --input-pattern '{params.pattern}' "
+        "--output {output} {params.flags} > {log} 2>&1"
