@@ -124,3 +124,72 @@ def test_split_with_too_few_subjects_says_so():
     participants = pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "age": [25.0, np.nan], "sex": ""})
     with pytest.raises(FlowletError, match="too few usable subjects"):
         stratified_split(participants, [20, 30], 0.25, seed=0)
+
+
+def make_sessions_bids(root: Path, sessions: dict[str, dict[str, str]], ages_file: bool = True) -> Path:
+    """A longitudinal BIDS dataset: per subject, per session, the age written in sub-*_sessions.tsv."""
+    make_bids(root, {subject: next(iter(ages.values())) for subject, ages in sessions.items()}, images=[])
+    for subject, ages in sessions.items():
+        for session in ages:
+            anat = root / subject / session / "anat"
+            anat.mkdir(parents=True)
+            image = nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4))
+            image.to_filename(anat / f"{subject}_{session}_T1w.nii.gz")
+        if ages_file:
+            lines = ["session_id\tage"] + [f"{session}\t{age}" for session, age in ages.items()]
+            (root / subject / f"{subject}_sessions.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_every_session_is_a_scan_with_its_own_age(tmp_path):
+    make_sessions_bids(tmp_path, {"sub-01": {"ses-1": "30", "ses-2": "33.5"}, "sub-02": {"ses-a": "61"}})
+    table = participant_table(tmp_path)
+    assert table["participant_id"].tolist() == ["sub-01_ses-1", "sub-01_ses-2", "sub-02_ses-a"]
+    assert table["subject"].tolist() == ["sub-01", "sub-01", "sub-02"]
+    assert table["session"].tolist() == ["ses-1", "ses-2", "ses-a"]
+    assert table["age"].tolist() == [30.0, 33.5, 61.0]
+    assert all(Path(image).name.startswith(pid) for pid, image in zip(table["participant_id"], table["image"]))
+
+
+def test_without_sessions_tsv_the_participants_age_applies_to_every_session(tmp_path):
+    make_sessions_bids(tmp_path, {"sub-01": {"ses-1": "30", "ses-2": "99"}}, ages_file=False)
+    assert participant_table(tmp_path)["age"].tolist() == [30.0, 30.0]
+
+
+def test_a_dataset_without_sessions_keeps_todays_columns(tmp_path):
+    make_bids(tmp_path, {"sub-01": "30", "sub-02": "40"})
+    assert list(participant_table(tmp_path).columns) == ["participant_id", "age", "sex", "image"]
+
+
+def test_bad_sessions_tsv_is_named_with_the_reason(tmp_path):
+    make_sessions_bids(tmp_path / "a", {"sub-01": {"ses-1": "30", "ses-2": "old"}})
+    with pytest.raises(
+        FlowletError, match=r"sub-01_sessions.tsv: column 'age' holds non-numeric ages: ses-2 \('old'\)"
+    ):
+        participant_table(tmp_path / "a")
+    bids = make_sessions_bids(tmp_path / "b", {"sub-01": {"ses-1": "30"}})
+    (bids / "sub-01" / "ses-2" / "anat").mkdir(parents=True)
+    nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)).to_filename(
+        bids / "sub-01" / "ses-2" / "anat" / "sub-01_ses-2_T1w.nii.gz"
+    )
+    with pytest.raises(FlowletError, match=r"sub-01_sessions.tsv does not list session\(s\) ses-2"):
+        participant_table(bids)
+
+
+def test_split_keeps_each_subjects_scans_on_one_side(tmp_path):
+    sessions = {f"sub-{index:02d}": {"ses-1": str(20 + 5 * index), "ses-2": str(22 + 5 * index)} for index in range(12)}
+    bids = make_sessions_bids(tmp_path / "bids", sessions)
+    participants = tmp_path / "participants.tsv"
+    assert flowlet(["participants", "--bids-dir", str(bids), "--output", str(participants)]) == 0
+    qc = tmp_path / "qc.tsv"
+    pd.DataFrame({"subject": ["sub-03_ses-2"], "status": ["failed: truncated"]}).to_csv(qc, sep="\t", index=False)
+    split = tmp_path / "split.tsv"
+    arguments = ["split", "--participants", str(participants), "--qc", str(qc), "--output", str(split)]
+    assert flowlet([*arguments, "--image-pattern", "mni/{participant_id}.nii.gz", "--bin-edges", "18", "90"]) == 0
+    table = pd.read_csv(split, sep="\t", keep_default_na=False)
+    assert list(table.columns[:5]) == ["participant_id", "subject", "session", "age", "sex"]
+    sides = table[table["split"] != "excluded"].groupby("subject")["split"].nunique()
+    assert (sides == 1).all() and len(sides) == 12
+    assert set(table["split"]) == {"train", "test", "excluded"}
+    failed = table.set_index("participant_id").loc["sub-03_ses-2"]
+    assert failed["split"] == "excluded" and "truncated" in failed["reason"]

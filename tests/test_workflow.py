@@ -222,3 +222,52 @@ def test_html_report_builds(tiny_study):
     html = (tiny_study / "report.html").read_text(errors="replace")
     for category in ["Preprocessing QC", "Generator", "Synthetic cohorts", "Brain age", "Regions"]:
         assert category in html
+
+
+def sessions_dataset(folder: Path, n_subjects: int) -> Path:
+    """A longitudinal BIDS dataset from demo phantoms: each subject has two sessions (two phantoms, the younger
+    first), with each session's age in its sub-*_sessions.tsv and the first in participants.tsv."""
+    phantoms = phantom_dataset(folder.parent / "phantoms", n_subjects=2 * n_subjects, seed=11)
+    table = pd.read_csv(phantoms / "participants.tsv", sep="\t").sort_values("age")
+    rows = []
+    for index, (first, second) in enumerate(zip(table.iloc[::2].itertuples(), table.iloc[1::2].itertuples())):
+        subject = f"sub-{index + 1:02d}"
+        for session, phantom in (("ses-1", first), ("ses-2", second)):
+            anat = folder / subject / session / "anat"
+            anat.mkdir(parents=True)
+            source = phantoms / phantom.participant_id / "anat" / f"{phantom.participant_id}_T1w.nii.gz"
+            (anat / f"{subject}_{session}_T1w.nii.gz").write_bytes(source.read_bytes())
+        sessions = pd.DataFrame({"session_id": ["ses-1", "ses-2"], "age": [first.age, second.age]})
+        sessions.to_csv(folder / subject / f"{subject}_sessions.tsv", sep="\t", index=False)
+        rows.append({"participant_id": subject, "age": first.age, "sex": first.sex})
+    pd.DataFrame(rows).to_csv(folder / "participants.tsv", sep="\t", index=False)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_longitudinal_dataset_runs_every_session_as_a_scan_through_split_and_brain_age(tmp_path, monkeypatch):
+    from flowlet.cli import main
+
+    bids = sessions_dataset(tmp_path / "bids", n_subjects=4)
+    config = tmp_path / "sessions.yaml"
+    config.write_text(
+        TINY.read_text()
+        .replace('  bids_dir: ""', f'  bids_dir: "{bids}"')
+        .replace("bin_edges: [18, 40, 60, 90]", "bin_edges: [18, 90]")
+        .replace("scarcity_best_covered: 1", "scarcity_best_covered: null")
+        .replace("test_fraction: 0.25", "test_fraction: 0.5")
+    )
+    snakemake(tmp_path, "--cores", "2", "results/data/split.tsv", configfile=config)
+    split = pd.read_csv(tmp_path / "results" / "data" / "split.tsv", sep="\t")
+    assert len(split) == 8 and split["participant_id"].str.fullmatch(r"sub-0\d_ses-[12]").all()
+    assert (split.groupby("subject")["split"].nunique() == 1).all()
+    assert set(split["split"]) == {"train", "test"}
+    assert all(Path(tmp_path / image).is_file() for image in split["image"])
+    output = tmp_path / "brainage"
+    monkeypatch.chdir(tmp_path)  # the split's image paths are relative to the study folder, as in the workflow
+    arguments = ["--feature-sets", "voxels", "--regressors", "ridge", "--arms", "real", "--seeds", "0"]
+    command = ["brainage", "--split", str(tmp_path / "results" / "data" / "split.tsv"), "--output-dir", str(output)]
+    assert main([*command, *arguments, "--cv-folds", "2", "--bootstrap", "50", "--bin-edges", "18", "90"]) == 0
+    predictions = pd.read_csv(next(output.glob("*predictions*.tsv")), sep="\t")
+    tested = set(split.loc[split["split"] == "test", "participant_id"])
+    assert tested and tested <= set(predictions["participant_id"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -154,4 +154,35 @@ def withhold_training_subjects(
         withheld = rng.choice(members, size=len(members) - kept, replace=False)
         table.loc[withheld, "split"] = WITHHELD
         table.loc[withheld, "reason"] = f"controlled scarcity: withheld from bin {label} (oracle arm only)"
+    return table
+
+
+def split_by_subject(
+    scans: pd.DataFrame,
+    edges: Sequence[float],
+    failed: dict[str, str],
+    split_subjects: Callable[[pd.DataFrame, dict[str, str]], pd.DataFrame],
+) -> pd.DataFrame:
+    """A longitudinal dataset's split: ``split_subjects(participants, failed)`` splits the subjects, each
+    represented by its first usable scan, and every scan takes its subject's side, so no subject has scans on
+    both sides. A scan without age or whose preprocessing failed is excluded on its own."""
+    table = scans.copy()
+    usable = table["age"].notna() & ~table["participant_id"].isin(list(failed))
+    # A subject without a usable scan is represented by its first scan, which the split then excludes.
+    representatives = (
+        table.assign(unusable=~usable).sort_values(["subject", "unusable"], kind="stable").drop_duplicates("subject")
+    )
+    subject_failed = {
+        subject: failed[scan]
+        for subject, scan in zip(representatives["subject"], representatives["participant_id"])
+        if scan in failed
+    }
+    subjects = split_subjects(
+        representatives.drop(columns="unusable").assign(participant_id=representatives["subject"]), subject_failed
+    )
+    side = subjects.set_index("participant_id")
+    table["age_bin"] = assign_bins(table["age"], edges, table["participant_id"])
+    table["split"] = table["subject"].map(side["split"])
+    table["reason"] = table["subject"].map(side["reason"])
+    mark_unusable(table, failed)
     return table

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from flowlet.data.bids import SESSION_COLUMNS
 from flowlet.data.split import (
     WITHHELD,
     evaluation_only,
     scarcity_bins,
+    split_by_subject,
     stratified_split,
     withhold_training_subjects,
 )
@@ -76,16 +78,26 @@ def native_volume_factors(qc: pd.DataFrame) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     participants = pd.read_csv(
-        args.participants, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"sex": str}
+        args.participants,
+        sep="\t",
+        na_values=["n/a"],
+        keep_default_na=False,
+        dtype={"sex": str, **dict.fromkeys(SESSION_COLUMNS, str)},
     )
     participants["sex"] = participants["sex"].fillna("")
     qc = read_tsv(args.qc, "QC table", dtype={"subject": str}) if args.qc else pd.DataFrame(columns=["subject"])
+
+    def split_subjects(subjects: pd.DataFrame, failed: dict[str, str]) -> pd.DataFrame:
+        table = stratified_split(subjects, args.bin_edges, args.test_fraction, args.seed, failed)
+        reduced = scarcity_bins(table, args.bin_edges, args.scarcity_bins, args.scarcity_best_covered)
+        return withhold_training_subjects(table, reduced, args.scarcity_keep, args.seed)
+
     if args.evaluation_only:
         table = evaluation_only(participants, args.bin_edges, failed_subjects(qc))
+    elif SESSION_COLUMNS[0] in participants.columns:
+        table = split_by_subject(participants, args.bin_edges, failed_subjects(qc), split_subjects)
     else:
-        table = stratified_split(participants, args.bin_edges, args.test_fraction, args.seed, failed_subjects(qc))
-        reduced = scarcity_bins(table, args.bin_edges, args.scarcity_bins, args.scarcity_best_covered)
-        table = withhold_training_subjects(table, reduced, args.scarcity_keep, args.seed)
+        table = split_subjects(participants, failed_subjects(qc))
     table["image"] = [args.image_pattern.format(participant_id=pid) for pid in table["participant_id"]]
     factors = native_volume_factors(qc)
     for reason, group in table[table["split"] == WITHHELD].groupby("reason"):
@@ -94,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning("excluded (%s): %s", reason, ", ".join(group["participant_id"]))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     columns = ["participant_id", "age", "sex", "age_bin", "split", "reason", "image"]
+    if SESSION_COLUMNS[0] in table.columns:
+        columns[1:1] = SESSION_COLUMNS
     if factors:
         table[NATIVE_VOLUME_COLUMN] = table["participant_id"].map(factors)
         columns.append(NATIVE_VOLUME_COLUMN)

@@ -60,7 +60,11 @@ if DEMO:
 else:
     T1W, AGED_SUBJECTS = dataset_subjects(
         BIDS_DIR,
-        ColumnNames(config["data"]["age_column"], config["data"]["sex_column"]),
+        ColumnNames(
+            config["data"]["age_column"],
+            config["data"]["sex_column"],
+            session_age=config["data"]["session_age_column"],
+        ),
         config["data"]["exclude_subjects"],
     )
     SUBJECTS = list(T1W)
@@ -72,9 +76,11 @@ EXTERNAL_COLUMNS = ColumnNames(
     config["data"]["external_age_column"] or config["data"]["age_column"],
     config["data"]["sex_column"],
     "data.external_age_column",
+    config["data"]["session_age_column"],
 )
 EXTERNAL_COLUMN_FLAGS = (
-    f"--age-column {shlex.quote(EXTERNAL_COLUMNS.age)} --sex-column {shlex.quote(EXTERNAL_COLUMNS.sex)}"
+    f"--age-column {shlex.quote(EXTERNAL_COLUMNS.age)} --sex-column {shlex.quote(EXTERNAL_COLUMNS.sex)} "
+    f"--session-age-column {shlex.quote(EXTERNAL_COLUMNS.session_age)}"
 )
 EXTERNAL_T1W, EXTERNAL_AGED_SUBJECTS = dataset_subjects(EXTERNAL_DIR, EXTERNAL_COLUMNS) if EXTERNAL_DIR else ({}, [])
 EXTERNAL_SPLIT = f"{RESULTS}/{EXTERNAL}/data/split.tsv"
@@ -87,7 +93,8 @@ def external_split_flag(wildcards, input):
 
 
 wildcard_constraints:
-    subject="sub-[A-Za-z0-9]+",
+    # A scan: the subject, and its session in longitudinal datasets.
+    subject="sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?",
     age_bin="[0-9.]+-[0-9.]+|evaluation",
 
 
