@@ -35,7 +35,7 @@ def test_every_schema_key_has_a_default_and_a_description():
 def test_empty_config_gets_all_defaults():
     config = validate_config({})
     assert config["preprocess"]["skullstrip_backend"] == "deepbet"
-    assert config["generate"]["num_flow_steps"] == 20
+    assert config["generate"]["num_flow_steps"] is None  # the generator config's, else 10
     assert config["data"]["bids_dir"] == ""
 
 
@@ -86,8 +86,8 @@ def test_config_readme_documents_every_key_as_the_schema_says():
 
 
 # Sections whose keys are passed to their command as flags of the same name (rules call cli_flags(section)).
-# Not yet in this list: generate and train_generator (several of whose flags default to None, the preset's or
-# the dataclass's value, where the schema names a value).
+# generate and train_generator are compared below: several of their flags default to None (the preset's or the
+# options dataclass's value).
 FLAG_SECTIONS = [
     ("split", "split"),
     ("regional_measures", "regional-measures"),
@@ -122,3 +122,41 @@ def test_schema_defaults_are_the_commands_defaults(section, command):
         assert entry.get("default") == flag_default, (
             f"{section}.{key}: schema {entry.get('default')!r}, flag {flag_default!r}"
         )
+
+
+# generate's keys that the workflow reads itself: which generators run (both: one rule per backend, each with
+# its own --backend), and what other rules (the QC gate, the scorecard's cohort) use.
+WORKFLOW_ONLY_KEYS = {
+    "generate": {"backend", "scorecard_samples", "qc_gate", "qc_max_robust_z", "qc_reference_max_images"}
+}
+
+
+@pytest.mark.parametrize("section, command", [("train_generator", "train"), ("generate", "generate")])
+def test_generator_schema_defaults_are_what_the_command_does_without_the_flag(section, command, tmp_path):
+    """A null schema default means "the command's own" (the preset's, else the options dataclass's); any other
+    default must be exactly what the command does when the flag is left out."""
+    import argparse
+    import dataclasses
+    import importlib
+
+    from flowlet.cli import COMMANDS
+    from flowlet.generative.train_cli import architecture_from_args, options_from_args
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(COMMANDS[command][0]).build_parser(parser)
+    actions = {action.dest: action for action in parser._actions}
+    if command == "train":
+        args = parser.parse_args(["table.tsv", "--output-dir", str(tmp_path)])
+        effective = {**dataclasses.asdict(architecture_from_args(args)), **dataclasses.asdict(options_from_args(args))}
+        effective["preset"] = args.preset
+    else:
+        effective = {key: action.default for key, action in actions.items()}
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"][section]["properties"]
+    for key, entry in schema.items():
+        if key in WORKFLOW_ONLY_KEYS.get(section, ()):
+            continue
+        assert key in actions, f"{section}.{key} has no flag --{key.replace('_', '-')} in `flowlet {command}`"
+        if entry.get("default") is not None:
+            assert effective[key] == entry["default"], (
+                f"{section}.{key}: schema {entry['default']!r}, command {effective[key]!r}"
+            )

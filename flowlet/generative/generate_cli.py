@@ -116,7 +116,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
-        "--batch-size", type=int, default=1, help="volumes sampled together (does not change the outputs)"
+        "--batch-size", type=int, default=4, help="volumes sampled together (does not change the outputs)"
     )
     parser.add_argument(
         "--sampler",

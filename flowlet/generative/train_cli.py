@@ -50,10 +50,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     source = arch.add_mutually_exclusive_group()
     source.add_argument(
         "--preset",
-        default="base",
-        help="shipped architecture: base or large (the published FlowLet ones), tiny, or cpu (a lean "
-        "network for 4 mm studies on a CPU, with the training settings it was tuned with; flags "
-        "given here override them) (default: base)",
+        default="cpu",
+        help="shipped architecture: base or large (the published FlowLet ones; take base on a GPU), tiny, or "
+        "cpu (a lean network for 4 mm studies on a CPU, with the training settings it was tuned with; flags "
+        "given here override them) (default: cpu, as the workflow's)",
     )
     source.add_argument("--config", type=Path, help="reference-format config.json to take the architecture from")
     arch.add_argument("--model-channels", type=int, help="base channel count C")
