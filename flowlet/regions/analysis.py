@@ -18,7 +18,15 @@ from flowlet.data.templates import template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.regions import figures, realism
 from flowlet.regions.atlas import Atlas, load_atlas
-from flowlet.regions.measures import SYNTHETIC, MeasuredImage, load_measured, read_manifests, read_measures, read_split
+from flowlet.regions.measures import (
+    SYNTHETIC,
+    MeasuredImage,
+    images_resolution,
+    load_measured,
+    read_manifests,
+    read_measures,
+    read_split,
+)
 from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity
 from flowlet.regions.paired import PairedComparison, global_summary, paired_table, region_summary
 from flowlet.regions.trajectories import slope_agreement, slopes_table
@@ -276,7 +284,8 @@ def run_analysis(
     output_dir = Path(output_dir)
     figure_dir = output_dir / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    resolution = 2
+    # The study's grid (preprocess.resolution): 2 mm or 1 mm, as the images are.
+    resolution = images_resolution([entry.described for entry in entries])
     atlas = load_atlas(resolution)
     written: dict[str, str] = {}
     captions: dict[str, str] = {}

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from flowlet.errors import FlowletError
 from flowlet.regions.measures_cli import (
-    RESOLUTION_MM,
     add_segmentation_arguments,
     check_segmentation_arguments,
     segmenter_from_args,
@@ -44,18 +43,25 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     check_segmentation_arguments(args)
     from flowlet.regions.atlas import load_atlas
-    from flowlet.regions.measures import SEGMENTATION_FOLDER, check_headers, read_manifests, segment_images
+    from flowlet.regions.measures import (
+        SEGMENTATION_FOLDER,
+        check_headers,
+        images_resolution,
+        read_manifests,
+        segment_images,
+    )
 
     if not args.images and not args.manifests:
         raise FlowletError("measure-images needs --images or --manifests")
     images = [(path, "image") for path in args.images]
     images += [entry.described for entry in read_manifests(list(args.manifests))]
-    check_headers(images, RESOLUTION_MM)
+    resolution = images_resolution(images)
+    check_headers(images, resolution)
     output = Path(args.output_dir)
     # Made even when a bin planned no synthetic subjects: the workflow declares it as an output.
     (output / SEGMENTATION_FOLDER).mkdir(parents=True, exist_ok=True)
-    with segmenter_from_args(args) as segmenter:
-        measured = segment_images(images, load_atlas(RESOLUTION_MM), segmenter, RESOLUTION_MM, output)
+    with segmenter_from_args(args, resolution) as segmenter:
+        measured = segment_images(images, load_atlas(resolution), segmenter, resolution, output)
     measured.to_csv(output / MEASURED_TABLE, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
     log.info("measured %d image(s); wrote %s", len(images), output / MEASURED_TABLE)
     return 0

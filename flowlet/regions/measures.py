@@ -192,6 +192,21 @@ def grid_resolution(shape: tuple[int, ...], affine: np.ndarray, what: str) -> in
     )
 
 
+def images_resolution(images: Sequence[tuple[Path, str]], default: int = 2) -> int:
+    """The MNI grid (1 or 2 mm) of the first (path, description) image, which every other must share
+    (:func:`check_headers`); ``default`` when there are none."""
+    import nibabel as nib
+
+    if not images:
+        return default
+    path, what = images[0]
+    if not path.exists():
+        raise FlowletError(f"{what}: {path} does not exist")
+    header = nib.load(str(path))
+    shape = header.shape[:3] if len(header.shape) == 4 and header.shape[3] == 1 else header.shape
+    return grid_resolution(shape, header.affine, f"{what} ({path})")
+
+
 def check_headers(images: Sequence[tuple[Path, str]], resolution_mm: int) -> None:
     """Fail before any segmentation if one of the (path, description) images is missing or off the grid (reads
     headers only)."""
@@ -210,7 +225,7 @@ def check_headers(images: Sequence[tuple[Path, str]], resolution_mm: int) -> Non
         found = grid_resolution(shape, header.affine, f"{what} ({path})")
         if found != resolution_mm:
             raise FlowletError(
-                f"{what} ({path}) is on the {found} mm grid; the regional analysis runs on the {resolution_mm} mm grid"
+                f"{what} ({path}) is on the {found} mm grid, the first image on the {resolution_mm} mm grid; one study uses one grid"
             )
 
 

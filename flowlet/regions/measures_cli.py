@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 MEASURES_TABLE = "regional_measures.tsv"
 FEATURES_TABLE = "regional_features.tsv"
-RESOLUTION_MM = 2
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -104,10 +103,10 @@ def check_segmentation_arguments(args: argparse.Namespace) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
 
 
-def segmenter_from_args(args: argparse.Namespace):
+def segmenter_from_args(args: argparse.Namespace, resolution_mm: int):
     from flowlet.regions.tissue import TissueSegmenter
 
-    return TissueSegmenter(RESOLUTION_MM, args.atropos_iterations, args.atropos_mrf, args.atropos_prior_weight)
+    return TissueSegmenter(resolution_mm, args.atropos_iterations, args.atropos_mrf, args.atropos_prior_weight)
 
 
 def measured_tables(items: list[str], entries) -> list[Path]:
@@ -132,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from flowlet.regions.measures import (
         BASELINE,
         MEASURED_REAL_GROUPS,
+        images_resolution,
         measure_images,
         read_external,
         read_manifests,
@@ -146,10 +146,11 @@ def run(args: argparse.Namespace) -> int:
         entries += read_external(args.external_split)
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    atlas = load_atlas(RESOLUTION_MM)
+    # The study's grid (preprocess.resolution): 2 mm or 1 mm, as the images are.
+    resolution = images_resolution([entry.described for entry in entries])
     measured = read_measured(measured_tables(args.measured, entries), output)
-    with segmenter_from_args(args) as segmenter:
-        measures = measure_images(entries, atlas, segmenter, RESOLUTION_MM, output, measured)
+    with segmenter_from_args(args, resolution) as segmenter:
+        measures = measure_images(entries, load_atlas(resolution), segmenter, resolution, output, measured)
     measures.to_csv(output / MEASURES_TABLE, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
     regional_features(measures).to_csv(output / FEATURES_TABLE, sep="\t", index=False, float_format="%.6g")
     groups = measures.drop_duplicates("image_id")["group"].value_counts().to_dict()
