@@ -7,9 +7,9 @@ import pytest
 
 from flowlet.brainage.metrics import (
     BiasCorrection,
-    bootstrap_indices,
     bootstrap_mae,
     bootstrap_mae_difference,
+    bootstrap_resamples,
     regression_metrics,
 )
 from flowlet.errors import FlowletError
@@ -56,8 +56,8 @@ def test_bootstrap_interval_covers_a_known_difference():
         n = 60
         reference = np.abs(rng.normal(0, 6, n))
         augmented = reference - 1.0 + rng.normal(0, 1.0, n)  # true MAE difference: -1
-        indices = bootstrap_indices(n, 1000, seed=trial)
-        low, high = bootstrap_mae_difference(augmented, reference, indices)
+        resamples = bootstrap_resamples(n, 1000, seed=trial)
+        low, high = bootstrap_mae_difference(augmented, reference, resamples)
         assert np.isfinite([low, high]).all() and low < high
         covered += low <= -1.0 <= high
     # Nominal 95%: allow for Monte Carlo error across 40 trials.
@@ -68,17 +68,31 @@ def test_paired_bootstrap_is_narrower_than_unpaired_and_mae_interval_brackets_th
     rng = np.random.default_rng(2)
     reference = np.abs(rng.normal(0, 6, 80))
     augmented = reference + 0.5 + rng.normal(0, 0.2, 80)
-    indices = bootstrap_indices(80, 2000, seed=0)
-    low, high = bootstrap_mae_difference(augmented, reference, indices)
+    resamples = bootstrap_resamples(80, 2000, seed=0)
+    low, high = bootstrap_mae_difference(augmented, reference, resamples)
     assert low > 0  # a consistent improvement of 0.5 is detected when the comparison is paired
-    other = bootstrap_indices(80, 2000, seed=1)
-    unpaired = augmented[indices].mean(axis=1) - reference[other].mean(axis=1)
+    other = bootstrap_resamples(80, 2000, seed=1)
+    unpaired = resamples.means(augmented) - other.means(reference)
     assert high - low < np.percentile(unpaired, 97.5) - np.percentile(unpaired, 2.5)
-    mae_low, mae_high = bootstrap_mae(reference, indices)
+    mae_low, mae_high = bootstrap_mae(reference, resamples)
     assert mae_low < reference.mean() < mae_high
 
 
-def test_bootstrap_indices_are_reproducible_and_validated():
-    np.testing.assert_array_equal(bootstrap_indices(5, 10, 3), bootstrap_indices(5, 10, 3))
+def test_bootstrap_resamples_are_reproducible_and_validated():
+    np.testing.assert_array_equal(bootstrap_resamples(5, 10, 3).indices, bootstrap_resamples(5, 10, 3).indices)
     with pytest.raises(FlowletError):
-        bootstrap_indices(0, 10, 0)
+        bootstrap_resamples(0, 10, 0)
+
+
+def test_several_scans_of_one_subject_are_resampled_together():
+    """Two sessions of each subject with the same error carry no more information than one: the interval must be
+    that of the subjects, not the narrower one of twice as many independent scans."""
+    errors = np.abs(np.random.default_rng(3).normal(0, 6, 40))
+    subjects = np.repeat([f"sub-{index:02d}" for index in range(40)], 2)
+    by_subject = bootstrap_mae(np.repeat(errors, 2), bootstrap_resamples(80, 2000, seed=0, subjects=subjects))
+    assert by_subject == pytest.approx(bootstrap_mae(errors, bootstrap_resamples(40, 2000, seed=0)))
+    naive_low, naive_high = bootstrap_mae(np.repeat(errors, 2), bootstrap_resamples(80, 2000, seed=0))
+    assert naive_high - naive_low < 0.8 * (by_subject[1] - by_subject[0])
+    # One scan per subject: exactly the plain scan bootstrap, so datasets without sessions keep their numbers.
+    single = bootstrap_resamples(40, 50, seed=4, subjects=[f"sub-{index}" for index in range(40)])
+    np.testing.assert_array_equal(single.indices, bootstrap_resamples(40, 50, seed=4).indices)

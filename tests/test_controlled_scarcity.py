@@ -11,7 +11,7 @@ import pytest
 
 from flowlet.brainage.bins import AgeBins, make_plan
 from flowlet.brainage.experiment import REDUCED, Settings, gap_closed, run_experiment
-from flowlet.brainage.metrics import bootstrap_indices
+from flowlet.brainage.metrics import bootstrap_resamples
 from flowlet.brainage.regressors import BASELINE
 from flowlet.brainage.verdict import chosen_model, verdict_table
 from flowlet.cli import main
@@ -79,12 +79,12 @@ def test_the_plan_gives_a_reduced_bin_as_many_synthetic_subjects_as_it_lost():
 
 
 def test_gap_closed_is_the_share_of_the_oracles_gain_won_back():
-    indices = bootstrap_indices(6, 200, seed=0)
+    resamples = bootstrap_resamples(6, 200, seed=0)
     real, oracle = np.full(6, 10.0), np.full(6, 6.0)
-    value, low, high = gap_closed(real, np.full(6, 8.0), oracle, indices)
+    value, low, high = gap_closed(real, np.full(6, 8.0), oracle, resamples)
     assert value == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)
     # An oracle that does not beat the reduced real arm leaves nothing to close.
-    assert gap_closed(real, np.full(6, 8.0), real + np.array([1, -1, 1, -1, 1, -1.0]), indices) is None
+    assert gap_closed(real, np.full(6, 8.0), real + np.array([1, -1, 1, -1, 1, -1.0]), resamples) is None
 
 
 @pytest.fixture(scope="module")

@@ -47,9 +47,10 @@ from flowlet.brainage.features import (
 )
 from flowlet.brainage.metrics import (
     BiasCorrection,
-    bootstrap_indices,
+    Resamples,
     bootstrap_mae,
     bootstrap_mae_difference,
+    bootstrap_resamples,
     percentile_interval,
     regression_metrics,
 )
@@ -63,10 +64,13 @@ from flowlet.brainage.regressors import (
     make_search,
 )
 from flowlet.brainage.tables import SyntheticSet, read_split, read_synthetic
+from flowlet.data.bids import SESSION_COLUMNS
 from flowlet.data.split import WITHHELD
 from flowlet.errors import FlowletError
 
 log = logging.getLogger(__name__)
+
+SUBJECT = SESSION_COLUMNS[0]
 
 ARMS = ("real", "real+synthetic", "synthetic", "real+baseline", "baseline", "oracle")
 # Where each arm's generated volumes come from (the real arm has none), and which arms also train on real subjects.
@@ -507,10 +511,12 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                 if not chosen.any():
                     continue
                 true_ages = subjects["age"].to_numpy(dtype=float)[chosen]
-                indices = bootstrap_indices(
+                resamples = bootstrap_resamples(
                     int(chosen.sum()),
                     settings.bootstrap,
                     seed=[settings.bootstrap_seed, zlib.crc32(f"{test_set}/{age_bin}".encode())],
+                    # A longitudinal study's scans: whole subjects are resampled.
+                    subjects=subjects[SUBJECT].to_numpy()[chosen] if SUBJECT in subjects else None,
                 )
                 for arm in predicted:
                     per_seed = [
@@ -521,7 +527,7 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                         & (models["regressor"] == regressor)
                         & (models["arm"] == arm)
                     ]
-                    mae_low, mae_high = bootstrap_mae(errors[arm][chosen], indices)
+                    mae_low, mae_high = bootstrap_mae(errors[arm][chosen], resamples)
                     row = {
                         "feature_set": feature_set,
                         "regressor": regressor,
@@ -552,11 +558,13 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                     if arm != "real" and "real" in errors:
                         row["delta_mae_vs_real"] = float(errors[arm][chosen].mean() - errors["real"][chosen].mean())
                         row["delta_ci_low"], row["delta_ci_high"] = bootstrap_mae_difference(
-                            errors[arm][chosen], errors["real"][chosen], indices
+                            errors[arm][chosen], errors["real"][chosen], resamples
                         )
                     row_notes = []
                     if arm in AUGMENTED_ARMS and {"real", "oracle"} <= set(errors):
-                        gap = gap_closed(errors["real"][chosen], errors[arm][chosen], errors["oracle"][chosen], indices)
+                        gap = gap_closed(
+                            errors["real"][chosen], errors[arm][chosen], errors["oracle"][chosen], resamples
+                        )
                         if gap is None:
                             row_notes.append(
                                 "gap closed not estimable: the oracle's gain over real has an interval that includes 0"
@@ -575,16 +583,16 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
 
 
 def gap_closed(
-    errors_real: np.ndarray, errors_augmented: np.ndarray, errors_oracle: np.ndarray, indices: np.ndarray
+    errors_real: np.ndarray, errors_augmented: np.ndarray, errors_oracle: np.ndarray, resamples: Resamples
 ) -> tuple[float, float, float] | None:
     """Share of the oracle's gain over real that an augmented arm wins back, with a paired bootstrap interval;
     None when the oracle's gain itself is not distinguishable from 0 (its interval includes 0)."""
     won = errors_real - errors_augmented
     possible = errors_real - errors_oracle
-    possible_low, possible_high = percentile_interval(possible[indices].mean(axis=1))
+    possible_low, possible_high = percentile_interval(resamples.means(possible))
     if possible_low <= 0 <= possible_high:
         return None
-    low, high = percentile_interval(won[indices].mean(axis=1) / possible[indices].mean(axis=1))
+    low, high = percentile_interval(resamples.means(won) / resamples.means(possible))
     return float(won.mean() / possible.mean()), low, high
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from flowlet.errors import FlowletError
 
@@ -64,13 +66,38 @@ class BiasCorrection:
         return (np.asarray(predicted, dtype=float) - self.intercept) / self.slope
 
 
-def bootstrap_indices(n_subjects: int, n_resamples: int, seed: int) -> np.ndarray:
-    """(n_resamples, n_subjects) indices drawn with replacement; shared by all arms so the comparison is paired."""
-    if n_subjects < 1:
+@dataclass(frozen=True)
+class Resamples:
+    """Bootstrap resamples of the test scans, shared by all arms so that comparisons are paired: scan indices
+    drawn with replacement, or, where subjects have several scans (sessions), how often each scan's subject was
+    drawn, since a subject's scans are not independent of each other."""
+
+    indices: np.ndarray | None = None  # (n_resamples, n_scans) scan indices
+    weights: np.ndarray | None = None  # (n_resamples, n_scans) draws of each scan's subject
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """The mean of ``values`` (one per scan) in every resample."""
+        values = np.asarray(values, dtype=float)
+        if self.weights is None:
+            return values[self.indices].mean(axis=1)
+        return self.weights @ values / self.weights.sum(axis=1)
+
+
+def bootstrap_resamples(n_scans: int, n_resamples: int, seed, subjects: Sequence[str] | None = None) -> Resamples:
+    """Resamples of ``n_scans`` test scans; whole subjects are drawn when ``subjects`` (each scan's subject)
+    repeats one. With one scan per subject the draws are those of a plain scan bootstrap."""
+    if n_scans < 1:
         raise FlowletError("the bootstrap needs at least one test subject")
     if n_resamples < 1:
         raise FlowletError(f"--bootstrap must be a positive number of resamples, got {n_resamples}")
-    return np.random.default_rng(seed).integers(0, n_subjects, size=(n_resamples, n_subjects))
+    rng = np.random.default_rng(seed)
+    codes, unique = pd.factorize(pd.Series(subjects)) if subjects is not None else (None, range(n_scans))
+    if codes is None or len(unique) == n_scans:
+        return Resamples(indices=rng.integers(0, n_scans, size=(n_resamples, n_scans)))
+    drawn = rng.integers(0, len(unique), size=(n_resamples, len(unique)))
+    counts = np.zeros((n_resamples, len(unique)))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], drawn), 1.0)
+    return Resamples(weights=counts[:, codes])
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -79,14 +106,14 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float,
     return float(low), float(high)
 
 
-def bootstrap_mae(absolute_errors: np.ndarray, indices: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_mae(absolute_errors: np.ndarray, resamples: Resamples, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of the MAE over bootstrap resamples of subjects."""
-    return percentile_interval(np.asarray(absolute_errors, dtype=float)[indices].mean(axis=1), level)
+    return percentile_interval(resamples.means(absolute_errors), level)
 
 
 def bootstrap_mae_difference(
-    errors_augmented: np.ndarray, errors_reference: np.ndarray, indices: np.ndarray, level: float = 0.95
+    errors_augmented: np.ndarray, errors_reference: np.ndarray, resamples: Resamples, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile interval of MAE(augmented) - MAE(reference), resampling the same subjects for both (paired)."""
     difference = np.asarray(errors_augmented, dtype=float) - np.asarray(errors_reference, dtype=float)
-    return percentile_interval(difference[indices].mean(axis=1), level)
+    return percentile_interval(resamples.means(difference), level)
