@@ -96,3 +96,15 @@ def test_several_scans_of_one_subject_are_resampled_together():
     # One scan per subject: exactly the plain scan bootstrap, so datasets without sessions keep their numbers.
     single = bootstrap_resamples(40, 50, seed=4, subjects=[f"sub-{index}" for index in range(40)])
     np.testing.assert_array_equal(single.indices, bootstrap_resamples(40, 50, seed=4).indices)
+
+
+def test_cross_validation_keeps_a_subjects_scans_in_one_fold():
+    from flowlet.brainage.regressors import cv_splits
+
+    subjects = np.repeat([f"sub-{index:02d}" for index in range(10)], 2)
+    for train, held in cv_splits(len(subjects), 5, seed=0, groups=subjects):
+        assert not set(subjects[train]) & set(subjects[held])
+    # One scan per subject: the shuffled KFold of before, fold for fold.
+    plain = cv_splits(20, 5, seed=0)
+    unique = cv_splits(20, 5, seed=0, groups=[f"sub-{index}" for index in range(20)])
+    assert all((a[1] == b[1]).all() for a, b in zip(plain, unique))

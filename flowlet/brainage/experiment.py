@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import KFold
 
 from flowlet.brainage.bins import AgeBins
 from flowlet.brainage.cnn import CNNRegressor, CNNSettings
@@ -59,6 +58,7 @@ from flowlet.brainage.regressors import (
     CLASSICAL_REGRESSORS,
     best_unfitted,
     cross_validated_mae,
+    cv_splits,
     describe_choice,
     fit_quietly,
     make_search,
@@ -349,10 +349,10 @@ class FittedModel:
     predictions: dict[str, np.ndarray]
 
 
-def _new_estimator(regressor: str, n_train: int, n_features: int, settings: Settings, seed: int):
+def _new_estimator(regressor: str, groups: np.ndarray, n_features: int, settings: Settings, seed: int):
     if regressor == "cnn":
         return CNNRegressor(settings.cnn, seed)
-    return make_search(regressor, n_train, n_features, settings.pca_components, settings.cv_folds, seed)
+    return make_search(regressor, len(groups), n_features, settings.pca_components, settings.cv_folds, seed, groups)
 
 
 def _refit_copy(estimator, settings: Settings, seed: int):
@@ -367,6 +367,7 @@ def _out_of_sample_training_predictions(
     ages_real: np.ndarray,
     synthetic: np.ndarray | None,
     ages_synthetic: np.ndarray | None,
+    groups_real: np.ndarray,
     arm: str,
     settings: Settings,
     seed: int,
@@ -374,7 +375,7 @@ def _out_of_sample_training_predictions(
     if arm not in ARMS_WITH_REAL:
         return estimator.predict(train_real)
     predictions = np.zeros(len(ages_real))
-    for fold_train, fold_held in KFold(settings.cv_folds, shuffle=True, random_state=seed).split(train_real):
+    for fold_train, fold_held in cv_splits(len(ages_real), settings.cv_folds, seed, groups_real):
         features = train_real[fold_train]
         ages = ages_real[fold_train]
         if synthetic is not None:
@@ -383,6 +384,11 @@ def _out_of_sample_training_predictions(
         model = fit_quietly(_refit_copy(estimator, settings, seed), features, ages)
         predictions[fold_held] = model.predict(train_real[fold_held])
     return predictions
+
+
+def _subjects(scans: pd.DataFrame) -> np.ndarray:
+    """Each scan's subject: the subject column of a longitudinal study, else the scan itself."""
+    return scans[SUBJECT if SUBJECT in scans else "participant_id"].astype(str).to_numpy()
 
 
 def fit_one(
@@ -398,24 +404,31 @@ def fit_one(
     flat = (lambda array: array) if uses_volumes else (lambda array: _flatten(array, features.volumetric, mask))
     train_real = flat(features.train)
     ages_real = cohort.train["age"].to_numpy(dtype=float)
+    groups_real = _subjects(cohort.train)
     if arm == "oracle":
         train_real = np.concatenate([train_real, flat(features.withheld)])
         ages_real = np.concatenate([ages_real, cohort.withheld["age"].to_numpy(dtype=float)])
+        groups_real = np.concatenate([groups_real, _subjects(cohort.withheld)])
     source = ARM_SOURCES.get(arm)
     synthetic = flat(features.generated[source]) if source is not None else None
     ages_synthetic = cohort.generated[source].table["age"].to_numpy(dtype=float) if source is not None else None
+    # Each synthetic volume is its own "subject" for the cross-validation folds.
+    groups_synthetic = (
+        np.array([f"synthetic-{index}" for index in range(len(ages_synthetic))]) if source is not None else None
+    )
     if source is None:
-        train, ages, n_real, n_synthetic = train_real, ages_real, len(ages_real), 0
+        train, ages, groups, n_real, n_synthetic = train_real, ages_real, groups_real, len(ages_real), 0
     elif arm in ARMS_WITH_REAL:
         train = np.concatenate([train_real, synthetic])
         ages = np.concatenate([ages_real, ages_synthetic])
+        groups = np.concatenate([groups_real, groups_synthetic])
         n_real, n_synthetic = len(ages_real), len(ages_synthetic)
     else:
-        train, ages, n_real, n_synthetic = synthetic, ages_synthetic, 0, len(ages_synthetic)
+        train, ages, groups, n_real, n_synthetic = synthetic, ages_synthetic, groups_synthetic, 0, len(ages_synthetic)
     n_features = int(np.prod(train.shape[1:]))
-    estimator = fit_quietly(_new_estimator(regressor, len(ages), n_features, settings, seed), train, ages)
+    estimator = fit_quietly(_new_estimator(regressor, groups, n_features, settings, seed), train, ages)
     training_predictions = _out_of_sample_training_predictions(
-        estimator, train_real, ages_real, synthetic, ages_synthetic, arm, settings, seed
+        estimator, train_real, ages_real, synthetic, ages_synthetic, groups_real, arm, settings, seed
     )
     correction = BiasCorrection.fit(ages_real, training_predictions)
     cv_mae = cross_validated_mae(estimator)

@@ -33,7 +33,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, WhiteKernel
 from sklearn.linear_model import Ridge
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.model_selection import GridSearchCV, GroupKFold, KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
@@ -96,6 +96,18 @@ def feasible_components(requested: Sequence[int], n_train: int, cv_folds: int, n
     return sizes
 
 
+def cv_splits(
+    n_rows: int, cv_folds: int, seed: int, groups: Sequence[str] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation folds (train, held-out indices) of ``n_rows`` training rows: shuffled KFold, or, where
+    ``groups`` (each row's subject) repeats one, folds of whole subjects, so no subject's scans are on both
+    sides of a fold."""
+    rows = np.zeros(n_rows)
+    if groups is None or len(set(groups)) == n_rows:
+        return list(KFold(cv_folds, shuffle=True, random_state=seed).split(rows))
+    return list(GroupKFold(cv_folds, shuffle=True, random_state=seed).split(rows, groups=groups))
+
+
 def make_search(
     name: str,
     n_train: int,
@@ -103,6 +115,7 @@ def make_search(
     pca_components: Sequence[int] = DEFAULT_PCA_COMPONENTS,
     cv_folds: int = 5,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> LinearKernelRegressor | DummyRegressor:
     """An unfitted regressor: the mean baseline, or a cross-validated grid search over a PCA pipeline."""
     if name == BASELINE:
@@ -120,7 +133,7 @@ def make_search(
     search = GridSearchCV(
         pipeline,
         grid,
-        cv=KFold(cv_folds, shuffle=True, random_state=seed),
+        cv=cv_splits(n_train, cv_folds, seed, groups),
         scoring="neg_mean_absolute_error",
         n_jobs=1,
         error_score="raise",
