@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "flowlet.generative.synthetic_qc_cli",
         "QC of synthetic brains against the real cohort; drop outliers",
     ),
-    "plan": ("flowlet.brainage.plan_cli", "decide how many synthetic subjects each age bin gets"),
+    "plan": ("flowlet.generative.plan_cli", "decide how many synthetic subjects each age bin gets"),
     "brainage": ("flowlet.brainage.cli", "train and evaluate brain-age regressors with and without synthetic data"),
     "measure-images": (
         "flowlet.regions.measure_images_cli",
@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "flowlet.regions.scorecard_cli",
         "is each generator's synthetic cohort usable? one table against real floors",
     ),
-    "synthetic-grid": ("flowlet.report.grid_cli", "draw synthetic brains per age bin"),
+    "synthetic-grid": ("flowlet.generative.grid_cli", "draw synthetic brains per age bin"),
     "report": ("flowlet.report.cli", "write the study summary and environment record"),
 }
 

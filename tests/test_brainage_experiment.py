@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flowlet.brainage.bins import AgeBins
 from flowlet.brainage.experiment import Cohort, FeatureSet, Settings, fit_one, run_experiment
 from flowlet.brainage.predict import predict_ages
 from flowlet.cli import main
+from flowlet.data.bins import AgeBins
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask
 from flowlet.errors import FlowletError

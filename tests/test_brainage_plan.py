@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flowlet.brainage.bins import AgeBins, make_plan, sample_ages, synthetic_counts
 from flowlet.cli import main
+from flowlet.data.bins import AgeBins
 from flowlet.errors import FlowletError
+from flowlet.generative.plan import make_plan, sample_ages, synthetic_counts
 
 
 def split_table(

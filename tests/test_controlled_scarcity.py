@@ -9,14 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flowlet.brainage.bins import AgeBins, make_plan
 from flowlet.brainage.experiment import REDUCED, Settings, gap_closed, run_experiment
 from flowlet.brainage.metrics import bootstrap_resamples
 from flowlet.brainage.regressors import BASELINE
 from flowlet.brainage.verdict import chosen_model, verdict_table
 from flowlet.cli import main
+from flowlet.data.bins import AgeBins
 from flowlet.data.split import WITHHELD, evaluation_only, scarcity_bins, stratified_split, withhold_training_subjects
 from flowlet.errors import FlowletError
+from flowlet.generative.plan import make_plan
 
 EDGES = [20, 40, 60, 80]
 

@@ -100,7 +100,7 @@ def test_bins_and_out_of_range_ages():
     assert bin_labels([20, 30, 40]) == ["20-30", "30-40"]
     ages = pd.Series([20.0, 29.9, 30.0, 40.0, np.nan])
     assert assign_bins(ages, [20, 30, 40]).tolist()[:4] == ["20-30", "20-30", "30-40", "30-40"]
-    with pytest.raises(FlowletError, match="sub-x \\(95\\)"):
+    with pytest.raises(FlowletError, match="split.bin_edges: 1 age.*sub-x \\(age 95\\)"):
         assign_bins(pd.Series([95.0]), [20, 30, 40], pd.Series(["sub-x"]))
 
 

@@ -6,12 +6,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from flowlet.brainage.bins import AgeBins
 from flowlet.brainage.cnn import CNN_ARCHITECTURES, CNNSettings
 from flowlet.brainage.experiment import ARMS, FEATURE_SETS, REDUCED, REGRESSORS, Settings, run_experiment
 from flowlet.brainage.figures import gap_closed_per_bin, mae_per_bin, pred_vs_true
 from flowlet.brainage.predict import save_model
 from flowlet.brainage.verdict import AUTO, verdict_table
+from flowlet.data.bins import AgeBins
 from flowlet.data.tables import read_tsv
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flowlet.brainage.bins import AgeBins
 from flowlet.brainage.cnn import CNNRegressor, CNNSettings
 from flowlet.brainage.features import (
     DEFAULT_TISSUE_FWHM_MM,
@@ -65,6 +64,7 @@ from flowlet.brainage.regressors import (
 )
 from flowlet.brainage.tables import SyntheticSet, read_split, read_synthetic
 from flowlet.data.bids import SESSION_COLUMNS
+from flowlet.data.bins import AgeBins
 from flowlet.data.split import WITHHELD
 from flowlet.errors import FlowletError
 

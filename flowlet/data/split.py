@@ -7,40 +7,24 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from flowlet.data.bins import AgeBins
 from flowlet.errors import FlowletError
 
 WITHHELD = "withheld"
 
 
-def check_bin_edges(edges: Sequence[float]) -> np.ndarray:
-    edges = np.asarray(edges, dtype=float)
-    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
-        raise FlowletError(f"age bin edges must be at least two strictly increasing numbers, got {list(edges)}")
-    return edges
-
-
 def bin_labels(edges: Sequence[float]) -> list[str]:
     """Labels like '20-30' for [20, 30); the last bin is closed on the right."""
-    edges = check_bin_edges(edges)
-    return [f"{low:g}-{high:g}" for low, high in zip(edges[:-1], edges[1:])]
+    return AgeBins.from_edges(edges).labels
 
 
 def assign_bins(ages: pd.Series, edges: Sequence[float], ids: pd.Series | None = None) -> pd.Series:
     """The bin label of every age; NaN ages stay NaN; an age outside every bin is an error naming the subject."""
-    edges = check_bin_edges(edges)
-    labels = bin_labels(edges)
-    index = np.searchsorted(edges, ages.to_numpy(dtype=float), side="right") - 1
-    index = np.where(ages.to_numpy() == edges[-1], len(labels) - 1, index)
     known = ages.notna().to_numpy()
-    outside = known & ((index < 0) | (index >= len(labels)))
-    if outside.any():
-        names = ids[outside] if ids is not None else ages.index[outside]
-        listing = ", ".join(f"{name} ({age:g})" for name, age in zip(names, ages[outside]))
-        raise FlowletError(
-            f"ages outside the bins {edges[0]:g}-{edges[-1]:g}: {listing}; widen the bin edges in the config"
-        )
-    result = pd.Series([labels[i] if ok else np.nan for i, ok in zip(index, known)], index=ages.index, dtype=object)
-    return result
+    names = (ids if ids is not None else ages.index.to_series()).astype(str).to_numpy()[known]
+    labels = pd.Series(np.nan, index=ages.index, dtype=object)
+    labels[known] = AgeBins.from_edges(edges).assign(ages[known].to_numpy(float), names, "split.bin_edges")
+    return labels
 
 
 def mark_unusable(table: pd.DataFrame, failed: dict[str, str]) -> pd.Series:

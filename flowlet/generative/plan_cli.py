@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flowlet.brainage.bins import AGE_SAMPLING_MODES, TARGET_MODES, AgeBins, make_plan
 from flowlet.brainage.tables import read_split
+from flowlet.data.bins import AgeBins
+from flowlet.generative.plan import AGE_SAMPLING_MODES, TARGET_MODES, make_plan
 
 log = logging.getLogger(__name__)
 
