@@ -155,3 +155,30 @@ def test_template_backend_without_a_learned_model_finds_the_oldest_brain(ixi_dir
     mask = brain_mask(corrected, image.affine, SkullstripSettings(backend="template"))
     reference = np.asarray(_reference(ixi_dir, subject).dataobj) > 0
     assert dice(mask, reference) >= 0.95, f"{subject}: template mask Dice {dice(mask, reference):.4f}"
+
+
+def test_n4_on_a_fine_scan_fits_a_coarse_copy_and_removes_a_known_field(ixi_dir, subjects):
+    """A scan with voxels finer than 2 mm is bias-corrected from a 2 mm copy (the field is smooth). An IXI scan,
+    corrected, upsampled to 1 mm and multiplied by a known smooth field: most of the field is removed. (On the
+    first IXI scan the 5-95% spread of corrected over clean goes from 1.40 to 1.16 in about 3 s; the
+    full-resolution fit used before gave 1.20 in 25 s.)"""
+    from scipy import ndimage
+
+    from flowlet.preprocess.bias import N4Settings, foreground_mask, n4_correct
+
+    image = nib.load(str(_t1w(ixi_dir, subjects[0])))
+    data = image.get_fdata(dtype=np.float32)
+    clean = ndimage.zoom(n4_correct(data, image.affine, N4Settings(), foreground_mask(data)), 2, order=1)
+    fine_affine = image.affine.copy()
+    fine_affine[:3, :3] /= 2
+    grid = np.indices(clean.shape, dtype=np.float32) / np.array(clean.shape, np.float32).reshape(3, 1, 1, 1) - 0.5
+    biased = clean * np.exp(0.4 * grid[0] - 0.3 * grid[2])
+    corrected = n4_correct(biased, fine_affine, N4Settings(), foreground_mask(biased))
+    assert corrected.shape == clean.shape and corrected.dtype == np.float32
+    brain = foreground_mask(clean) & (clean > np.percentile(clean[clean > 0], 50))
+
+    def spread(values: np.ndarray) -> float:
+        ratio = values[brain] / clean[brain]
+        return float(np.percentile(ratio, 95) / np.percentile(ratio, 5))
+
+    assert spread(biased) > 1.3 and spread(corrected) - 1 < 0.65 * (spread(biased) - 1)

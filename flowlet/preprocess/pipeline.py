@@ -28,7 +28,7 @@ from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.preprocess import checks, qc
-from flowlet.preprocess.bias import N4Settings, foreground_mask, n4_correct
+from flowlet.preprocess.bias import N4Settings, coarse_factor, foreground_mask, n4_correct
 from flowlet.preprocess.normalise import zscore_in_mask
 from flowlet.preprocess.register import (
     Registration,
@@ -113,7 +113,7 @@ class _AtomicOutputs:
 
 def _n4_region(settings: PreprocessSettings, data: np.ndarray, affine: np.ndarray, subject: str) -> np.ndarray | None:
     if settings.n4_mask == "foreground":
-        return foreground_mask(data)
+        return foreground_mask(data, step=coarse_factor(affine))
     if settings.n4_mask == "none":
         return None
     return checks.load_mask_on_grid(settings.n4_mask, data.shape, affine, what=f"{subject} N4 mask")
