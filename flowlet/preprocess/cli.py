@@ -47,7 +47,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         "outputs empty and exit 0 so the study goes on without this subject",
     )
     group = parser.add_argument_group("N4 bias-field correction")
-    group.add_argument("--n4-shrink-factor", type=int, default=n4.shrink_factor, help="N4 image shrink factor")
+    group.add_argument(
+        "--n4-shrink-factor",
+        type=int,
+        default=n4.shrink_factor,
+        help="N4 image shrink factor (scans of 1 mm or finer: applied to a copy averaged to about 2 mm)",
+    )
     group.add_argument(
         "--n4-iterations",
         type=int,
