@@ -436,9 +436,11 @@ def test_per_image_jobs_are_merged_without_segmenting_their_images_again(
     assert "2 of 3 image(s) measured earlier; segmenting 1" in caplog.text
     table = _read(merged, "regional_measures.tsv").set_index(["image_id", "region"])
     whole = _read(measures_dir, "regional_measures.tsv").set_index(["image_id", "region"]).loc[table.index]
-    # The numbers of segmenting all in one job (Atropos differs by up to a few percent from run to run), with
-    # the group, age and native volumes of the split.
-    pd.testing.assert_frame_equal(table.drop(columns="segmentation"), whole.drop(columns="segmentation"), rtol=0.05)
+    # The numbers of segmenting all in one job (Atropos differs by up to a few percent, or a few hundredths of
+    # a millilitre in tiny volumes, from run to run), with the group, age and native volumes of the split.
+    pd.testing.assert_frame_equal(
+        table.drop(columns="segmentation"), whole.drop(columns="segmentation"), rtol=0.05, atol=0.05
+    )
     segmentations = table.groupby(level="image_id")["segmentation"].first()
     assert segmentations["sub-00"].startswith("../jobs/sub-00/segmentations/")
     assert segmentations["sub-06"].startswith("segmentations/")
