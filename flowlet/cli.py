@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "plan": ("flowlet.generative.plan_cli", "decide how many synthetic subjects each age bin gets"),
     "brainage": ("flowlet.brainage.cli", "train and evaluate brain-age regressors with and without synthetic data"),
+    "brainage-pool": ("flowlet.brainage.pool_cli", "pool the brain-age results of repeated splits (split.folds)"),
     "measure-images": (
         "flowlet.regions.measure_images_cli",
         "segment and measure some images on their own (per-subject and per-bin jobs of regional-measures)",

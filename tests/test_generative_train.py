@@ -26,7 +26,8 @@ from flowlet.generative.data import (
 )
 from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.generate import load_generator, sample_batch
-from flowlet.generative.train import BatchSchedule, TrainingOptions, learning_rate_factor, train
+from flowlet.generative.schedule import BatchSchedule, learning_rate_factor
+from flowlet.generative.train import TrainingOptions, train
 from flowlet.generative.train_cli import architecture_from_args, build_parser
 from flowlet.generative.unet import preset_config
 
@@ -146,7 +147,7 @@ def test_training_table_parses_sex_codes_and_reports_bad_rows(tmp_path):
 
 
 def test_batch_schedule_visits_every_volume_once_per_epoch_and_shards_ranks():
-    from flowlet.generative.train import Distributed
+    from flowlet.generative.distributed import Distributed
 
     schedule = BatchSchedule(num_items=5, batch_size=2, seed=3)
     first_epoch = [index for step in (1, 2) for index, _ in schedule.items(step)] + [schedule.items(3)[0][0]]

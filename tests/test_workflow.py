@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,42 @@ def test_the_external_cohort_is_evaluated_and_never_trained_on(tiny_study):
     assert (results / "external" / "qc" / "qc.tsv").stat().st_size > 0
     regional = pd.read_csv(results / "regional_measures" / "regional_features.tsv", sep="\t")
     assert (regional["group"] == "external").sum() == 4
+
+
+@pytest.mark.slow
+def test_repeated_splits_test_every_subject_once_and_pool_the_brain_age(tiny_study, tmp_path):
+    """split.folds: 2 on a copy of the tiny study: per-subject work is reused, each fold trains its own generator,
+    and the pooled brain age predicts every subject once, with the verdict and the report built from the pool."""
+    workdir = tmp_path / "folds"
+    shutil.copytree(tiny_study, workdir, symlinks=True)
+    config = workdir / "tiny.yaml"
+    # Two bins of six phantoms each (the tiny study's 60-90 bin holds one subject, too few for two folds); each
+    # fold then trains on 5 or 6 real subjects, enough for 2-fold cross-validation inside it.
+    config.write_text(
+        config.read_text()
+        .replace("  seed: 0\n  # Controlled", "  seed: 0\n  folds: 2\n  # Controlled")
+        .replace("bin_edges: [18, 40, 60, 90]", "bin_edges: [18, 40, 90]")
+        .replace("cv_folds: 3", "cv_folds: 2")
+    )
+    jobs = planned_jobs(snakemake(workdir, "-n"))
+    assert jobs["train"] == jobs["brainage"] == jobs["split"] == 2 and jobs["brainage_pooled"] == 1
+    assert "preprocess" not in jobs and "regional_measures_subject" not in jobs
+    snakemake(workdir, "--cores", "2")
+    results = workdir / "results"
+    predictions = pd.read_csv(results / "brainage" / "predictions.tsv", sep="\t")
+    internal = predictions[predictions["test_set"] == "internal"]
+    aged = pd.read_csv(results / "data" / "participants.tsv", sep="\t").dropna(subset=["age"])
+    assert set(internal["participant_id"]) == set(aged["participant_id"])
+    assert internal.groupby("participant_id")["fold"].nunique().eq(1).all()
+    for fold in (1, 2):
+        split = pd.read_csv(results / "folds" / f"fold-{fold}" / "data" / "split.tsv", sep="\t")
+        tested = set(split.loc[split["split"] == "test", "participant_id"])
+        assert tested == set(internal.loc[internal["fold"] == fold, "participant_id"])
+        assert (split["split"] == "withheld").any()
+    verdict = pd.read_csv(results / "brainage" / "verdict.tsv", sep="\t")
+    assert not verdict.empty and verdict["model"].str.endswith("2 folds pooled").all()
+    summary = (results / "report" / "summary.md").read_text()
+    assert "Repeated splits: 2 stratified test folds" in summary and verdict["sentence"].iloc[0] in summary
 
 
 @pytest.mark.slow

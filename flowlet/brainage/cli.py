@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 
 from flowlet.brainage.cnn import CNN_ARCHITECTURES, CNNSettings
-from flowlet.brainage.experiment import ARMS, FEATURE_SETS, REDUCED, REGRESSORS, Settings, run_experiment
-from flowlet.brainage.figures import gap_closed_per_bin, mae_per_bin, pred_vs_true
+from flowlet.brainage.experiment import ARMS, FEATURE_SETS, REGRESSORS, Settings, run_experiment
+from flowlet.brainage.outputs import Evaluation, write_evaluation
 from flowlet.brainage.predict import save_model
-from flowlet.brainage.verdict import AUTO, verdict_table
+from flowlet.brainage.verdict import AUTO
 from flowlet.data.bins import AgeBins
 from flowlet.data.tables import read_tsv
 
@@ -20,7 +20,31 @@ log = logging.getLogger(__name__)
 DEFAULTS = Settings()
 
 
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """How predictions are judged: bins, bootstrap intervals and the verdict's model (also `brainage-pool`'s)."""
+    parser.add_argument("--bin-edges", type=float, nargs="+", default=DEFAULTS.bin_edges, help="age bin edges in years")
+    parser.add_argument(
+        "--bootstrap", type=int, default=DEFAULTS.bootstrap, help="bootstrap resamples of the test subjects"
+    )
+    parser.add_argument(
+        "--bootstrap-seed", type=int, default=DEFAULTS.bootstrap_seed, help="seed of the bootstrap resamples"
+    )
+    parser.add_argument(
+        "--verdict-model",
+        default=AUTO,
+        help="feature_set/regressor the verdict reports (e.g. tissue/ridge); auto: the real arm's "
+        "lowest cross-validated MAE inside the training split",
+    )
+    parser.add_argument(
+        "--verdict-correction",
+        choices=("raw", "corrected"),
+        default="corrected",
+        help="whether the verdict reads raw or age-bias-corrected predictions",
+    )
+
+
 def build_parser(parser: argparse.ArgumentParser) -> None:
+    add_evaluation_arguments(parser)
     parser.add_argument(
         "--split", required=True, type=Path, help="split table (participant_id, age, sex, split, image)"
     )
@@ -73,7 +97,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=DEFAULTS.seeds, help="repetitions (CV shuffles, CNN initialisation)"
     )
-    parser.add_argument("--bin-edges", type=float, nargs="+", default=DEFAULTS.bin_edges, help="age bin edges in years")
     parser.add_argument(
         "--downsample", type=int, default=DEFAULTS.downsample, help="block-averaging factor applied to the MNI volumes"
     )
@@ -89,12 +112,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULTS.cv_folds,
         help="folds for hyper-parameter search and the out-of-sample bias-correction fit",
-    )
-    parser.add_argument(
-        "--bootstrap", type=int, default=DEFAULTS.bootstrap, help="bootstrap resamples of the test subjects"
-    )
-    parser.add_argument(
-        "--bootstrap-seed", type=int, default=DEFAULTS.bootstrap_seed, help="seed of the bootstrap resamples"
     )
     parser.add_argument(
         "--cnn-arch",
@@ -138,18 +155,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="the synthetic plan (plan.tsv of `flowlet plan`): which bins the verdict answers for",
-    )
-    parser.add_argument(
-        "--verdict-model",
-        default=AUTO,
-        help="feature_set/regressor the verdict reports (e.g. tissue/ridge); auto: the real arm's "
-        "lowest cross-validated MAE inside the training split",
-    )
-    parser.add_argument(
-        "--verdict-correction",
-        choices=("raw", "corrected"),
-        default="corrected",
-        help="whether the verdict reads raw or age-bias-corrected predictions",
     )
 
 
@@ -196,26 +201,6 @@ def run(args: argparse.Namespace) -> int:
     )
     output = args.output_dir
     output.mkdir(parents=True, exist_ok=True)
-    results.metrics.to_csv(output / "metrics.tsv", sep="\t", index=False, float_format="%.4f")
-    results.predictions.to_csv(output / "predictions.tsv", sep="\t", index=False, float_format="%.4f")
-    results.models.to_csv(output / "models.tsv", sep="\t", index=False, float_format="%.4f")
-    plan = (
-        read_tsv(args.plan, "synthetic plan", required=("age_bin", "n_synthetic"), dtype={"age_bin": str})
-        if args.plan
-        else None
-    )
-    verdict = verdict_table(
-        results.metrics, results.models, plan, results.bin_counts, REDUCED, args.verdict_model, args.verdict_correction
-    )
-    verdict.to_csv(output / "verdict.tsv", sep="\t", index=False, float_format="%.4f")
-    for line in verdict["sentence"]:
-        log.info("verdict: %s", line)
-    mae_per_bin(results.metrics, bin_labels(settings), output / "mae_per_bin.png")
-    gap_closed_per_bin(results.metrics, bin_labels(settings), output / "gap_closed.png")
-    pred_vs_true(results.predictions, output / "pred_vs_true.png")
-    if (results.metrics["test_set"] == "external").any():
-        mae_per_bin(results.metrics, bin_labels(settings), output / "mae_per_bin_external.png", test_set="external")
-        pred_vs_true(results.predictions, output / "pred_vs_true_external.png", test_set="external")
     best = results.best_real_model
     if best is not None:
         save_model(
@@ -232,22 +217,12 @@ def run(args: argparse.Namespace) -> int:
         results.notes.append(
             f"model_real.joblib: {best.regressor} on voxels, seed {best.seed} ({best.choice}), cross-validated MAE {best.cv_mae:.2f} years"
         )
-    (output / "notes.txt").write_text("".join(f"{note}\n" for note in results.notes))
-    overall = results.metrics[
-        (results.metrics["age_bin"] == "all")
-        & (results.metrics["correction"] == "raw")
-        & (results.metrics["test_set"] == "internal")
-    ]
-    for row in overall.itertuples(index=False):
-        log.info(
-            "%s/%s %s: MAE %.2f [%.2f, %.2f] years on %d test subjects",
-            row.feature_set,
-            row.regressor,
-            row.arm,
-            row.mae,
-            row.mae_ci_low,
-            row.mae_ci_high,
-            row.n_test,
-        )
+    plan = (
+        read_tsv(args.plan, "synthetic plan", required=("age_bin", "n_synthetic"), dtype={"age_bin": str})
+        if args.plan
+        else None
+    )
+    evaluation = Evaluation(results.metrics, results.predictions, results.models, results.bin_counts, results.notes)
+    write_evaluation(evaluation, output, bin_labels(settings), plan, args.verdict_model, args.verdict_correction)
     log.info("wrote %s", output)
     return 0

@@ -477,6 +477,7 @@ def _prediction_rows(model: FittedModel, cohort: Cohort, notes: list[str]) -> pd
                     "seed": model.seed,
                     "test_set": test_set,
                     "participant_id": subjects["participant_id"].to_numpy(),
+                    **({SUBJECT: subjects[SUBJECT].to_numpy()} if SUBJECT in subjects else {}),
                     "age": subjects["age"].to_numpy(dtype=float),
                     "age_bin": subjects["age_bin"].to_numpy(),
                     "predicted": predicted,
@@ -497,12 +498,22 @@ def _prediction_rows(model: FittedModel, cohort: Cohort, notes: list[str]) -> pd
     return pd.concat(frames, ignore_index=True)
 
 
-def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, settings: Settings) -> pd.DataFrame:
-    """metrics.tsv: one row per feature set, regressor, arm, test set, age bin (and ``all``) and correction."""
+def summarise(
+    predictions: pd.DataFrame,
+    models: pd.DataFrame,
+    test_sets: dict[str, pd.DataFrame],
+    labels: list[str],
+    reduced_bins: list[str],
+    settings: Settings,
+) -> pd.DataFrame:
+    """metrics.tsv: one row per feature set, regressor, arm, test set, age bin (and ``all``) and correction.
+
+    ``test_sets`` maps a test set's name to its subjects (participant_id, age, age_bin[, subject]); a prediction
+    row's ``seed`` is one replicate of a subject's prediction, and errors are averaged over replicates first."""
     rows = []
     keys = ["feature_set", "regressor", "test_set"]
     for (feature_set, regressor, test_set), group in predictions.groupby(keys, sort=False):
-        subjects = cohort.test_sets[test_set]
+        subjects = test_sets[test_set]
         order = {participant: i for i, participant in enumerate(subjects["participant_id"])}
         for correction in ("raw", "corrected"):
             column = "predicted" if correction == "raw" else "corrected"
@@ -513,14 +524,12 @@ def summarise(predictions: pd.DataFrame, models: pd.DataFrame, cohort: Cohort, s
                 table = table[sorted(table.columns, key=order.__getitem__)]
                 predicted[arm] = table.to_numpy()
                 errors[arm] = np.abs(predicted[arm] - subjects["age"].to_numpy()[None, :]).mean(axis=0)
-            reduced = [REDUCED] if cohort.reduced_bins else []
-            for age_bin in ["all", *cohort.bins.labels, *reduced]:
+            reduced = [REDUCED] if reduced_bins else []
+            for age_bin in ["all", *labels, *reduced]:
                 if age_bin == "all":
                     chosen = np.ones(len(subjects), bool)
                 else:
-                    chosen = (
-                        subjects["age_bin"].isin(cohort.reduced_bins if age_bin == REDUCED else [age_bin]).to_numpy()
-                    )
+                    chosen = subjects["age_bin"].isin(reduced_bins if age_bin == REDUCED else [age_bin]).to_numpy()
                 if not chosen.any():
                     continue
                 true_ages = subjects["age"].to_numpy(dtype=float)[chosen]
@@ -665,7 +674,7 @@ def run_experiment(
             for model in fitted
         ]
     )
-    metrics = summarise(predictions, models, cohort, settings)
+    metrics = summarise(predictions, models, cohort.test_sets, cohort.bins.labels, cohort.reduced_bins, settings)
     candidates = [
         model
         for model in fitted

@@ -91,9 +91,10 @@ def bootstrap_resamples(n_scans: int, n_resamples: int, seed, subjects: Sequence
     if n_resamples < 1:
         raise FlowletError(f"--bootstrap must be a positive number of resamples, got {n_resamples}")
     rng = np.random.default_rng(seed)
-    codes, unique = pd.factorize(pd.Series(subjects)) if subjects is not None else (None, range(n_scans))
-    if codes is None or len(unique) == n_scans:
+    repeated_subjects = subjects is not None and pd.Series(subjects).nunique() < n_scans
+    if not repeated_subjects:
         return Resamples(indices=rng.integers(0, n_scans, size=(n_resamples, n_scans)))
+    codes, unique = pd.factorize(pd.Series(subjects))
     drawn = rng.integers(0, len(unique), size=(n_resamples, len(unique)))
     counts = np.zeros((n_resamples, len(unique)))
     np.add.at(counts, (np.arange(n_resamples)[:, None], drawn), 1.0)

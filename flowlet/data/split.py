@@ -94,6 +94,62 @@ def stratified_split(
     return table
 
 
+def fold_numbers(table: pd.DataFrame, edges: Sequence[float], folds: int, seed: int) -> pd.Series:
+    """Repeated splits: each usable subject's test fold (1..folds), stratified by age bin so that every fold
+    tests every populated bin; NaN for the unusable. Subjects are dealt to the folds in turn, continuing from
+    bin to bin, so fold sizes differ by at most one."""
+    if folds < 2:
+        raise FlowletError(f"split.folds: {folds} fold(s) cannot each test a different subject; use 2 or more")
+    usable = table["split"] == "train"
+    rng = np.random.default_rng([seed, 2])
+    numbers = pd.Series(np.nan, index=table.index)
+    dealt = 0
+    for label in bin_labels(edges):
+        members = np.sort(table.index[usable & (table["age_bin"] == label)].to_numpy())
+        if len(members) == 0:
+            continue
+        if len(members) < folds:
+            raise FlowletError(
+                f"split.folds: {folds} folds need at least {folds} usable subjects in every populated age bin, "
+                f"but bin {label} has {len(members)}; set split.folds to at most {len(members)} or widen the bin "
+                "(split.bin_edges)"
+            )
+        numbers[rng.permutation(members)] = (dealt + np.arange(len(members))) % folds + 1
+        dealt += len(members)
+    return numbers
+
+
+def check_fold_bins(participants: pd.DataFrame, edges: Sequence[float], folds: int) -> None:
+    """Before any job runs: ``folds`` folds are possible for these participants' ages (one row per scan; a
+    longitudinal dataset counts each subject once). Failed preprocessing can still make a fold impossible later."""
+    table = participants[participants["age"].notna()]
+    if "subject" in table:
+        table = table.drop_duplicates("subject")
+    table = table.assign(age_bin=assign_bins(table["age"], edges, table["participant_id"]), split="train")
+    fold_numbers(table, edges, folds, seed=0)
+
+
+def fold_split(
+    participants: pd.DataFrame,
+    edges: Sequence[float],
+    folds: int,
+    fold: int,
+    seed: int,
+    failed: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Fold ``fold`` of ``folds`` repeated splits: its test subjects are the ones dealt to it, everyone else
+    usable trains; over all folds every usable subject is tested exactly once."""
+    if not 1 <= fold <= folds:
+        raise FlowletError(f"--fold must lie between 1 and split.folds ({folds}), got {fold}")
+    table = participants.copy()
+    table["age_bin"] = assign_bins(table["age"], edges, table["participant_id"])
+    table["split"] = "train"
+    table["reason"] = ""
+    mark_unusable(table, failed or {})
+    table.loc[fold_numbers(table, edges, folds, seed) == fold, "split"] = "test"
+    return table
+
+
 def scarcity_bins(table: pd.DataFrame, edges: Sequence[float], bins: Sequence[str], best_covered: int) -> list[str]:
     """The bins to reduce: those named, else the ``best_covered`` bins with the most real training subjects."""
     labels = bin_labels(edges)

@@ -12,6 +12,7 @@ from flowlet.data.bids import SESSION_COLUMNS
 from flowlet.data.split import (
     WITHHELD,
     evaluation_only,
+    fold_split,
     scarcity_bins,
     split_by_subject,
     stratified_split,
@@ -33,6 +34,14 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bin-edges", nargs="+", type=float, required=True, help="age bin edges in years")
     parser.add_argument("--test-fraction", type=float, default=0.25, help="share of each age bin held out for testing")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=1,
+        help="repeated splits: K stratified test folds, so that every subject is tested once (1: one split by "
+        "--test-fraction)",
+    )
+    parser.add_argument("--fold", type=int, default=1, help="which of the --folds folds to write (1..K)")
     parser.add_argument(
         "--evaluation-only",
         action="store_true",
@@ -88,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
     qc = read_tsv(args.qc, "QC table", dtype={"subject": str}) if args.qc else pd.DataFrame(columns=["subject"])
 
     def split_subjects(subjects: pd.DataFrame, failed: dict[str, str]) -> pd.DataFrame:
-        table = stratified_split(subjects, args.bin_edges, args.test_fraction, args.seed, failed)
+        if args.folds > 1:
+            table = fold_split(subjects, args.bin_edges, args.folds, args.fold, args.seed, failed)
+        else:
+            table = stratified_split(subjects, args.bin_edges, args.test_fraction, args.seed, failed)
         reduced = scarcity_bins(table, args.bin_edges, args.scarcity_bins, args.scarcity_best_covered)
         return withhold_training_subjects(table, reduced, args.scarcity_keep, args.seed)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Training's independent random streams: the first key after the seed, so no two kinds of draw share a stream.
+STREAM_TIME, STREAM_NOISE, STREAM_AUGMENT, STREAM_MODEL, STREAM_VALIDATION, STREAM_SPLIT, STREAM_INIT = range(7)
+
 
 def derived_seed(*keys: int) -> int:
     """A 63-bit seed that depends on every key (numpy's SeedSequence hashing), for torch and numpy generators."""

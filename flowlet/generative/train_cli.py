@@ -18,7 +18,8 @@ from flowlet.errors import FlowletError
 from flowlet.generative.flows import FLOW_NAMES, TIME_SAMPLERS
 from flowlet.generative.loss import LOSS_SPACES
 from flowlet.generative.sampling_spec import PREDICTIONS
-from flowlet.generative.train import OUTPUT_INITS, TrainingOptions, train
+from flowlet.generative.train import train
+from flowlet.generative.training_options import OUTPUT_INITS, TrainingOptions
 from flowlet.generative.unet import UNetConfig, load_config, preset_config, preset_training
 
 log = logging.getLogger(__name__)

@@ -192,37 +192,31 @@ def grid_resolution(shape: tuple[int, ...], affine: np.ndarray, what: str) -> in
     )
 
 
-def images_resolution(images: Sequence[tuple[Path, str]], default: int = 2) -> int:
-    """The MNI grid (1 or 2 mm) of the first (path, description) image, which every other must share
-    (:func:`check_headers`); ``default`` when there are none."""
+def header_grid(path: Path, what: str) -> int:
+    """The MNI grid (1 or 2 mm) an image is on, from its header alone; a missing or unreadable file is an error."""
     import nibabel as nib
 
-    if not images:
-        return default
-    path, what = images[0]
     if not path.exists():
         raise FlowletError(f"{what}: {path} does not exist")
-    header = nib.load(str(path))
+    try:
+        header = nib.load(str(path))
+    except Exception as error:  # nibabel raises many types for unreadable files
+        raise FlowletError(f"{what}: {path} is not a readable NIfTI file ({type(error).__name__}: {error})") from error
     shape = header.shape[:3] if len(header.shape) == 4 and header.shape[3] == 1 else header.shape
     return grid_resolution(shape, header.affine, f"{what} ({path})")
 
 
-def check_headers(images: Sequence[tuple[Path, str]], resolution_mm: int) -> None:
-    """Fail before any segmentation if one of the (path, description) images is missing or off the grid (reads
-    headers only)."""
-    import nibabel as nib
+def images_resolution(images: Sequence[tuple[Path, str]], default: int = 2) -> int:
+    """The MNI grid of the first (path, description) image, which every other must share (:func:`check_headers`);
+    ``default`` when there are none."""
+    return header_grid(*images[0]) if images else default
 
+
+def check_headers(images: Sequence[tuple[Path, str]], resolution_mm: int) -> None:
+    """Fail before any segmentation if one of the (path, description) images is missing, unreadable or off the
+    grid (reads headers only)."""
     for path, what in images:
-        if not path.exists():
-            raise FlowletError(f"{what}: {path} does not exist")
-        try:
-            header = nib.load(str(path))
-        except Exception as error:  # nibabel raises many types for unreadable files
-            raise FlowletError(
-                f"{what}: {path} is not a readable NIfTI file ({type(error).__name__}: {error})"
-            ) from error
-        shape = header.shape[:3] if len(header.shape) == 4 and header.shape[3] == 1 else header.shape
-        found = grid_resolution(shape, header.affine, f"{what} ({path})")
+        found = header_grid(path, what)
         if found != resolution_mm:
             raise FlowletError(
                 f"{what} ({path}) is on the {found} mm grid, the first image on the {resolution_mm} mm grid; one study uses one grid"

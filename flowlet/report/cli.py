@@ -17,6 +17,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", required=True, type=Path, help="the study's results folder")
+    parser.add_argument(
+        "--first-fold",
+        type=Path,
+        default=None,
+        help="with repeated splits (split.folds), fold 1's results folder: its split, generator, synthetic "
+        "cohort and regions are shown; brain age is the pooled evaluation in --results-dir",
+    )
     parser.add_argument("--benchmarks-dir", required=True, type=Path, help="folder of Snakemake benchmark TSVs")
     parser.add_argument("--config", required=True, type=Path, help="the effective config (YAML) the study ran with")
     parser.add_argument("--output", required=True, type=Path, help="summary Markdown to write")
@@ -32,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(environment.items(), columns=["item", "value"]).to_csv(args.environment, sep="\t", index=False)
     runtime.to_csv(args.runtime, sep="\t", index=False)
-    args.output.write_text(study_summary(args.results_dir, config, environment, runtime))
+    args.output.write_text(study_summary(args.results_dir, config, environment, runtime, args.first_fold))
     return 0

@@ -58,6 +58,12 @@ def methods_paragraph(
         else f"a synthetic demo cohort of {config['phantoms']['n_subjects']} whole-head T1w phantoms built from the MNI152 2009a template (seed {config['phantoms']['seed']})"
     )
     edges = config["split"]["bin_edges"]
+    folds = int(config["split"].get("folds", 1))
+    held_out = (
+        f"{folds} test folds, each subject held out once"
+        if folds > 1
+        else f"{int(config['split']['test_fraction'] * 100)}% of each bin held out"
+    )
     return (
         f"We analysed {n_subjects} T1-weighted scans from {dataset} with the FlowLet workflow "
         f"(flowlet {version('flowlet')}, Snakemake {version('snakemake')} [snakemake]). "
@@ -68,8 +74,8 @@ def methods_paragraph(
         f"registered ({pre.get('registration')}) to the MNI152 2009a template [mni] with ANTs [ants] and resampled to the "
         f"{pre.get('resolution')} mm FSL grid, and z-scored inside the brain mask. "
         f"Subjects were split by age bin (edges {', '.join(f'{edge:g}' for edge in edges)} years; "
-        f"{int(config['split']['test_fraction'] * 100)}% of each bin held out; seed {config['split']['seed']}) into "
-        f"{n_train} training and {n_test} test subjects.{scarcity} A conditional wavelet flow-matching generator [flowlet] "
+        f"{held_out}; seed {config['split']['seed']}) into {n_train} training and {n_test} test subjects"
+        f"{' in fold 1' if folds > 1 else ''}.{scarcity} A conditional wavelet flow-matching generator [flowlet] "
         f"({gen.get('flow', 'rectified')} flow, preset {gen.get('preset')}, {gen.get('prediction', 'velocity')} prediction"
         f"{' on standardised wavelet bands' if gen.get('standardise_bands') else ''}, {gen.get('steps')} steps, batch "
         f"{gen.get('batch_size')}, learning rate {gen.get('lr')}, PyTorch {version('torch')}) was trained on the training "
@@ -103,21 +109,38 @@ def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, sep="\t") if path.exists() else None
 
 
-def study_summary(results: Path, config: dict, environment: dict[str, str], runtime: pd.DataFrame) -> str:
-    split = pd.read_csv(results / "data" / "split.tsv", sep="\t")
+def folds_paragraph(folds: int) -> list[str]:
+    return [
+        f"Repeated splits: {folds} stratified test folds, every subject with an age tested exactly once by the "
+        f"fold that held it out. Brain-age results pool the {folds} folds; the subjects, generator, synthetic "
+        f"cohort and regional sections below show fold 1 (every fold's are in `folds/fold-<k>/`).",
+        "",
+    ]
+
+
+def study_summary(
+    results: Path, config: dict, environment: dict[str, str], runtime: pd.DataFrame, first_fold: Path | None = None
+) -> str:
+    """The summary of the study in ``results``; with repeated splits, ``first_fold`` is fold 1's folder, which
+    shows one split's generator and regions beside the pooled brain age."""
+    study = first_fold or results
+    split = pd.read_csv(study / "data" / "split.tsv", sep="\t")
     qc = _read(results / "qc" / "qc.tsv")
-    plan = _read(results / "synthetic" / "plan.tsv")
-    losses = _read(results / "generator" / "loss.tsv")
+    plan = _read(study / "synthetic" / "plan.tsv")
+    losses = _read(study / "generator" / "loss.tsv")
     metrics = _read(results / "brainage" / "metrics.tsv")
-    regions = _read(results / "regions" / "paired_global.tsv")
+    regions = _read(study / "regions" / "paired_global.tsv")
 
     n_train = int((split["split"] == "train").sum())
     n_test = int((split["split"] == "test").sum())
-    scorecard = _read(results / "synthetic" / "scorecard.tsv")
+    scorecard = _read(study / "synthetic" / "scorecard.tsv")
     verdict = _read(results / "brainage" / "verdict.tsv")
     sections = ["# FlowLet augmentation study: summary", ""]
     if verdict is not None:
         sections += verdict_section(verdict)
+    folds = int(config["split"].get("folds", 1))
+    if folds > 1:
+        sections += folds_paragraph(folds)
     if scorecard is not None:
         sections += [
             "## Are the synthetic brains usable? Generator scorecard",
@@ -172,7 +195,7 @@ def study_summary(results: Path, config: dict, environment: dict[str, str], runt
     synthetic_qc = [
         pd.read_csv(path, sep="\t").assign(generator=generator)
         for folder, generator in (("synthetic", "FlowLet"), ("synthetic_baseline", "linear baseline"))
-        for path in sorted((results / folder).glob("bin-*/qc_summary.tsv"))
+        for path in sorted((study / folder).glob("bin-*/qc_summary.tsv"))
     ]
     if synthetic_qc:
         gate = (

@@ -1,22 +1,36 @@
 # Brain-age regressors trained on real only, real plus synthetic, and synthetic only data,
 # all evaluated on the same held-out real test subjects.
 
-# With an external cohort, the MAE-per-bin and predicted-versus-true figures are drawn for it too.
-EXTERNAL_FIGURES = (
-    {
-        f"{name}_external": report(
-            f"{RESULTS}/brainage/{name}_external.png",
-            caption=f"../report/brainage_{name}.rst",
-            category="Brain age",
-            subcategory="External cohort",
-        )
-        for name in ("mae_per_bin", "pred_vs_true")
+
+def brainage_results(folder, in_report=True):
+    """The tables and figures a brain-age evaluation writes in ``folder`` (figures also for the external cohort,
+    when there is one); ``in_report``: its figures and metrics appear in the Snakemake report."""
+
+    def shown(name, caption, **subcategory):
+        path = f"{folder}/{name}"
+        if not in_report:
+            return path
+        return report(path, caption=f"../report/{caption}.rst", category="Brain age", **subcategory)
+
+    results = {
+        "metrics": shown("metrics.tsv", "brainage_metrics"),
+        "predictions": f"{folder}/predictions.tsv",
+        "models": f"{folder}/models.tsv",
+        "counts": f"{folder}/bin_counts.tsv",
+        "verdict": f"{folder}/verdict.tsv",
+        "mae_per_bin": shown("mae_per_bin.png", "brainage_mae_per_bin"),
+        "gap_closed": shown("gap_closed.png", "brainage_gap_closed"),
+        "pred_vs_true": shown("pred_vs_true.png", "brainage_pred_vs_true"),
     }
-    if EXTERNAL_DIR
-    else {}
-)
+    if EXTERNAL_DIR:
+        for name in ("mae_per_bin", "pred_vs_true"):
+            results[f"{name}_external"] = shown(
+                f"{name}_external.png", f"brainage_{name}", subcategory="External cohort"
+            )
+    return results
 
 
+# With repeated splits, each fold's evaluation stays out of the report; the pooled one is shown.
 rule brainage:
     input:
         split=rules.split.output[0],
@@ -25,36 +39,14 @@ rule brainage:
         synthetic=synthetic_manifests("flowlet"),
         baseline=synthetic_manifests("linear"),
         # Written by rule regional_measures (regions.smk, included after this file).
-        regional_features=f"{RESULTS}/regional_measures/regional_features.tsv",
+        regional_features=f"{STUDY_MEASURED}/regional_features.tsv",
     output:
-        **EXTERNAL_FIGURES,
-        metrics=report(
-            f"{RESULTS}/brainage/metrics.tsv",
-            caption="../report/brainage_metrics.rst",
-            category="Brain age",
-        ),
-        predictions=f"{RESULTS}/brainage/predictions.tsv",
-        mae_per_bin=report(
-            f"{RESULTS}/brainage/mae_per_bin.png",
-            caption="../report/brainage_mae_per_bin.rst",
-            category="Brain age",
-        ),
-        gap_closed=report(
-            f"{RESULTS}/brainage/gap_closed.png",
-            caption="../report/brainage_gap_closed.rst",
-            category="Brain age",
-        ),
-        pred_vs_true=report(
-            f"{RESULTS}/brainage/pred_vs_true.png",
-            caption="../report/brainage_pred_vs_true.rst",
-            category="Brain age",
-        ),
-        verdict=f"{RESULTS}/brainage/verdict.tsv",
-        model=f"{RESULTS}/brainage/model_real.joblib",
+        **brainage_results(f"{STUDY}/brainage", in_report=not FOLDED),
+        model=f"{STUDY}/brainage/model_real.joblib",
     log:
-        f"{LOGS}/brainage.log",
+        study_log("brainage"),
     benchmark:
-        f"{BENCHMARKS}/brainage.tsv"
+        study_benchmark("brainage")
     conda:
         f"{ENVS}/analysis.yaml"
     threads: 2
@@ -71,3 +63,34 @@ rule brainage:
         "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} "
         "--baseline-synthetic {input.baseline} --plan {input.plan} {params.external} --bin-edges {params.bin_edges} "
         "--regional-features {input.regional_features} --output-dir {params.output_dir} {params.flags} > {log} 2>&1"
+
+
+if FOLDED:
+
+    rule brainage_pooled:
+        input:
+            folds=every_fold(rules.brainage.output.metrics),
+            plans=every_fold(rules.plan_synthetic.output.plan),
+            predictions=every_fold(rules.brainage.output.predictions),
+            models=every_fold(rules.brainage.output.models),
+            counts=every_fold(rules.brainage.output.counts),
+        output:
+            **brainage_results(f"{RESULTS}/brainage"),
+        log:
+            f"{LOGS}/brainage_pooled.log",
+        benchmark:
+            f"{BENCHMARKS}/brainage_pooled.tsv"
+        conda:
+            f"{ENVS}/analysis.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            flags=cli_flags("brainage", only=("bootstrap", "bootstrap_seed", "verdict_model", "verdict_correction")),
+            bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
+            folds=lambda wildcards, input: " ".join(str(Path(path).parent) for path in input.folds),
+            output_dir=lambda wildcards, output: Path(output.metrics).parent,
+        shell:
+            "python -m flowlet brainage-pool --folds {params.folds} --plans {input.plans} "
+            "--bin-edges {params.bin_edges} {params.flags} --output-dir {params.output_dir} > {log} 2>&1"

@@ -5,12 +5,14 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO_ROOT = Path(workflow.basedir).parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from flowlet.config import validate_config  # noqa: E402
 from flowlet.data.bids import ColumnNames, ages_missing_note, participant_table  # noqa: E402
-from flowlet.data.split import bin_labels  # noqa: E402
+from flowlet.data.split import bin_labels, check_fold_bins  # noqa: E402
 from flowlet.generative.unet import preset_training  # noqa: E402
 
 # The schema in ../schemas/config.schema.yaml fills defaults and rejects unknown keys, wrong types and
@@ -31,6 +33,39 @@ RESOLUTION = config["preprocess"]["resolution"]
 DEMO = not config["data"]["bids_dir"]
 BIDS_DIR = f"{RESULTS}/demo/bids" if DEMO else config["data"]["bids_dir"]
 AGE_BINS = bin_labels(config["split"]["bin_edges"])
+# Repeated splits (split.folds K > 1): every stage after the split runs once per test fold, in
+# results/folds/fold-<k>/ (STUDY); rule brainage_pooled pools the folds' brain-age results in results/brainage/.
+FOLDS = config["split"]["folds"]
+FOLDED = FOLDS > 1
+FOLD_IDS = [str(fold) for fold in range(1, FOLDS + 1)]
+STUDY = f"{RESULTS}/folds/fold-{{fold}}" if FOLDED else RESULTS
+
+
+def study_log(name):
+    """The log of a per-fold job (``name`` like "train_generator" or "generate/bin-{age_bin}")."""
+    return f"{LOGS}/folds/fold-{{fold}}/{name}.log" if FOLDED else f"{LOGS}/{name}.log"
+
+
+def study_benchmark(name):
+    """The benchmark of a per-fold job; the runtime table groups by the first folder, the rule's name."""
+    rule_name, _, rest = name.partition("/")
+    return (
+        f"{BENCHMARKS}/{rule_name}/fold-{{fold}}{'/' + rest if rest else ''}.tsv"
+        if FOLDED
+        else f"{BENCHMARKS}/{name}.tsv"
+    )
+
+
+def every_fold(path):
+    """A per-fold path for each fold (other wildcards kept)."""
+    return expand(path, fold=FOLD_IDS, allow_missing=True) if FOLDED else [path]
+
+
+def first_fold(path):
+    """A per-fold path in fold 1, whose generator the report shows."""
+    return expand(path, fold="1", allow_missing=True)[0] if FOLDED else path
+
+
 # The generator's working resolution, which the QC reference and the baseline generator share with it: the
 # config's, else the preset's, else full resolution.
 GENERATOR_DOWNSAMPLE = config["train_generator"]["downsample"] or preset_training(
@@ -45,12 +80,16 @@ def demo_subjects():
     return [f"sub-demo{index:03d}" for index in range(1, config["phantoms"]["n_subjects"] + 1)]
 
 
-def dataset_subjects(bids_dir, columns, exclude=()):
-    """Each subject's T1w image, and the subjects with an age (only they can be trained on or tested)."""
+def dataset_table(bids_dir, columns, exclude=()):
     table = participant_table(bids_dir, columns, exclude)
     note = ages_missing_note(table)
     if note:
         logger.info(f"Note ({bids_dir}): {note}")
+    return table
+
+
+def images_and_aged(table):
+    """Each scan's T1w image, and the scans with an age (only they can be trained on or tested)."""
     return dict(zip(table["participant_id"], table["image"])), list(table["participant_id"][table["age"].notna()])
 
 
@@ -58,7 +97,7 @@ if DEMO:
     SUBJECTS = AGED_SUBJECTS = demo_subjects()
     T1W = {subject: f"{BIDS_DIR}/{subject}/anat/{subject}_T1w.nii.gz" for subject in SUBJECTS}
 else:
-    T1W, AGED_SUBJECTS = dataset_subjects(
+    DATASET = dataset_table(
         BIDS_DIR,
         ColumnNames(
             config["data"]["age_column"],
@@ -67,7 +106,10 @@ else:
         ),
         config["data"]["exclude_subjects"],
     )
+    T1W, AGED_SUBJECTS = images_and_aged(DATASET)
     SUBJECTS = list(T1W)
+    if FOLDED:
+        check_fold_bins(DATASET, config["split"]["bin_edges"], FOLDS)
 
 # The external cohort (rules/external.smk): evaluation only, its outputs under results/external/.
 EXTERNAL = "external"
@@ -82,7 +124,9 @@ EXTERNAL_COLUMN_FLAGS = (
     f"--age-column {shlex.quote(EXTERNAL_COLUMNS.age)} --sex-column {shlex.quote(EXTERNAL_COLUMNS.sex)} "
     f"--session-age-column {shlex.quote(EXTERNAL_COLUMNS.session_age)}"
 )
-EXTERNAL_T1W, EXTERNAL_AGED_SUBJECTS = dataset_subjects(EXTERNAL_DIR, EXTERNAL_COLUMNS) if EXTERNAL_DIR else ({}, [])
+EXTERNAL_T1W, EXTERNAL_AGED_SUBJECTS = (
+    images_and_aged(dataset_table(EXTERNAL_DIR, EXTERNAL_COLUMNS)) if EXTERNAL_DIR else ({}, [])
+)
 EXTERNAL_SPLIT = f"{RESULTS}/{EXTERNAL}/data/split.tsv"
 # What rules brainage and regional_measures add for it: inputs, and the flag that passes them.
 EXTERNAL_INPUTS = [EXTERNAL_SPLIT] if EXTERNAL_DIR else []
@@ -96,6 +140,7 @@ wildcard_constraints:
     # A scan: the subject, and its session in longitudinal datasets.
     subject="sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?",
     age_bin="[0-9.]+-[0-9.]+|evaluation",
+    fold="[0-9]+",
 
 
 def cli_flags(section, skip=(), only=None):
@@ -140,7 +185,7 @@ def synthetic_manifests(backend="flowlet", bins=AGE_BINS):
     """The QC-gated per-bin manifests of one generator backend; none when the study does not use it."""
     if backend not in BACKENDS:
         return []
-    return expand(f"{RESULTS}/{GENERATED_DIRS[backend]}/bin-{{age_bin}}/manifest.tsv", age_bin=bins)
+    return expand(f"{STUDY}/{GENERATED_DIRS[backend]}/bin-{{age_bin}}/manifest.tsv", age_bin=bins, allow_missing=True)
 
 
 def scored_manifests(backend):
@@ -154,8 +199,10 @@ def qc_gate_flags(wildcards):
     return f"{cli_flags('generate', only=('qc_max_robust_z',))} {gate}"
 
 
-# Per-image regional measures (rules/regions.smk): a real subject's table, and each generator's per-bin tables.
+# Per-image regional measures (rules/regions.smk): a real subject's table (shared by the folds), and each
+# generator's per-bin tables (per fold).
 MEASURED = f"{RESULTS}/regional_measures"
+STUDY_MEASURED = f"{STUDY}/regional_measures"
 
 
 def measured_subject(subject, cohort=""):
@@ -166,4 +213,6 @@ def measured_subject(subject, cohort=""):
 def measured_synthetic(backend, bins=AGE_BINS + EVALUATION_BINS):
     if backend not in BACKENDS:
         return []
-    return expand(f"{MEASURED}/{GENERATED_DIRS[backend]}/bin-{{age_bin}}/measured.tsv", age_bin=bins)
+    return expand(
+        f"{STUDY_MEASURED}/{GENERATED_DIRS[backend]}/bin-{{age_bin}}/measured.tsv", age_bin=bins, allow_missing=True
+    )

@@ -52,9 +52,9 @@ rule split:
         # missing preprocessed image reruns everything that uses it.
         images=[preprocessed(subject)["image"] for subject in SUBJECTS],
     output:
-        f"{RESULTS}/data/split.tsv",
+        f"{STUDY}/data/split.tsv",
     log:
-        f"{LOGS}/split.log",
+        study_log("split"),
     conda:
         f"{ENVS}/analysis.yaml"
     threads: 1
@@ -63,7 +63,8 @@ rule split:
         runtime=10,
     params:
         flags=cli_flags("split"),
+        fold=lambda wildcards: f"--fold {wildcards.fold}" if FOLDED else "",
         image_pattern=lambda wildcards: preprocessed("{participant_id}")["image"],
     shell:
         "python -m flowlet split --participants {input.participants} --qc {input.qc} "
-        "--image-pattern '{params.image_pattern}' {params.flags} --output {output} > {log} 2>&1"
+        "--image-pattern '{params.image_pattern}' {params.flags} {params.fold} --output {output} > {log} 2>&1"

@@ -58,4 +58,5 @@ if EXTERNAL_DIR:
             f"{LOGS}/{EXTERNAL}/split.log",
         params:
             flags=f"--evaluation-only --bin-edges {' '.join(map(str, config['split']['bin_edges']))}",
+            fold="",
             image_pattern=lambda wildcards: preprocessed("{participant_id}", EXTERNAL)["image"],

@@ -24,19 +24,19 @@ rule train:
     input:
         split=rules.split.output[0],
     output:
-        checkpoint=f"{RESULTS}/generator/checkpoint_best.pth",
-        config=f"{RESULTS}/generator/config.json",
-        ranges=f"{RESULTS}/generator/condition_ranges.json",
-        losses=f"{RESULTS}/generator/loss.tsv",
+        checkpoint=f"{STUDY}/generator/checkpoint_best.pth",
+        config=f"{STUDY}/generator/config.json",
+        ranges=f"{STUDY}/generator/condition_ranges.json",
+        losses=f"{STUDY}/generator/loss.tsv",
         plot=report(
-            f"{RESULTS}/generator/loss.png",
+            f"{STUDY}/generator/loss.png",
             caption="../report/generator_loss.rst",
             category="Generator",
         ),
     log:
-        f"{LOGS}/train_generator.log",
+        study_log("train_generator"),
     benchmark:
-        f"{BENCHMARKS}/train_generator.tsv"
+        study_benchmark("train_generator")
     conda:
         f"{ENVS}/generative.yaml"
     threads: 2
@@ -46,7 +46,7 @@ rule train:
         gpu=1 if config["train_generator"]["device"] == "cuda" else 0,
     params:
         flags=cli_flags("train_generator"),
-        run_dir=f"{RESULTS}/generator/training",
+        run_dir=f"{STUDY}/generator/training",
     shell:
         "python -m flowlet train {input.split} --output-dir {params.run_dir} {params.flags} "
         "--threads {threads} > {log} 2>&1 && "
@@ -58,13 +58,15 @@ rule plan_synthetic:
         split=rules.split.output[0],
     output:
         plan=report(
-            f"{RESULTS}/synthetic/plan.tsv",
+            f"{STUDY}/synthetic/plan.tsv",
             caption="../report/synthetic_plan.rst",
             category="Synthetic cohorts",
         ),
-        ages=expand(f"{RESULTS}/synthetic/ages/bin-{{age_bin}}_ages.tsv", age_bin=AGE_BINS + EVALUATION_BINS),
+        ages=expand(
+            f"{STUDY}/synthetic/ages/bin-{{age_bin}}_ages.tsv", age_bin=AGE_BINS + EVALUATION_BINS, allow_missing=True
+        ),
     log:
-        f"{LOGS}/plan_synthetic.log",
+        study_log("plan_synthetic"),
     conda:
         f"{ENVS}/analysis.yaml"
     threads: 1
@@ -86,13 +88,13 @@ rule generate:
         checkpoint=rules.train.output.checkpoint,
         config=rules.train.output.config,
         ranges=rules.train.output.ranges,
-        ages=f"{RESULTS}/synthetic/ages/bin-{{age_bin}}_ages.tsv",
+        ages=f"{STUDY}/synthetic/ages/bin-{{age_bin}}_ages.tsv",
     output:
-        manifest=f"{RESULTS}/synthetic/bin-{{age_bin}}/chunk-{{chunk}}_manifest.tsv",
+        manifest=f"{STUDY}/synthetic/bin-{{age_bin}}/chunk-{{chunk}}_manifest.tsv",
     log:
-        f"{LOGS}/generate/bin-{{age_bin}}_chunk-{{chunk}}.log",
+        study_log("generate/bin-{age_bin}_chunk-{chunk}"),
     benchmark:
-        f"{BENCHMARKS}/generate/bin-{{age_bin}}_chunk-{{chunk}}.tsv"
+        study_benchmark("generate/bin-{age_bin}_chunk-{chunk}")
     wildcard_constraints:
         chunk="[0-9]+",
     conda:
@@ -115,11 +117,11 @@ rule fit_baseline:
     input:
         split=rules.split.output[0],
     output:
-        f"{RESULTS}/baseline/linear_model.npz",
+        f"{STUDY}/baseline/linear_model.npz",
     log:
-        f"{LOGS}/fit_baseline.log",
+        study_log("fit_baseline"),
     benchmark:
-        f"{BENCHMARKS}/fit_baseline.tsv"
+        study_benchmark("fit_baseline")
     conda:
         f"{ENVS}/generative.yaml"
     threads: 1
@@ -135,13 +137,13 @@ rule fit_baseline:
 rule generate_baseline:
     input:
         model=rules.fit_baseline.output[0],
-        ages=f"{RESULTS}/synthetic/ages/bin-{{age_bin}}_ages.tsv",
+        ages=f"{STUDY}/synthetic/ages/bin-{{age_bin}}_ages.tsv",
     output:
-        manifest=f"{RESULTS}/synthetic_baseline/bin-{{age_bin}}/chunk-{{chunk}}_manifest.tsv",
+        manifest=f"{STUDY}/synthetic_baseline/bin-{{age_bin}}/chunk-{{chunk}}_manifest.tsv",
     log:
-        f"{LOGS}/generate_baseline/bin-{{age_bin}}_chunk-{{chunk}}.log",
+        study_log("generate_baseline/bin-{age_bin}_chunk-{chunk}"),
     benchmark:
-        f"{BENCHMARKS}/generate_baseline/bin-{{age_bin}}_chunk-{{chunk}}.tsv"
+        study_benchmark("generate_baseline/bin-{age_bin}_chunk-{chunk}")
     wildcard_constraints:
         chunk="[0-9]+",
     conda:
@@ -163,11 +165,11 @@ rule synthetic_qc_reference:
     input:
         split=rules.split.output[0],
     output:
-        f"{RESULTS}/synthetic/qc_reference.tsv",
+        f"{STUDY}/synthetic/qc_reference.tsv",
     log:
-        f"{LOGS}/synthetic_qc_reference.log",
+        study_log("synthetic_qc_reference"),
     benchmark:
-        f"{BENCHMARKS}/synthetic_qc_reference.tsv"
+        study_benchmark("synthetic_qc_reference")
     conda:
         f"{ENVS}/generative.yaml"
     threads: 1
@@ -186,16 +188,18 @@ rule synthetic_qc_reference:
 rule synthetic_qc:
     input:
         chunks=expand(
-            f"{RESULTS}/{{{{generated}}}}/bin-{{{{age_bin}}}}/chunk-{{chunk}}_manifest.tsv", chunk=GENERATION_CHUNKS
+            f"{STUDY}/{{{{generated}}}}/bin-{{{{age_bin}}}}/chunk-{{chunk}}_manifest.tsv",
+            chunk=GENERATION_CHUNKS,
+            allow_missing=True,
         ),
         reference=rules.synthetic_qc_reference.output[0],
     output:
-        manifest=f"{RESULTS}/{{generated}}/bin-{{age_bin}}/manifest.tsv",
-        summary=f"{RESULTS}/{{generated}}/bin-{{age_bin}}/qc_summary.tsv",
+        manifest=f"{STUDY}/{{generated}}/bin-{{age_bin}}/manifest.tsv",
+        summary=f"{STUDY}/{{generated}}/bin-{{age_bin}}/qc_summary.tsv",
     log:
-        f"{LOGS}/{{generated}}_qc/bin-{{age_bin}}.log",
+        study_log("{generated}_qc/bin-{age_bin}"),
     benchmark:
-        f"{BENCHMARKS}/{{generated}}_qc/bin-{{age_bin}}.tsv"
+        study_benchmark("{generated}_qc/bin-{age_bin}")
     wildcard_constraints:
         generated="synthetic|synthetic_baseline",
     conda:
@@ -217,12 +221,12 @@ rule synthetic_grid:
         manifests=synthetic_manifests("flowlet") or synthetic_manifests("linear"),
     output:
         report(
-            f"{RESULTS}/synthetic/grid.png",
+            f"{STUDY}/synthetic/grid.png",
             caption="../report/synthetic_grid.rst",
             category="Synthetic cohorts",
         ),
     log:
-        f"{LOGS}/synthetic_grid.log",
+        study_log("synthetic_grid"),
     conda:
         f"{ENVS}/analysis.yaml"
     threads: 1

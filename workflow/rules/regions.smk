@@ -47,14 +47,14 @@ if EXTERNAL_DIR:
 
 rule regional_measures_synthetic:
     input:
-        manifest=f"{RESULTS}/{{generated}}/bin-{{age_bin}}/manifest.tsv",
+        manifest=f"{STUDY}/{{generated}}/bin-{{age_bin}}/manifest.tsv",
     output:
-        table=f"{MEASURED}/{{generated}}/bin-{{age_bin}}/measured.tsv",
-        segmentations=directory(f"{MEASURED}/{{generated}}/bin-{{age_bin}}/segmentations"),
+        table=f"{STUDY_MEASURED}/{{generated}}/bin-{{age_bin}}/measured.tsv",
+        segmentations=directory(f"{STUDY_MEASURED}/{{generated}}/bin-{{age_bin}}/segmentations"),
     log:
-        f"{LOGS}/regional_measures/{{generated}}/bin-{{age_bin}}.log",
+        study_log("regional_measures/{generated}/bin-{age_bin}"),
     benchmark:
-        f"{BENCHMARKS}/regional_measures/{{generated}}/bin-{{age_bin}}.tsv"
+        study_benchmark("regional_measures/{generated}/bin-{age_bin}")
     wildcard_constraints:
         generated="|".join(GENERATED_DIRS.values()),
     conda:
@@ -81,12 +81,12 @@ rule regional_measures:
         external_subjects=[measured_subject(subject, EXTERNAL) for subject in EXTERNAL_AGED_SUBJECTS],
         measured_synthetic=measured_synthetic("flowlet") + measured_synthetic("linear"),
     output:
-        measures=f"{MEASURED}/regional_measures.tsv",
-        features=f"{MEASURED}/regional_features.tsv",
+        measures=f"{STUDY_MEASURED}/regional_measures.tsv",
+        features=f"{STUDY_MEASURED}/regional_features.tsv",
     log:
-        f"{LOGS}/regional_measures.log",
+        study_log("regional_measures"),
     benchmark:
-        f"{BENCHMARKS}/regional_measures.tsv"
+        study_benchmark("regional_measures")
     conda:
         f"{ENVS}/analysis.yaml"
     threads: 1
@@ -117,59 +117,59 @@ rule regions:
         model=rules.brainage.output.model,
     output:
         table=report(
-            f"{RESULTS}/regions/paired_region_summary.tsv",
+            f"{STUDY}/regions/paired_region_summary.tsv",
             caption="../report/regions_paired.rst",
             category="Regions",
         ),
         slopes=report(
-            f"{RESULTS}/regions/slopes.tsv",
+            f"{STUDY}/regions/slopes.tsv",
             caption="../report/regions_slopes.rst",
             category="Regions",
         ),
         realism=report(
-            f"{RESULTS}/regions/realism.tsv",
+            f"{STUDY}/regions/realism.tsv",
             caption="../report/regions_realism.rst",
             category="Regions",
         ),
         memorisation_summary=report(
-            f"{RESULTS}/regions/memorisation_summary.tsv",
+            f"{STUDY}/regions/memorisation_summary.tsv",
             caption="../report/regions_memorisation_summary.rst",
             category="Regions",
         ),
         paired_dice=report(
-            f"{RESULTS}/regions/figures/paired_dice.png",
+            f"{STUDY}/regions/figures/paired_dice.png",
             caption="../report/regions_paired_dice.rst",
             category="Regions",
         ),
         trajectories=report(
-            f"{RESULTS}/regions/figures/trajectories.png",
+            f"{STUDY}/regions/figures/trajectories.png",
             caption="../report/regions_trajectories.rst",
             category="Regions",
         ),
         slope_map=report(
-            f"{RESULTS}/regions/figures/slope_difference_map.png",
+            f"{STUDY}/regions/figures/slope_difference_map.png",
             caption="../report/regions_slope_map.rst",
             category="Regions",
         ),
         slope_correlation=report(
-            f"{RESULTS}/regions/figures/slope_correlation.png",
+            f"{STUDY}/regions/figures/slope_correlation.png",
             caption="../report/regions_slope_correlation.rst",
             category="Regions",
         ),
         fidelity=report(
-            f"{RESULTS}/regions/figures/fidelity.png",
+            f"{STUDY}/regions/figures/fidelity.png",
             caption="../report/regions_fidelity.rst",
             category="Regions",
         ),
         memorisation=report(
-            f"{RESULTS}/regions/figures/memorisation.png",
+            f"{STUDY}/regions/figures/memorisation.png",
             caption="../report/regions_memorisation.rst",
             category="Regions",
         ),
     log:
-        f"{LOGS}/regions.log",
+        study_log("regions"),
     benchmark:
-        f"{BENCHMARKS}/regions.tsv"
+        study_benchmark("regions")
     conda:
         f"{ENVS}/analysis.yaml"
     threads: 2
@@ -194,14 +194,14 @@ rule scorecard:
         model=rules.brainage.output.model,
     output:
         report(
-            f"{RESULTS}/synthetic/scorecard.tsv",
+            f"{STUDY}/synthetic/scorecard.tsv",
             caption="../report/scorecard.rst",
             category="Synthetic cohorts",
         ),
     log:
-        f"{LOGS}/scorecard.log",
+        study_log("scorecard"),
     benchmark:
-        f"{BENCHMARKS}/scorecard.tsv"
+        study_benchmark("scorecard")
     conda:
         f"{ENVS}/analysis.yaml"
     threads: 1

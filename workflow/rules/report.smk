@@ -10,29 +10,33 @@ rule effective_config:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        # A changed config reruns this rule (Snakemake compares params), so the record never lags the study.
+        settings=yaml.safe_dump(config, sort_keys=False),
     run:
         # The merged config (files plus --config overrides) is what ran; the report hashes and cites it.
-        import yaml
-
-        Path(output[0]).write_text(yaml.safe_dump(config, sort_keys=False))
+        Path(output[0]).write_text(params.settings)
 
 
 rule report_summary:
     input:
         qc=rules.qc_table.output[0],
-        split=rules.split.output[0],
-        losses=rules.train.output.losses if "flowlet" in BACKENDS else [],
-        plan=rules.plan_synthetic.output.plan,
-        grid=rules.synthetic_grid.output[0],
+        split=every_fold(rules.split.output[0]),
+        losses=every_fold(rules.train.output.losses) if "flowlet" in BACKENDS else [],
+        plan=every_fold(rules.plan_synthetic.output.plan),
+        grid=every_fold(rules.synthetic_grid.output[0]),
         synthetic_qc=[
-            manifest.replace("manifest.tsv", "qc_summary.tsv")
+            summary
             for backend in BACKENDS
             for manifest in synthetic_manifests(backend)
+            for summary in every_fold(manifest.replace("manifest.tsv", "qc_summary.tsv"))
         ],
-        scorecard=rules.scorecard.output[0],
-        brainage=rules.brainage.output.metrics,
-        regions=rules.regions.output.table,
-        slopes=rules.regions.output.slopes,
+        scorecard=every_fold(rules.scorecard.output[0]),
+        # One split's evaluation, or the folds' pooled one (rule brainage_pooled): the same folder either way.
+        brainage=f"{RESULTS}/brainage/metrics.tsv",
+        verdict=f"{RESULTS}/brainage/verdict.tsv",
+        regions=every_fold(rules.regions.output.table),
+        slopes=every_fold(rules.regions.output.slopes),
         config=rules.effective_config.output[0],
     output:
         summary=report(
@@ -59,9 +63,10 @@ rule report_summary:
         mem_mb=1000,
         runtime=10,
     params:
-        results=lambda wildcards, input: Path(input.split).parents[1],
+        results=RESULTS,
         benchmarks=BENCHMARKS,
+        first_fold=f"--first-fold {first_fold(STUDY)}" if FOLDED else "",
     shell:
-        "python -m flowlet report --results-dir {params.results} --benchmarks-dir {params.benchmarks} "
+        "python -m flowlet report --results-dir {params.results} {params.first_fold} --benchmarks-dir {params.benchmarks} "
         "--config {input.config} --output {output.summary} --environment {output.environment} "
         "--runtime {output.runtime} > {log} 2>&1"

@@ -1,0 +1,316 @@
+"""Assembles a generator training run: the data, the network and its optimisation, restored when resuming.
+
+A run resumes from checkpoint_last.pth in the output folder (or --resume) when there is one; otherwise it
+starts fresh, from --init-checkpoint's weights when given. The network is initialised from a seed of its
+own stream, so its weights do not depend on how much data was read before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowlet.devices import resolve_device
+from flowlet.errors import FlowletError
+from flowlet.generative.checkpoint import check_compatible, extract_state_dict, read_checkpoint
+from flowlet.generative.conditions import ConditionRange, load_condition_ranges
+from flowlet.generative.data import (
+    Augmentation,
+    TrainingRecord,
+    VolumeDataset,
+    condition_ranges_from_records,
+    load_volumes,
+    read_training_table,
+    smallest_model_input_size,
+    working_shape,
+)
+from flowlet.generative.distributed import init_distributed
+from flowlet.generative.ema import ExponentialMovingAverage
+from flowlet.generative.flows import get_flow, time_sampler
+from flowlet.generative.loss_log import LossLog
+from flowlet.generative.precision import resolve_precision
+from flowlet.generative.sampling_spec import SPEC_KEY, SamplingSpec, band_statistics, sampling_spec
+from flowlet.generative.schedule import BatchSchedule, learning_rate_factor, split_records
+from flowlet.generative.seeds import STREAM_INIT, derived_seed
+from flowlet.generative.train_loop import TrainLoop
+from flowlet.generative.training_options import TrainingOptions
+from flowlet.generative.training_state import TrainingProgress, restore_from_checkpoint
+from flowlet.generative.unet import FlowUNet, UNetConfig
+from flowlet.generative.wavelets import dwt3d, pad_to_size
+
+log = logging.getLogger(__name__)
+
+
+def build_training(options: TrainingOptions, config: UNetConfig, threads: int | None = None) -> TrainLoop:
+    """The training loop of ``options`` for a network like ``config``, ready to run (or to continue)."""
+    options.validate()
+    if threads:
+        torch.set_num_threads(threads)
+    distributed = init_distributed(options.device)
+    device = resolve_device(options.device, distributed.local_rank)
+    autocast_dtype, use_scaler = resolve_precision(options.precision, device)
+    flow = get_flow(options.flow)
+    time_sampling = options.time_sampling or flow.default_time_sampling
+    sample_times = time_sampler(time_sampling)
+
+    resume_path = _resume_path(options)
+    checkpoint = read_checkpoint(resume_path, map_location=device) if resume_path else None
+    # A resumed run continues from its own checkpoint; pretrained weights only start a new one.
+    pretrained = None
+    if options.init_checkpoint is not None and checkpoint is None:
+        pretrained = read_checkpoint(options.init_checkpoint, map_location=device)
+
+    records = read_training_table(options.table, config.condition_vars)
+    condition_ranges = _condition_ranges(options, records, checkpoint)
+    train_rows, val_rows = split_records(len(records), options.val_split, options.seed)
+    if not val_rows:
+        log.warning(
+            "no validation set (%d training rows, --val-split %g): checkpoint_best.pth is chosen by the training loss",
+            len(records),
+            options.val_split,
+        )
+    mirrored = [] if options.augment and options.flip_probability > 0 else None
+    volumes, source_shape = load_volumes(records, options.downsample, mirrored)
+
+    config = fit_config_to_data(config, source_shape, options)
+    if checkpoint is not None:
+        _check_same_network(checkpoint, config, resume_path)
+    spec = _sampling_spec(
+        options,
+        checkpoint,
+        pretrained,
+        resume_path,
+        source_shape,
+        [volumes[i] for i in train_rows],
+        config.model_input_size,
+    )
+    config.extra[SPEC_KEY] = spec.to_dict()
+    schedule = BatchSchedule(len(train_rows), options.batch_size, options.seed, distributed)
+    config.extra.update(training_config_keys(options, len(train_rows), schedule.global_batch, time_sampling))
+
+    def subset(rows: list[int], augmentation: Augmentation | None) -> VolumeDataset | None:
+        if not rows:
+            return None
+        return VolumeDataset(
+            [records[i] for i in rows],
+            [volumes[i] for i in rows],
+            condition_ranges,
+            config.model_input_size,
+            augmentation,
+            [mirrored[i] for i in rows] if mirrored else None,
+        )
+
+    augmentation = Augmentation(flip_probability=options.flip_probability) if options.augment else None
+    train_set = subset(train_rows, augmentation)
+    val_set = subset(val_rows, None)
+
+    model = _initial_model(config, options, device, pretrained)
+    ema = ExponentialMovingAverage(model, options.ema_decay) if options.ema_decay > 0 else None
+    if ema is not None and pretrained is not None and "ema_state_dict" in pretrained:
+        ema.load_state_dict(pretrained["ema_state_dict"], 0)
+    optimizer = _optimizer(model, options)
+    min_ratio = options.min_lr / options.lr
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: learning_rate_factor(k, options.warmup_steps, options.steps, min_ratio)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    progress = TrainingProgress()
+    if checkpoint is not None:
+        progress = restore_from_checkpoint(
+            checkpoint,
+            resume_path,
+            seed=options.seed,
+            model=model,
+            ema=ema,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+        )
+        log.info("resuming from %s at step %d of %d", resume_path, progress.step, options.steps)
+    # Wrapped after restoring: DistributedDataParallel broadcasts rank 0's weights when it is built.
+    network = (
+        torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if distributed.active
+        else model
+    )
+    return TrainLoop(
+        options=options,
+        config=config,
+        spec=spec,
+        model=model,
+        network=network,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        train_set=train_set,
+        val_set=val_set,
+        schedule=schedule,
+        flow=flow,
+        sample_times=sample_times,
+        condition_ranges=condition_ranges,
+        device=device,
+        distributed=distributed,
+        autocast_dtype=autocast_dtype,
+        loss_log=LossLog(Path(options.output_dir), distributed.is_main),
+        progress=progress,
+    )
+
+
+def _resume_path(options: TrainingOptions) -> Path | None:
+    if options.resume is not None:
+        if not Path(options.resume).is_file():
+            raise FlowletError(f"--resume checkpoint {options.resume} does not exist")
+        return Path(options.resume)
+    last = Path(options.output_dir) / "checkpoint_last.pth"
+    return last if last.is_file() else None
+
+
+def _condition_ranges(
+    options: TrainingOptions, records: Sequence[TrainingRecord], checkpoint: Mapping[str, Any] | None
+) -> dict[str, ConditionRange]:
+    if options.condition_ranges is not None:
+        ranges = load_condition_ranges(options.condition_ranges)
+    elif checkpoint is not None and "condition_ranges" in checkpoint:
+        ranges = {name: ConditionRange(*bounds) for name, bounds in checkpoint["condition_ranges"].items()}
+    else:
+        ranges = condition_ranges_from_records(records)
+    missing = [name for name in records[0].conditions if name not in ranges]
+    if missing:
+        raise FlowletError(f"condition ranges lack {missing} (have {sorted(ranges)})")
+    return {name: ranges[name] for name in records[0].conditions}
+
+
+def fit_config_to_data(config: UNetConfig, source_shape: Sequence[int], options: TrainingOptions) -> UNetConfig:
+    """Set save_size / model_input_size (and our downsampling keys) from the data's grid."""
+    grid = working_shape(source_shape, options.downsample)
+    multiple = 2 ** len(config.channel_mult)
+    if options.model_input_size is not None:
+        input_size = tuple(options.model_input_size)
+    elif (
+        options.downsample == 1
+        and all(m >= g for m, g in zip(config.model_input_size, grid))
+        and all(m % multiple == 0 for m in config.model_input_size)
+    ):
+        input_size = tuple(config.model_input_size)
+    else:
+        input_size = smallest_model_input_size(grid, multiple)
+    if any(m < g for m, g in zip(input_size, grid)):
+        raise FlowletError(f"model input size {list(input_size)} is smaller than the working grid {list(grid)}")
+    return dataclasses.replace(config, model_input_size=input_size, save_size=grid, extra=dict(config.extra))
+
+
+def training_config_keys(options: TrainingOptions, num_train: int, global_batch: int, time_sampling: str) -> dict:
+    """The reference's training keys of config.json, plus ours."""
+    return {
+        "flow_type": get_flow(options.flow).name,
+        "time_sampling": time_sampling,
+        "lr": options.lr,
+        "min_lr": options.min_lr,
+        "warmup_steps": options.warmup_steps,
+        "weight_decay": options.weight_decay,
+        "batch_size": options.batch_size,
+        "world_size": global_batch // options.batch_size,
+        "steps": options.steps,
+        "epochs": math.ceil(options.steps * global_batch / num_train),
+        "grad_clip_norm": options.grad_clip_norm,
+        "ema_decay": options.ema_decay,
+        "val_split": options.val_split,
+        "seed": options.seed,
+        "loss_space": options.loss_space,
+        "flip_probability": options.flip_probability,
+        "init_checkpoint": str(options.init_checkpoint) if options.init_checkpoint else None,
+        "lll_loss_weight": options.lll_loss_weight,
+        "detail_loss_weight": options.detail_loss_weight,
+        "augmentation": options.augment,
+        "precision": options.precision,
+    }
+
+
+def _network_fields(config: UNetConfig) -> dict[str, Any]:
+    fields = dataclasses.asdict(config)
+    fields.pop("extra")
+    fields.pop("use_checkpointing")
+    return fields
+
+
+def _check_same_network(checkpoint: Mapping[str, Any], requested: UNetConfig, path: Path) -> None:
+    stored = UNetConfig.from_reference_dict(checkpoint["config"])
+    if _network_fields(stored) != _network_fields(requested):
+        changed = sorted(k for k, v in _network_fields(requested).items() if _network_fields(stored)[k] != v)
+        raise FlowletError(
+            f"cannot resume from {path}: its network differs from the requested one in {changed}; "
+            "use a new --output-dir or the original architecture options"
+        )
+
+
+def _sampling_spec(
+    options: TrainingOptions,
+    checkpoint: Mapping[str, Any] | None,
+    pretrained: Mapping[str, Any] | None,
+    resume_path: Path | None,
+    source_shape: Sequence[int],
+    train_volumes: list[np.ndarray],
+    model_input_size: Sequence[int],
+) -> SamplingSpec:
+    """What the network's inputs and outputs will mean; see :mod:`flowlet.generative.sampling_spec`."""
+    grid = dict(downsample=options.downsample, full_resolution_size=tuple(int(s) for s in source_shape))
+    if checkpoint is not None:
+        return dataclasses.replace(sampling_spec(checkpoint["config"], str(resume_path)), **grid)
+    if pretrained is not None:
+        # Pretrained weights only help in the units and with the target they were trained on.
+        inherited = sampling_spec(pretrained.get("config") or {}, str(options.init_checkpoint))
+        if (inherited.prediction, inherited.standardised) != (options.prediction, options.standardise_bands):
+            log.warning(
+                "%s was trained with prediction %s on %s bands; fine-tuning keeps those (the options asked for "
+                "prediction %s, standardise_bands %s)",
+                options.init_checkpoint,
+                inherited.prediction,
+                "standardised" if inherited.standardised else "raw",
+                options.prediction,
+                options.standardise_bands,
+            )
+        return dataclasses.replace(inherited, **grid)
+    mean = std = None
+    if options.standardise_bands:
+        mean, std = band_statistics(
+            [dwt3d(pad_to_size(torch.from_numpy(volume)[None], model_input_size)[None])[0] for volume in train_volumes]
+        )
+    return SamplingSpec(prediction=options.prediction, band_mean=mean, band_std=std, **grid)
+
+
+def _initial_model(
+    config: UNetConfig, options: TrainingOptions, device: torch.device, pretrained: Mapping[str, Any] | None
+) -> FlowUNet:
+    torch.manual_seed(derived_seed(options.seed, STREAM_INIT))
+    model = FlowUNet(config).to(device)
+    if options.output_init == "random":
+        # A zero output layer (the reference's) predicts zero velocity at first; on small data the network
+        # then fits the mean image and can sit 50-250 steps (seed-dependent) before it learns to use x_t.
+        model.out[-1].reset_parameters()
+    if pretrained is not None:
+        path = Path(options.init_checkpoint)
+        state = extract_state_dict(pretrained, path)
+        check_compatible(model, state, path, against="the network to train (--preset or --config and overrides)")
+        model.load_state_dict(state)
+        log.info("starting from the weights of %s (fresh optimiser and schedule)", path)
+    return model
+
+
+def _optimizer(model: FlowUNet, options: TrainingOptions) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        # Norm gains, biases and null embeddings are not weights to shrink.
+        (no_decay if parameter.dim() <= 1 else decay).append(parameter)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=options.lr,
+        betas=(0.9, options.adam_beta2),
+    )
