@@ -147,6 +147,9 @@ def test_the_oracle_trains_on_the_withheld_subjects_and_the_verdict_reads_the_re
     assert reduced["mae"].to_numpy() == pytest.approx(in_bin["mae"].to_numpy())
     augmented = in_bin[(in_bin["arm"] == "real+synthetic")]
     assert augmented["gap_closed"].notna().any() or augmented["notes"].str.contains("gap closed not estimable").all()
+    # Only the reduced bins (and all bins together) lost subjects to the oracle: nowhere else is there a gap.
+    elsewhere = metrics[~metrics["age_bin"].isin(["20-40", REDUCED, "all"])]
+    assert not elsewhere.empty and elsewhere["gap_closed"].isna().all()
 
     verdict = verdict_table(metrics, results.models, None, results.bin_counts, REDUCED)
     assert verdict["age_bin"].tolist() == ["20-40"]

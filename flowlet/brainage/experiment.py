@@ -583,7 +583,10 @@ def summarise(
                             errors[arm][chosen], errors["real"][chosen], resamples
                         )
                     row_notes = []
-                    if arm in AUGMENTED_ARMS and {"real", "oracle"} <= set(errors):
+                    # The oracle differs from real only in the reduced bins, so only there (and overall) is
+                    # there a gap to close.
+                    has_gap = age_bin in (*reduced_bins, REDUCED, "all")
+                    if arm in AUGMENTED_ARMS and {"real", "oracle"} <= set(errors) and has_gap:
                         gap = gap_closed(
                             errors["real"][chosen], errors[arm][chosen], errors["oracle"][chosen], resamples
                         )

@@ -62,12 +62,14 @@ def write_evaluation(
     verdict.to_csv(output / "verdict.tsv", sep="\t", index=False, float_format="%.4f")
     for line in verdict["sentence"]:
         log.info("verdict: %s", line)
-    mae_per_bin(metrics, labels, output / "mae_per_bin.png")
-    gap_closed_per_bin(metrics, labels, output / "gap_closed.png")
-    pred_vs_true(evaluation.predictions, output / "pred_vs_true.png")
+    # The figures read the predictions the verdict reads (raw or age-bias corrected).
+    mae_per_bin(metrics, labels, output / "mae_per_bin.png", verdict_correction)
+    gap_closed_per_bin(metrics, labels, output / "gap_closed.png", verdict_correction)
+    column = "corrected" if verdict_correction == "corrected" else "predicted"
+    pred_vs_true(evaluation.predictions, output / "pred_vs_true.png", column)
     if (metrics["test_set"] == "external").any():
-        mae_per_bin(metrics, labels, output / "mae_per_bin_external.png", test_set="external")
-        pred_vs_true(evaluation.predictions, output / "pred_vs_true_external.png", test_set="external")
+        mae_per_bin(metrics, labels, output / "mae_per_bin_external.png", verdict_correction, test_set="external")
+        pred_vs_true(evaluation.predictions, output / "pred_vs_true_external.png", column, test_set="external")
     overall = metrics[(metrics["age_bin"] == "all") & (metrics["correction"] == "raw")]
     for row in overall.itertuples(index=False):
         log.info(
