@@ -2,34 +2,6 @@
 # all evaluated on the same held-out real test subjects.
 
 
-def brainage_results(folder, in_report=True):
-    """The tables and figures a brain-age evaluation writes in ``folder`` (figures also for the external cohort,
-    when there is one); ``in_report``: its figures and metrics appear in the Snakemake report."""
-
-    def shown(name, caption, **subcategory):
-        path = f"{folder}/{name}"
-        if not in_report:
-            return path
-        return report(path, caption=f"../report/{caption}.rst", category="Brain age", **subcategory)
-
-    results = {
-        "metrics": shown("metrics.tsv", "brainage_metrics"),
-        "predictions": f"{folder}/predictions.tsv",
-        "models": f"{folder}/models.tsv",
-        "counts": f"{folder}/bin_counts.tsv",
-        "verdict": f"{folder}/verdict.tsv",
-        "mae_per_bin": shown("mae_per_bin.png", "brainage_mae_per_bin"),
-        "gap_closed": shown("gap_closed.png", "brainage_gap_closed"),
-        "pred_vs_true": shown("pred_vs_true.png", "brainage_pred_vs_true"),
-    }
-    if EXTERNAL_DIR:
-        for name in ("mae_per_bin", "pred_vs_true"):
-            results[f"{name}_external"] = shown(
-                f"{name}_external.png", f"brainage_{name}", subcategory="External cohort"
-            )
-    return results
-
-
 # With repeated splits, each fold's evaluation stays out of the report; the pooled one is shown.
 rule brainage:
     input:

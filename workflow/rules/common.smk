@@ -48,11 +48,13 @@ def study_log(name):
 
 def study_benchmark(name):
     """The benchmark of a per-fold job; the runtime table groups by the first folder, the rule's name."""
-    rule_name, _, rest = name.partition("/")
+    if not FOLDED:
+        return f"{BENCHMARKS}/{name}.tsv"
+    rule_name, _, per_job = name.partition("/")
     return (
-        f"{BENCHMARKS}/{rule_name}/fold-{{fold}}{'/' + rest if rest else ''}.tsv"
-        if FOLDED
-        else f"{BENCHMARKS}/{name}.tsv"
+        f"{BENCHMARKS}/{rule_name}/fold-{{fold}}/{per_job}.tsv"
+        if per_job
+        else f"{BENCHMARKS}/{rule_name}/fold-{{fold}}.tsv"
     )
 
 
@@ -216,3 +218,31 @@ def measured_synthetic(backend, bins=AGE_BINS + EVALUATION_BINS):
     return expand(
         f"{STUDY_MEASURED}/{GENERATED_DIRS[backend]}/bin-{{age_bin}}/measured.tsv", age_bin=bins, allow_missing=True
     )
+
+
+def brainage_results(folder, in_report=True):
+    """The tables and figures a brain-age evaluation writes in ``folder`` (figures also for the external cohort,
+    when there is one); ``in_report``: its figures and metrics appear in the Snakemake report."""
+
+    def shown(name, caption, **subcategory):
+        path = f"{folder}/{name}"
+        if not in_report:
+            return path
+        return report(path, caption=f"../report/{caption}.rst", category="Brain age", **subcategory)
+
+    results = {
+        "metrics": shown("metrics.tsv", "brainage_metrics"),
+        "predictions": f"{folder}/predictions.tsv",
+        "models": f"{folder}/models.tsv",
+        "counts": f"{folder}/bin_counts.tsv",
+        "verdict": f"{folder}/verdict.tsv",
+        "mae_per_bin": shown("mae_per_bin.png", "brainage_mae_per_bin"),
+        "gap_closed": shown("gap_closed.png", "brainage_gap_closed"),
+        "pred_vs_true": shown("pred_vs_true.png", "brainage_pred_vs_true"),
+    }
+    if EXTERNAL_DIR:
+        for name in ("mae_per_bin", "pred_vs_true"):
+            results[f"{name}_external"] = shown(
+                f"{name}_external.png", f"brainage_{name}", subcategory="External cohort"
+            )
+    return results

@@ -63,9 +63,9 @@ rule report_summary:
         mem_mb=1000,
         runtime=10,
     params:
-        results=RESULTS,
+        results=lambda wildcards, input: Path(input.brainage).parents[1],
         benchmarks=BENCHMARKS,
-        first_fold=f"--first-fold {first_fold(STUDY)}" if FOLDED else "",
+        first_fold=lambda wildcards, input: f"--first-fold {Path(input.split[0]).parents[1]}" if FOLDED else "",
     shell:
         "python -m flowlet report --results-dir {params.results} {params.first_fold} --benchmarks-dir {params.benchmarks} "
         "--config {input.config} --output {output.summary} --environment {output.environment} "
