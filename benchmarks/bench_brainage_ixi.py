@@ -108,10 +108,12 @@ def main() -> None:
     )
     results = run_experiment(split_path, [], settings, regional_features_path=args.regional_features)
     experiment_seconds = time.perf_counter() - start
-    results.metrics.to_csv(args.output_dir / "metrics.tsv", sep="\t", index=False, float_format="%.4f")
-    results.models.to_csv(args.output_dir / "models.tsv", sep="\t", index=False, float_format="%.4f")
+    results.evaluation.metrics.to_csv(args.output_dir / "metrics.tsv", sep="\t", index=False, float_format="%.4f")
+    results.evaluation.models.to_csv(args.output_dir / "models.tsv", sep="\t", index=False, float_format="%.4f")
 
-    overall = results.metrics[(results.metrics["age_bin"] == "all") & (results.metrics["test_set"] == "internal")]
+    overall = results.evaluation.metrics[
+        (results.evaluation.metrics["age_bin"] == "all") & (results.evaluation.metrics["test_set"] == "internal")
+    ]
     n_train = int((table["split"] == "train").sum())
     print(f"IXI: {len(table)} subjects, {n_train} train / {len(table) - n_train} test; downsample {args.downsample}")
     print(f"{'features':<9} {'regressor':<14} {'correction':<10} {'MAE':>6}  95% CI          r")

@@ -33,7 +33,8 @@ from flowlet.data.templates import template_brain_mask  # noqa: E402
 from flowlet.generative.data import read_training_table  # noqa: E402
 from flowlet.generative.generate import generate, load_generator, requests_from_table  # noqa: E402
 from flowlet.generative.synthetic_qc import flag_outliers, generator_view, read_reference, reference_metrics  # noqa: E402
-from flowlet.generative.train import TrainingOptions, train  # noqa: E402
+from flowlet.generative.train import train  # noqa: E402
+from flowlet.generative.training_options import TrainingOptions  # noqa: E402
 from flowlet.generative.unet import preset_config, preset_training  # noqa: E402
 from flowlet.regions.realism import equal_n_distance, frechet_distance, mmd_rbf  # noqa: E402
 from flowlet.regions.scorecard import pca_projection, voxel_features, zscore_in_mask  # noqa: E402
@@ -50,6 +51,16 @@ RECIPES = {
         lr=1e-3,
         min_lr=1e-3,
         standardise_bands=True,
+        prediction="data",
+        loss_space="data",
+        time_sampling="logit_normal",
+        **SHORT_RUN,
+    ),
+    "data-data-loss-voxel": dict(
+        lr=1e-3,
+        min_lr=1e-3,
+        standardise_bands=True,
+        standardise_per="voxel",
         prediction="data",
         loss_space="data",
         time_sampling="logit_normal",

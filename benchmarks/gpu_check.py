@@ -36,7 +36,8 @@ from flowlet.data.templates import mni_grid, template_brain_mask, template_t1  #
 from flowlet.generative.data import read_training_table  # noqa: E402
 from flowlet.generative.generate import generate, load_generator, requests_from_table  # noqa: E402
 from flowlet.generative.synthetic_qc import flag_outliers, read_reference, reference_metrics  # noqa: E402
-from flowlet.generative.train import TrainingOptions, train  # noqa: E402
+from flowlet.generative.train import train  # noqa: E402
+from flowlet.generative.training_options import TrainingOptions  # noqa: E402
 from flowlet.generative.unet import preset_config, preset_training  # noqa: E402
 
 TINY = dict(

@@ -254,9 +254,11 @@ def test_empty_synthetic_manifests_leave_the_real_arm_with_a_note(cohort_dir: Pa
         [cohort_dir / "synthetic_empty.tsv"],
         Settings(regressors=["ridge"], seeds=[0], bootstrap=100, bin_edges=[20, 40, 60, 80, 100]),
     )
-    assert set(results.metrics["arm"]) == {"real"}
-    assert any("list no volume that passed QC" in note for note in results.notes)
-    assert any("real+baseline, baseline skipped: no baseline generator manifests" in note for note in results.notes)
+    assert set(results.evaluation.metrics["arm"]) == {"real"}
+    assert any("list no volume that passed QC" in note for note in results.evaluation.notes)
+    assert any(
+        "real+baseline, baseline skipped: no baseline generator manifests" in note for note in results.evaluation.notes
+    )
     with pytest.raises(FlowletError, match="no arm of synthetic can be trained"):
         run_experiment(
             cohort_dir / "split.tsv",
@@ -453,7 +455,7 @@ def test_baseline_generator_arms_sit_beside_flowlets_on_the_same_test_subjects(c
         ),
         baseline_paths=[manifest],
     )
-    metrics = results.metrics
+    metrics = results.evaluation.metrics
     assert set(metrics["arm"]) == {"real", "real+synthetic", "synthetic", "real+baseline", "baseline"}
     overall = metrics[
         (metrics["age_bin"] == "all") & (metrics["correction"] == "raw") & (metrics["regressor"] == "ridge")
@@ -491,13 +493,17 @@ def test_an_external_cohort_is_only_evaluated_on(cohort_dir: Path, tmp_path: Pat
     )
     results = run_experiment(cohort_dir / "split.tsv", [], settings, external_split_path=tmp_path / "external.tsv")
     internal_only = run_experiment(cohort_dir / "split.tsv", [], settings)
-    external = results.predictions[results.predictions["test_set"] == "external"]
+    external = results.evaluation.predictions[results.evaluation.predictions["test_set"] == "external"]
     assert sorted(external["participant_id"].unique()) == [f"sub-{i:03d}" for i in range(6)]
-    overall = results.metrics[(results.metrics["age_bin"] == "all") & (results.metrics["correction"] == "raw")]
+    overall = results.evaluation.metrics[
+        (results.evaluation.metrics["age_bin"] == "all") & (results.evaluation.metrics["correction"] == "raw")
+    ]
     assert set(overall["test_set"]) == {"internal", "external"}
     # The external subjects never train: the internal results are exactly those of a study without them.
-    internal = results.predictions[results.predictions["test_set"] == "internal"].reset_index(drop=True)
-    pd.testing.assert_frame_equal(internal, internal_only.predictions.reset_index(drop=True))
+    internal = results.evaluation.predictions[results.evaluation.predictions["test_set"] == "internal"].reset_index(
+        drop=True
+    )
+    pd.testing.assert_frame_equal(internal, internal_only.evaluation.predictions.reset_index(drop=True))
     assert (
         overall["n_train_real"] == len(pd.read_csv(cohort_dir / "split.tsv", sep="\t").query("split == 'train'"))
     ).all()

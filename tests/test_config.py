@@ -96,6 +96,7 @@ FLAG_SECTIONS = [
     ("preprocess", "preprocess"),
     ("qc", "qc"),
     ("phantoms", "phantoms"),
+    ("plan_synthetic", "plan"),
     ("brainage", "brainage"),
 ]
 

@@ -132,15 +132,15 @@ def test_the_oracle_trains_on_the_withheld_subjects_and_the_verdict_reads_the_re
         cv_folds=3,
     )
     results = run_experiment(scarce_cohort / "split.tsv", [scarce_cohort / "synthetic.tsv"], settings)
-    metrics = results.metrics
+    metrics = results.evaluation.metrics
     overall = metrics[
         (metrics["age_bin"] == "all") & (metrics["correction"] == "raw") & (metrics["regressor"] == "ridge")
     ].set_index("arm")
     assert (
         overall.loc["oracle", "n_train_real"]
-        == overall.loc["real", "n_train_real"] + results.bin_counts["20-40"]["withheld"]
+        == overall.loc["real", "n_train_real"] + results.evaluation.counts["20-40"]["withheld"]
     )
-    assert results.bin_counts["20-40"] == {"train": 2, "withheld": 10, "synthetic": 10}
+    assert results.evaluation.counts["20-40"] == {"train": 2, "withheld": 10, "synthetic": 10}
     # One reduced bin: its pooled row is the bin itself.
     reduced = metrics[metrics["age_bin"] == REDUCED]
     in_bin = metrics[metrics["age_bin"] == "20-40"]
@@ -151,7 +151,7 @@ def test_the_oracle_trains_on_the_withheld_subjects_and_the_verdict_reads_the_re
     elsewhere = metrics[~metrics["age_bin"].isin(["20-40", REDUCED, "all"])]
     assert not elsewhere.empty and elsewhere["gap_closed"].isna().all()
 
-    verdict = verdict_table(metrics, results.models, None, results.bin_counts, REDUCED)
+    verdict = verdict_table(metrics, results.evaluation.models, None, results.evaluation.counts, REDUCED)
     assert verdict["age_bin"].tolist() == ["20-40"]
     row = verdict.iloc[0]
     assert row["why"] == "reduced" and row["n_train_real"] == 2 and row["n_withheld"] == 10

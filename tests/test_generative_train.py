@@ -27,8 +27,9 @@ from flowlet.generative.data import (
 from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.generate import load_generator, sample_batch
 from flowlet.generative.schedule import BatchSchedule, learning_rate_factor
-from flowlet.generative.train import TrainingOptions, train
+from flowlet.generative.train import train
 from flowlet.generative.train_cli import architecture_from_args, build_parser
+from flowlet.generative.training_options import TrainingOptions
 from flowlet.generative.unet import preset_config
 
 IXI_SUBJECT = "sub-IXI039HH1261"

@@ -18,8 +18,9 @@ from flowlet.generative.checkpoint import read_checkpoint
 from flowlet.generative.generate import load_generator, sample_batch
 from flowlet.generative.linear_baseline import LinearBaseline
 from flowlet.generative.loss import prediction_and_target
-from flowlet.generative.sampling_spec import SamplingSpec, band_statistics, sampling_spec
-from flowlet.generative.train import TrainingOptions, train
+from flowlet.generative.sampling_spec import TENSORS_KEY, SamplingSpec, band_standardisation, sampling_spec
+from flowlet.generative.train import train
+from flowlet.generative.training_options import TrainingOptions
 from flowlet.generative.unet import UNetConfig, preset_config, preset_training
 from flowlet.generative.wavelets import dwt3d
 
@@ -84,8 +85,7 @@ def loss_rows(run: Path) -> list[float]:
 
 def test_band_standardisation_round_trips_and_data_prediction_gives_the_straight_velocity():
     bands = [dwt3d(torch.randn(1, 1, 8, 8, 8) * 3 + 1)[0] for _ in range(3)]
-    mean, std = band_statistics(bands)
-    spec = SamplingSpec(prediction="data", band_mean=mean, band_std=std)
+    spec = SamplingSpec(prediction="data", **band_standardisation(bands))
     batch = torch.stack(bands)
     standard = spec.to_model_units(batch)
     assert standard.mean(dim=(0, 2, 3, 4)).abs().max() < 1e-5
@@ -98,6 +98,75 @@ def test_band_standardisation_round_trips_and_data_prediction_gives_the_straight
     predicted, target = prediction_and_target(x1, x1, x_t, t, x1 - x0, "data", "velocity")
     torch.testing.assert_close(predicted, target)
     assert SamplingSpec.from_dict(spec.to_dict(), "test") == spec
+
+
+def test_per_voxel_standardisation_round_trips_and_keeps_errors_small_where_the_training_set_agrees():
+    generator = torch.Generator().manual_seed(0)
+    volumes = torch.zeros(40, 1, 8, 8, 8)
+    # Only the central block varies from volume to volume: the rest is a constant background, like the space
+    # around registered brains.
+    volumes[:, :, 2:6, 2:6, 2:6] = torch.randn(40, 1, 4, 4, 4, generator=generator) * 2 + 1
+    bands = [dwt3d(volume[None])[0] for volume in volumes]
+    units = band_standardisation(bands, "voxel", voxel_std_floor=0.1)
+    spec = SamplingSpec(prediction="data", **units)
+    assert spec.standardise_per == "voxel" and spec.voxel_mean.shape == (8, 4, 4, 4)
+    batch = torch.stack(bands)
+    standard = spec.to_model_units(batch)
+    varying = units["voxel_std"] > 0.1 * torch.tensor(units["band_std"]).view(-1, 1, 1, 1) + 1e-6
+    assert standard.mean(dim=0)[varying].abs().max() < 1e-4
+    assert (standard.std(dim=0, unbiased=False)[varying] - 1).abs().max() < 1e-3
+    torch.testing.assert_close(spec.from_model_units(standard), batch)
+    # The same error in the network's units: per voxel it leaves the background nearly untouched, per subband not.
+    error = torch.ones(1, 8, 4, 4, 4)
+    per_subband = SamplingSpec(prediction="data", **band_standardisation(bands))
+    corner = (slice(None), slice(None), 0, 0, 0)
+    background_change = lambda s: (s.from_model_units(s.to_model_units(batch[:1]) + error) - batch[:1])[corner].abs()  # noqa: E731
+    assert background_change(spec).max() < 0.2 * background_change(per_subband).max()
+    # The record goes into the config; the maps only with the checkpoint's tensors.
+    record = spec.to_dict()
+    assert record["standardise_per"] == "voxel" and "voxel_mean" not in record
+    restored = SamplingSpec.from_dict(record, "test", spec.tensors())
+    torch.testing.assert_close(restored.from_model_units(standard), batch)
+    with pytest.raises(FlowletError, match="lacks \\['voxel_mean', 'voxel_std'\\]"):
+        SamplingSpec.from_dict(record, "model.pth", {})
+    with pytest.raises(FlowletError, match="sample from the checkpoint, not from config.json"):
+        SamplingSpec.from_dict(record, "config.json").to_model_units(batch)
+
+
+def test_per_voxel_units_are_saved_with_the_weights_and_applied_by_generation(brains, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    recipe = dict(prediction="data", loss_space="data", standardise_bands=True, standardise_per="voxel")
+    train(options(brains, run, steps=3, flip_probability=0.5, **recipe), small_config(), threads=1)
+    for name in ("checkpoint_last.pth", "checkpoint_best.pth"):
+        stored = read_checkpoint(run / name)
+        assert stored["config"]["sampling"]["standardise_per"] == "voxel"
+        assert stored[TENSORS_KEY]["voxel_std"].shape == (8, *small_config_grid(stored))
+    assert "voxel_mean" not in json.loads((run / "config.json").read_text())["sampling"]
+    generator = load_generator(run / "checkpoint_last.pth")
+    torch.testing.assert_close(
+        generator.spec.voxel_mean, read_checkpoint(run / "checkpoint_last.pth")[TENSORS_KEY]["voxel_mean"]
+    )
+    conditions = {"Age": torch.tensor([[0.5]])}
+    recorded = sample_batch(generator, conditions, [3], num_steps=2)
+    as_subband = dataclasses.replace(generator, spec=dataclasses.replace(generator.spec, standardise_per="subband"))
+    assert not np.allclose(recorded, sample_batch(as_subband, conditions, [3], num_steps=2))
+    # Resuming keeps the maps the run started with.
+    train(options(brains, run, steps=4, flip_probability=0.5, **recipe), small_config(), threads=1)
+    torch.testing.assert_close(
+        read_checkpoint(run / "checkpoint_last.pth")[TENSORS_KEY]["voxel_std"], generator.spec.voxel_std
+    )
+    # A checkpoint that lost its maps is refused by name.
+    payload = read_checkpoint(run / "checkpoint_last.pth")
+    del payload[TENSORS_KEY]
+    torch.save(payload, tmp_path / "stripped.pth")
+    with pytest.raises(FlowletError, match="stripped.pth: trained on per-voxel standardised bands"):
+        load_generator(tmp_path / "stripped.pth", condition_ranges_path=run / "condition_ranges.json")
+
+
+def small_config_grid(checkpoint: dict) -> tuple[int, ...]:
+    return tuple(size // 2 for size in checkpoint["config"]["model_input_size"])
 
 
 def test_training_records_the_spec_and_generation_applies_it(brains, tmp_path):

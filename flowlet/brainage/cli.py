@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flowlet.brainage.cnn import CNN_ARCHITECTURES, CNNSettings
 from flowlet.brainage.experiment import ARMS, FEATURE_SETS, REGRESSORS, Settings, run_experiment
-from flowlet.brainage.outputs import Evaluation, write_evaluation
+from flowlet.brainage.outputs import write_evaluation
 from flowlet.brainage.predict import save_model
 from flowlet.brainage.verdict import AUTO
 from flowlet.data.bins import AgeBins
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             best.correction.usable,
             best.cv_mae,
         )
-        results.notes.append(
+        results.evaluation.notes.append(
             f"model_real.joblib: {best.regressor} on voxels, seed {best.seed} ({best.choice}), cross-validated MAE {best.cv_mae:.2f} years"
         )
     plan = (
@@ -222,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
         if args.plan
         else None
     )
-    evaluation = Evaluation(results.metrics, results.predictions, results.models, results.bin_counts, results.notes)
-    write_evaluation(evaluation, output, bin_labels(settings), plan, args.verdict_model, args.verdict_correction)
+    write_evaluation(
+        results.evaluation, output, bin_labels(settings), plan, args.verdict_model, args.verdict_correction
+    )
     log.info("wrote %s", output)
     return 0

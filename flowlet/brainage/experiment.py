@@ -450,14 +450,23 @@ def fit_one(
 
 
 @dataclass
-class Results:
+class Evaluation:
+    """One brain-age evaluation (one split, or K folds pooled), ready to write."""
+
     metrics: pd.DataFrame
     predictions: pd.DataFrame
     models: pd.DataFrame
+    counts: dict[str, dict[str, int]]  # per bin: real training, withheld and QC-passed synthetic subjects
     notes: list[str]
+
+
+@dataclass
+class Results:
+    """An experiment's evaluation, and what the command saves besides it."""
+
+    evaluation: Evaluation
     best_real_model: FittedModel | None
     voxels: VoxelFeatures | None
-    bin_counts: dict[str, dict[str, int]]  # per bin: real training, withheld and QC-passed synthetic subjects
 
 
 def _prediction_rows(model: FittedModel, cohort: Cohort, notes: list[str]) -> pd.DataFrame:
@@ -686,15 +695,7 @@ def run_experiment(
     best = min(candidates, key=lambda model: model.cv_mae) if candidates else None
     if best is None:
         notes.append("no classical voxel regressor was trained on the real arm, so model_real.joblib is not written")
-    return Results(
-        metrics=metrics,
-        predictions=predictions,
-        models=models,
-        notes=notes,
-        best_real_model=best,
-        voxels=voxels,
-        bin_counts=bin_counts(cohort),
-    )
+    return Results(Evaluation(metrics, predictions, models, bin_counts(cohort), notes), best, voxels)
 
 
 def bin_counts(cohort: Cohort) -> dict[str, dict[str, int]]:

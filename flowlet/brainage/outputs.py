@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from flowlet.brainage.experiment import REDUCED
+from flowlet.brainage.experiment import REDUCED, Evaluation
 from flowlet.brainage.figures import gap_closed_per_bin, mae_per_bin, pred_vs_true
 from flowlet.brainage.verdict import verdict_table
 
@@ -17,17 +16,6 @@ log = logging.getLogger(__name__)
 # Per bin: real training, withheld and QC-passed synthetic subjects; the pooled run reads each fold's.
 COUNTS_FILE = "bin_counts.tsv"
 COUNT_KEYS = ("train", "withheld", "synthetic")
-
-
-@dataclass
-class Evaluation:
-    """One brain-age evaluation, ready to write."""
-
-    metrics: pd.DataFrame
-    predictions: pd.DataFrame
-    models: pd.DataFrame
-    counts: dict[str, dict[str, int]]
-    notes: list[str]
 
 
 def counts_table(counts: dict[str, dict[str, int]]) -> pd.DataFrame:

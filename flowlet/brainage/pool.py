@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from flowlet.brainage.experiment import SUBJECT, Settings, summarise
-from flowlet.brainage.outputs import COUNT_KEYS, COUNTS_FILE, Evaluation
+from flowlet.brainage.experiment import SUBJECT, Evaluation, Settings, summarise
+from flowlet.brainage.outputs import COUNT_KEYS, COUNTS_FILE
 from flowlet.data.bins import AgeBins
 from flowlet.data.tables import read_tsv
 from flowlet.errors import FlowletError

@@ -98,25 +98,30 @@ def fold_numbers(table: pd.DataFrame, edges: Sequence[float], folds: int, seed: 
     """Repeated splits: each usable subject's test fold (1..folds), stratified by age bin so that every fold
     tests every populated bin; NaN for the unusable. Subjects are dealt to the folds in turn, continuing from
     bin to bin, so fold sizes differ by at most one."""
-    if folds < 2:
-        raise FlowletError(f"split.folds: {folds} fold(s) cannot each test a different subject; use 2 or more")
     usable = table["split"] == "train"
+    check_fold_counts(table.loc[usable, "age_bin"].value_counts().reindex(bin_labels(edges), fill_value=0), folds)
     rng = np.random.default_rng([seed, 2])
     numbers = pd.Series(np.nan, index=table.index)
     dealt = 0
     for label in bin_labels(edges):
         members = np.sort(table.index[usable & (table["age_bin"] == label)].to_numpy())
-        if len(members) == 0:
-            continue
-        if len(members) < folds:
-            raise FlowletError(
-                f"split.folds: {folds} folds need at least {folds} usable subjects in every populated age bin, "
-                f"but bin {label} has {len(members)}; set split.folds to at most {len(members)} or widen the bin "
-                "(split.bin_edges)"
-            )
         numbers[rng.permutation(members)] = (dealt + np.arange(len(members))) % folds + 1
         dealt += len(members)
     return numbers
+
+
+def check_fold_counts(per_bin: pd.Series, folds: int) -> None:
+    """``folds`` folds can each test every populated bin: no count of ``per_bin`` (bin -> usable subjects, in
+    bin order) lies between 0 and ``folds``."""
+    if folds < 2:
+        raise FlowletError(f"split.folds: {folds} fold(s) cannot each test a different subject; use 2 or more")
+    for label, count in per_bin.items():
+        if 0 < count < folds:
+            raise FlowletError(
+                f"split.folds: {folds} folds need at least {folds} usable subjects in every populated age bin, "
+                f"but bin {label} has {count}; set split.folds to at most {count} or widen the bin "
+                "(split.bin_edges)"
+            )
 
 
 def check_fold_bins(participants: pd.DataFrame, edges: Sequence[float], folds: int) -> None:
@@ -125,8 +130,8 @@ def check_fold_bins(participants: pd.DataFrame, edges: Sequence[float], folds: i
     table = participants[participants["age"].notna()]
     if "subject" in table:
         table = table.drop_duplicates("subject")
-    table = table.assign(age_bin=assign_bins(table["age"], edges, table["participant_id"]), split="train")
-    fold_numbers(table, edges, folds, seed=0)
+    labels = assign_bins(table["age"], edges, table["participant_id"])
+    check_fold_counts(labels.value_counts().reindex(bin_labels(edges), fill_value=0), folds)
 
 
 def fold_split(

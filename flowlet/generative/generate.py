@@ -91,7 +91,7 @@ def load_generator(
     device = torch.device(device)
     checkpoint_path = Path(checkpoint_path)
     model, config = load_checkpoint(checkpoint_path, config_path, map_location=device)
-    payload = read_checkpoint(checkpoint_path, map_location=device) if use_ema or condition_ranges_path is None else {}
+    payload = read_checkpoint(checkpoint_path, map_location=device)
     uses_ema = use_ema and "ema_state_dict" in payload
     if uses_ema:
         model.load_state_dict(payload["ema_state_dict"])
@@ -113,7 +113,8 @@ def load_generator(
     missing = [name for name in config.condition_vars if name not in ranges]
     if missing:
         raise FlowletError(f"condition ranges lack {missing}, which the model {checkpoint_path} is conditioned on")
-    return Generator(model, config, ranges, uses_ema, sampling_spec(config.extra, str(checkpoint_path)), device)
+    spec = sampling_spec(config.extra, str(checkpoint_path), payload)
+    return Generator(model, config, ranges, uses_ema, spec, device)
 
 
 def check_conditions(conditions: Mapping[str, float], config: UNetConfig, where: str) -> None:

@@ -2,18 +2,25 @@
 
 A network's output only means something together with how it was trained: at which working resolution
 (``downsample``) and for which full-resolution grid, whether it predicts the velocity or the clean data
-(``prediction``), and in which units the wavelet bands were (``band_mean`` / ``band_std``: every subband
-standardised over the training set, or raw Haar bands as in the reference). Training writes this record into
-the checkpoint's config (key ``sampling``, so config.json carries it too); :func:`sampling_spec` reads it back,
-and a checkpoint without one (the reference's, or ours from before the record existed) is sampled as the
-reference does: velocity on raw bands.
+(``prediction``), and in which units the wavelet bands were: raw Haar bands as in the reference, every subband
+standardised over the training set (``band_mean`` / ``band_std``), or every coefficient standardised by its own
+mean and spread over the training set (``standardise_per`` "voxel": ``voxel_mean`` / ``voxel_std``, one value per
+band and voxel). Training writes the record into the checkpoint's config (key ``sampling``, so config.json
+carries it too) and the per-voxel maps, too large for a config, into the checkpoint beside the weights (key
+``sampling_tensors``); :func:`sampling_spec` reads them back, and a checkpoint without a record (the
+reference's, or ours from before the record existed) is sampled as the reference does: velocity on raw bands.
+
+Per-voxel units matter where the training brains agree: outside every brain, and where they all have the same
+tissue, a coefficient's spread is small, so an error of the network there is scaled down by it when the bands
+are turned back into an image. With subband units the same error is scaled by the subband's spread over the
+whole volume, and a short run leaves a haze around the brain that real images never have.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -23,7 +30,10 @@ from flowlet.errors import FlowletError
 log = logging.getLogger(__name__)
 
 SPEC_KEY = "sampling"
+TENSORS_KEY = "sampling_tensors"
 PREDICTIONS = ("velocity", "data")
+TENSOR_FIELDS = ("voxel_mean", "voxel_std")
+STANDARDISE_PER = ("subband", "voxel")
 # Data prediction turns into a velocity through 1 / (1 - t); this floor keeps it finite as t -> 1.
 MIN_REMAINING_TIME = 0.05
 
@@ -35,10 +45,22 @@ class SamplingSpec:
     prediction: str = "velocity"
     band_mean: tuple[float, ...] | None = None
     band_std: tuple[float, ...] | None = None
+    standardise_per: str = "subband"
+    # (8C, ...) on the model's wavelet grid; saved beside the weights, not in the config (see the module doc).
+    voxel_mean: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
+    voxel_std: torch.Tensor | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
             raise FlowletError(f"prediction must be one of {list(PREDICTIONS)}, got {self.prediction!r}")
+        if self.standardise_per not in STANDARDISE_PER:
+            raise FlowletError(f"standardise_per must be one of {list(STANDARDISE_PER)}, got {self.standardise_per!r}")
+        if (self.voxel_mean is None) != (self.voxel_std is None):
+            raise FlowletError("per-voxel band statistics need both voxel_mean and voxel_std")
+        if self.voxel_std is not None and (
+            self.voxel_std.shape != self.voxel_mean.shape or not bool((self.voxel_std > 0).all())
+        ):
+            raise FlowletError("voxel_std must be positive and shaped like voxel_mean")
         if (self.band_mean is None) != (self.band_std is None):
             raise FlowletError("band statistics need both band_mean and band_std")
         if self.band_std is not None and (len(self.band_std) != len(self.band_mean) or min(self.band_std) <= 0):
@@ -51,6 +73,13 @@ class SamplingSpec:
         return self.band_mean is not None
 
     def _statistics(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.standardise_per == "voxel":
+            if self.voxel_mean is None:
+                raise FlowletError(
+                    f"this generator was trained on per-voxel standardised bands, but its maps (checkpoint key "
+                    f"'{TENSORS_KEY}') were not loaded: sample from the checkpoint, not from config.json alone"
+                )
+            return self.voxel_mean.to(like)[None], self.voxel_std.to(like)[None]
         shape = (1, -1) + (1,) * (like.dim() - 2)
         mean = torch.tensor(self.band_mean, dtype=like.dtype, device=like.device).reshape(shape)
         std = torch.tensor(self.band_std, dtype=like.dtype, device=like.device).reshape(shape)
@@ -78,19 +107,42 @@ class SamplingSpec:
         return (output - x_t) / remaining
 
     def to_dict(self) -> dict[str, Any]:
+        """The config record (without the per-voxel maps: :meth:`tensors`)."""
         return {
-            key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()
+            field.name: list(value) if isinstance(value, tuple) else value
+            for field in dataclasses.fields(self)
+            if field.name not in TENSOR_FIELDS
+            for value in [getattr(self, field.name)]
         }
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What the checkpoint stores under :data:`TENSORS_KEY`; empty unless standardised per voxel."""
+        if self.voxel_mean is None:
+            return {}
+        return {"voxel_mean": self.voxel_mean.cpu(), "voxel_std": self.voxel_std.cpu()}
+
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str) -> SamplingSpec:
-        unknown = sorted(set(values) - {field.name for field in dataclasses.fields(cls)})
+    def from_dict(
+        cls, values: Mapping[str, Any], where: str, tensors: Mapping[str, torch.Tensor] | None = None
+    ) -> SamplingSpec:
+        """``tensors``: the checkpoint's :data:`TENSORS_KEY` entry; None when only a config is at hand."""
+        unknown = sorted(set(values) - {field.name for field in dataclasses.fields(cls)} - set(TENSOR_FIELDS))
         if unknown:
             raise FlowletError(f"{where}: unknown keys {unknown} in the '{SPEC_KEY}' record")
 
         def numbers(key: str) -> tuple | None:
             value = values.get(key)
             return None if value is None else tuple(value)
+
+        maps = {}
+        if values.get("standardise_per") == "voxel" and tensors is not None:
+            missing = [name for name in TENSOR_FIELDS if name not in tensors]
+            if missing:
+                raise FlowletError(
+                    f"{where}: trained on per-voxel standardised bands, but the checkpoint lacks {missing} "
+                    f"under '{TENSORS_KEY}'"
+                )
+            maps = {name: tensors[name].float() for name in TENSOR_FIELDS}
 
         try:
             return cls(
@@ -99,15 +151,22 @@ class SamplingSpec:
                 prediction=str(values.get("prediction", "velocity")),
                 band_mean=numbers("band_mean"),
                 band_std=numbers("band_std"),
+                standardise_per=str(values.get("standardise_per", "subband")),
+                **maps,
             )
         except (TypeError, ValueError) as error:
             raise FlowletError(f"{where}: malformed '{SPEC_KEY}' record: {error}") from None
 
 
-def sampling_spec(extra: Mapping[str, Any], where: str = "generator config") -> SamplingSpec:
-    """The record in a config's extra keys; a config without one samples as the reference does (one log line)."""
+def sampling_spec(
+    extra: Mapping[str, Any], where: str = "generator config", checkpoint: Mapping[str, Any] | None = None
+) -> SamplingSpec:
+    """The record in a config's extra keys, with the per-voxel maps of ``checkpoint`` (the loaded payload) when
+    given; a config without a record samples as the reference does (one log line)."""
     if SPEC_KEY in extra:
-        return SamplingSpec.from_dict(extra[SPEC_KEY], where)
+        return SamplingSpec.from_dict(
+            extra[SPEC_KEY], where, None if checkpoint is None else checkpoint.get(TENSORS_KEY, {})
+        )
     log.info(
         "%s records no prediction target or band statistics: sampling as the reference does "
         "(velocity prediction on raw Haar bands)",
@@ -118,19 +177,36 @@ def sampling_spec(extra: Mapping[str, Any], where: str = "generator config") -> 
     return SamplingSpec(int(extra.get("downsample", 1)), tuple(size) if size is not None else None)
 
 
-def band_statistics(bands: Sequence[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation over every voxel of every (8C, ...) band volume, in float64."""
-    channels = bands[0].shape[0]
-    total = torch.zeros(channels, dtype=torch.float64)
-    squares = torch.zeros(channels, dtype=torch.float64)
+def band_standardisation(
+    bands: Iterable[torch.Tensor], per: str = "subband", voxel_std_floor: float = 0.2
+) -> dict[str, Any]:
+    """The :class:`SamplingSpec` fields that standardise the training set's (8C, ...) band volumes ``bands``.
+
+    Every subband's mean and standard deviation over all its voxels, in float64; with ``per`` "voxel" also each
+    coefficient's own, its spread floored at ``voxel_std_floor`` times its subband's (outside every brain the
+    spread is 0, and augmentation moves tissue there: an unfloored division would turn that into huge values).
+    """
+    total = squares = None
     count = 0
     for volume in bands:
-        flat = volume.reshape(channels, -1).double()
-        total += flat.sum(dim=1)
-        squares += (flat**2).sum(dim=1)
-        count += flat.shape[1]
-    mean = total / count
-    std = (squares / count - mean**2).clamp_min(0).sqrt()
-    if not bool((std > 0).all()):
+        volume = volume.double()
+        if total is None:
+            total, squares = torch.zeros_like(volume), torch.zeros_like(volume)
+        total += volume
+        squares += volume**2
+        count += 1
+    if not count:
+        raise FlowletError("no training volumes to standardise the wavelet bands by")
+    channels = total.shape[0]
+    per_band = count * total[0].numel()
+    band_mean = total.reshape(channels, -1).sum(dim=1) / per_band
+    band_std = (squares.reshape(channels, -1).sum(dim=1) / per_band - band_mean**2).clamp_min(0).sqrt()
+    if not bool((band_std > 0).all()):
         raise FlowletError("a wavelet band is constant over the training set; cannot standardise it")
-    return tuple(mean.tolist()), tuple(std.tolist())
+    fields: dict[str, Any] = {"band_mean": tuple(band_mean.tolist()), "band_std": tuple(band_std.tolist())}
+    if per == "voxel":
+        mean = total / count
+        std = (squares / count - mean**2).clamp_min(0).sqrt()
+        floor = voxel_std_floor * band_std.reshape(-1, *([1] * (mean.dim() - 1)))
+        fields.update(standardise_per="voxel", voxel_mean=mean.float(), voxel_std=torch.maximum(std, floor).float())
+    return fields

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 # Training's independent random streams: the first key after the seed, so no two kinds of draw share a stream.
-STREAM_TIME, STREAM_NOISE, STREAM_AUGMENT, STREAM_MODEL, STREAM_VALIDATION, STREAM_SPLIT, STREAM_INIT = range(7)
+(
+    STREAM_TIME,
+    STREAM_NOISE,
+    STREAM_AUGMENT,
+    STREAM_MODEL,
+    STREAM_VALIDATION,
+    STREAM_SPLIT,
+    STREAM_INIT,
+    STREAM_STATISTICS,
+) = range(8)
 
 
 def derived_seed(*keys: int) -> int:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from flowlet.generative.distributed import leave_distributed
 from flowlet.generative.train_loop import TrainingSummary
-from flowlet.generative.training_options import OUTPUT_INITS, TrainingOptions
+from flowlet.generative.training_options import TrainingOptions
 from flowlet.generative.training_setup import build_training
 from flowlet.generative.unet import UNetConfig
-
-__all__ = ["OUTPUT_INITS", "TrainingOptions", "TrainingSummary", "train"]
 
 
 def train(options: TrainingOptions, config: UNetConfig, threads: int | None = None) -> TrainingSummary:

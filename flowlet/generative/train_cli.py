@@ -17,7 +17,7 @@ from pathlib import Path
 from flowlet.errors import FlowletError
 from flowlet.generative.flows import FLOW_NAMES, TIME_SAMPLERS
 from flowlet.generative.loss import LOSS_SPACES
-from flowlet.generative.sampling_spec import PREDICTIONS
+from flowlet.generative.sampling_spec import PREDICTIONS, STANDARDISE_PER
 from flowlet.generative.train import train
 from flowlet.generative.training_options import OUTPUT_INITS, TrainingOptions
 from flowlet.generative.unet import UNetConfig, load_config, preset_config, preset_training
@@ -118,6 +118,16 @@ OPTION_FLAGS: dict[str, tuple[str, str]] = {
         "training set (raw Haar detail bands are near zero, so noise drowns them); "
         "recorded in the checkpoint",
     ),
+    "standardise_per": (
+        "optimisation",
+        "with --standardise-bands: one mean and spread per subband, or per subband and voxel (over the "
+        "augmented training set), which keeps the network's errors small where the training brains agree, "
+        "such as the background; the maps are saved in the checkpoint",
+    ),
+    "voxel_std_floor": (
+        "optimisation",
+        "with --standardise-per voxel: a voxel's spread is at least this fraction of its subband's",
+    ),
     "lll_loss_weight": ("optimisation", "weight of the LLL-band MSE"),
     "detail_loss_weight": ("optimisation", "weight of the detail-band MSE"),
     "steps": ("optimisation", "total optimisation steps (epochs follow from the data size)"),
@@ -168,6 +178,7 @@ OPTION_CHOICES = {
     "time_sampling": tuple(TIME_SAMPLERS),
     "prediction": PREDICTIONS,
     "loss_space": LOSS_SPACES,
+    "standardise_per": STANDARDISE_PER,
     "output_init": OUTPUT_INITS,
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "device": ("auto", "cpu", "cuda"),

@@ -39,7 +39,7 @@ from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.flows import TimeSampler
 from flowlet.generative.loss import prediction_and_target, wavelet_flow_loss
 from flowlet.generative.loss_log import LossLog
-from flowlet.generative.sampling_spec import SamplingSpec
+from flowlet.generative.sampling_spec import TENSORS_KEY, SamplingSpec
 from flowlet.generative.schedule import BatchSchedule, StepBatchSampler
 from flowlet.generative.seeds import STREAM_MODEL, STREAM_NOISE, STREAM_TIME, STREAM_VALIDATION, derived_seed
 from flowlet.generative.training_options import TrainingOptions
@@ -135,6 +135,8 @@ class TrainLoop:
             options=self.options,
             full=full,
         )
+        if self.spec.tensors():
+            entries[TENSORS_KEY] = self.spec.tensors()
         save_checkpoint(self.output_dir / name, self.model, self.config, entries)
 
     def _write_run_files(self) -> None:

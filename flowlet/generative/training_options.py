@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flowlet.errors import FlowletError
 from flowlet.generative.loss import LOSS_SPACES
-from flowlet.generative.sampling_spec import PREDICTIONS
+from flowlet.generative.sampling_spec import PREDICTIONS, STANDARDISE_PER
 
 OUTPUT_INITS = ("zero", "random")
 
@@ -33,6 +33,8 @@ class TrainingOptions:
     prediction: str = "velocity"
     loss_space: str = "velocity"
     standardise_bands: bool = False
+    standardise_per: str = "subband"
+    voxel_std_floor: float = 0.2
     flip_probability: float = 0.0
     lll_loss_weight: float = 1.0
     detail_loss_weight: float = 1.0
@@ -79,6 +81,10 @@ class TrainingOptions:
                 f"--prediction data and --loss-space data need a straight path (rectified or cfm), "
                 f"not --flow {self.flow}"
             )
+        if self.standardise_per not in STANDARDISE_PER:
+            problems.append(f"--standardise-per must be {' or '.join(STANDARDISE_PER)}, got {self.standardise_per}")
+        if not self.voxel_std_floor > 0:
+            problems.append(f"--voxel-std-floor must be > 0, got {self.voxel_std_floor}")
         if not 0.0 <= self.flip_probability <= 1.0:
             problems.append(f"--flip-probability must be in [0, 1], got {self.flip_probability}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.flows import get_flow, time_sampler
 from flowlet.generative.loss_log import LossLog
 from flowlet.generative.precision import resolve_precision
-from flowlet.generative.sampling_spec import SPEC_KEY, SamplingSpec, band_statistics, sampling_spec
+from flowlet.generative.sampling_spec import SPEC_KEY, SamplingSpec, band_standardisation, sampling_spec
 from flowlet.generative.schedule import BatchSchedule, learning_rate_factor, split_records
-from flowlet.generative.seeds import STREAM_INIT, derived_seed
+from flowlet.generative.seeds import STREAM_INIT, STREAM_STATISTICS, derived_seed
 from flowlet.generative.train_loop import TrainLoop
 from flowlet.generative.training_options import TrainingOptions
 from flowlet.generative.training_state import TrainingProgress, restore_from_checkpoint
@@ -82,14 +82,20 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
     config = fit_config_to_data(config, source_shape, options)
     if checkpoint is not None:
         _check_same_network(checkpoint, config, resume_path)
+    augmentation = Augmentation(flip_probability=options.flip_probability) if options.augment else None
     spec = _sampling_spec(
         options,
         checkpoint,
         pretrained,
         resume_path,
         source_shape,
-        [volumes[i] for i in train_rows],
-        config.model_input_size,
+        _training_bands(
+            options,
+            [volumes[i] for i in train_rows],
+            mirrored and [mirrored[i] for i in train_rows],
+            augmentation,
+            config.model_input_size,
+        ),
     )
     config.extra[SPEC_KEY] = spec.to_dict()
     schedule = BatchSchedule(len(train_rows), options.batch_size, options.seed, distributed)
@@ -107,7 +113,6 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
             [mirrored[i] for i in rows] if mirrored else None,
         )
 
-    augmentation = Augmentation(flip_probability=options.flip_probability) if options.augment else None
     train_set = subset(train_rows, augmentation)
     val_set = subset(val_rows, None)
 
@@ -257,33 +262,53 @@ def _sampling_spec(
     pretrained: Mapping[str, Any] | None,
     resume_path: Path | None,
     source_shape: Sequence[int],
-    train_volumes: list[np.ndarray],
-    model_input_size: Sequence[int],
+    training_bands: Iterator[torch.Tensor],
 ) -> SamplingSpec:
     """What the network's inputs and outputs will mean; see :mod:`flowlet.generative.sampling_spec`."""
     grid = dict(downsample=options.downsample, full_resolution_size=tuple(int(s) for s in source_shape))
     if checkpoint is not None:
-        return dataclasses.replace(sampling_spec(checkpoint["config"], str(resume_path)), **grid)
+        return dataclasses.replace(sampling_spec(checkpoint["config"], str(resume_path), checkpoint), **grid)
     if pretrained is not None:
         # Pretrained weights only help in the units and with the target they were trained on.
-        inherited = sampling_spec(pretrained.get("config") or {}, str(options.init_checkpoint))
-        if (inherited.prediction, inherited.standardised) != (options.prediction, options.standardise_bands):
+        inherited = sampling_spec(pretrained.get("config") or {}, str(options.init_checkpoint), pretrained)
+        units = inherited.standardise_per if inherited.standardised else "raw"
+        asked = options.standardise_per if options.standardise_bands else "raw"
+        if (inherited.prediction, units) != (options.prediction, asked):
             log.warning(
                 "%s was trained with prediction %s on %s bands; fine-tuning keeps those (the options asked for "
-                "prediction %s, standardise_bands %s)",
+                "prediction %s on %s bands)",
                 options.init_checkpoint,
                 inherited.prediction,
-                "standardised" if inherited.standardised else "raw",
+                units,
                 options.prediction,
-                options.standardise_bands,
+                asked,
             )
         return dataclasses.replace(inherited, **grid)
-    mean = std = None
+    units = {}
     if options.standardise_bands:
-        mean, std = band_statistics(
-            [dwt3d(pad_to_size(torch.from_numpy(volume)[None], model_input_size)[None])[0] for volume in train_volumes]
-        )
-    return SamplingSpec(prediction=options.prediction, band_mean=mean, band_std=std, **grid)
+        units = band_standardisation(training_bands, options.standardise_per, options.voxel_std_floor)
+    return SamplingSpec(prediction=options.prediction, **units, **grid)
+
+
+# Augmented draws per training volume that per-voxel statistics see besides the volume itself: rotations move
+# tissue into voxels where the unaugmented brains never reach, and the network is trained on those draws.
+STATISTICS_DRAWS = 3
+
+
+def _training_bands(
+    options: TrainingOptions,
+    volumes: Sequence[np.ndarray],
+    mirrored: Sequence[np.ndarray] | None,
+    augmentation: Augmentation | None,
+    model_input_size: Sequence[int],
+) -> Iterator[torch.Tensor]:
+    """The training volumes' wavelet bands as the network sees them (with augmented draws for per-voxel units)."""
+    draws = STATISTICS_DRAWS if augmentation is not None and options.standardise_per == "voxel" else 0
+    rng = np.random.default_rng(derived_seed(options.seed, STREAM_STATISTICS))
+    for index, volume in enumerate(volumes):
+        mirror = mirrored[index] if mirrored else None
+        for draw in [volume] + [augmentation(volume, rng, mirror) for _ in range(draws)]:
+            yield dwt3d(pad_to_size(torch.from_numpy(np.ascontiguousarray(draw))[None], model_input_size)[None])[0]
 
 
 def _initial_model(

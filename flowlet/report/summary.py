@@ -58,6 +58,10 @@ def methods_paragraph(
         else f"a synthetic demo cohort of {config['phantoms']['n_subjects']} whole-head T1w phantoms built from the MNI152 2009a template (seed {config['phantoms']['seed']})"
     )
     edges = config["split"]["bin_edges"]
+    standardised = ""
+    if gen.get("standardise_bands"):
+        per = "voxel" if gen.get("standardise_per") == "voxel" else "subband"
+        standardised = f" on wavelet bands standardised per {per}"
     folds = int(config["split"].get("folds", 1))
     held_out = (
         f"{folds} test folds, each subject held out once"
@@ -77,7 +81,7 @@ def methods_paragraph(
         f"{held_out}; seed {config['split']['seed']}) into {n_train} training and {n_test} test subjects"
         f"{' in fold 1' if folds > 1 else ''}.{scarcity} A conditional wavelet flow-matching generator [flowlet] "
         f"({gen.get('flow', 'rectified')} flow, preset {gen.get('preset')}, {gen.get('prediction', 'velocity')} prediction"
-        f"{' on standardised wavelet bands' if gen.get('standardise_bands') else ''}, {gen.get('steps')} steps, batch "
+        f"{standardised}, {gen.get('steps')} steps, batch "
         f"{gen.get('batch_size')}, learning rate {gen.get('lr')}, PyTorch {version('torch')}) was trained on the training "
         f"subjects, beside a linear baseline generator (per-voxel age lines plus residual PCA); age bins "
         f"whose training count fell below {plan.get('underrepresented_fraction')} of the largest bin received synthetic "
