@@ -18,7 +18,13 @@ from flowlet.generative.checkpoint import read_checkpoint
 from flowlet.generative.generate import load_generator, sample_batch
 from flowlet.generative.linear_baseline import LinearBaseline
 from flowlet.generative.loss import prediction_and_target
-from flowlet.generative.sampling_spec import TENSORS_KEY, SamplingSpec, band_standardisation, sampling_spec
+from flowlet.generative.sampling_spec import (
+    TENSORS_KEY,
+    SamplingSpec,
+    band_standardisation,
+    clean_data,
+    sampling_spec,
+)
 from flowlet.generative.train import train
 from flowlet.generative.training_options import TrainingOptions
 from flowlet.generative.unet import UNetConfig, preset_config, preset_training
@@ -98,6 +104,26 @@ def test_band_standardisation_round_trips_and_data_prediction_gives_the_straight
     predicted, target = prediction_and_target(x1, x1, x_t, t, x1 - x0, "data", "velocity")
     torch.testing.assert_close(predicted, target)
     assert SamplingSpec.from_dict(spec.to_dict(), "test") == spec
+
+
+def test_preconditioned_data_prediction_passes_x_t_through_near_the_clean_end():
+    x0, x1 = torch.randn(4, 8, 4, 4, 4), torch.randn(4, 8, 4, 4, 4)
+    t = torch.tensor([0.0, 0.3, 0.7, 0.99])
+    x_t = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * x1
+    # A network that outputs nothing predicts the best linear guess of x1 from x_t: x_t itself at t = 1 ...
+    guess = clean_data(torch.zeros_like(x_t), x_t, t, "preconditioned")
+    torch.testing.assert_close(guess[3], x_t[3] * 0.99 / (0.99**2 + 0.01**2))
+    assert guess[0].abs().max() == 0
+    # ... whose error is smaller than predicting the mean (0), as in the data parameterisation.
+    assert ((guess - x1) ** 2)[2:].mean() < 0.5 * (x1**2)[2:].mean()
+    # The output it takes to predict x1 exactly, and the straight velocity that stands for.
+    norm = t**2 + (1 - t) ** 2
+    ideal = (x1 - (t / norm).view(-1, 1, 1, 1, 1) * x_t) / ((1 - t) / norm.sqrt()).view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(clean_data(ideal, x_t, t, "preconditioned"), x1)
+    spec = SamplingSpec(prediction="preconditioned")
+    torch.testing.assert_close(spec.velocity(ideal, x_t, t)[:3], (x1 - x0)[:3], rtol=1e-4, atol=1e-4)
+    predicted, target = prediction_and_target(ideal, x1, x_t, t, x1 - x0, "preconditioned", "data")
+    torch.testing.assert_close(predicted, target)
 
 
 def test_per_voxel_standardisation_round_trips_and_keeps_errors_small_where_the_training_set_agrees():

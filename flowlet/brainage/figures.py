@@ -82,7 +82,7 @@ def mae_per_bin(
         if not baseline.empty:
             levels = baseline.set_index("age_bin").reindex(present_bins)["mae"]
             axis.scatter(positions, levels, marker="_", s=600, color="black", label="predict training mean", zorder=3)
-        axis.set_xticks(positions, present_bins)
+        bin_ticks(axis, positions, present_bins)
         axis.set_xlabel("age bin (years)")
         axis.set_ylabel(f"MAE (years, {correction})")
         axis.set_title(f"{regressor} on {feature_set}")
@@ -94,6 +94,11 @@ def mae_per_bin(
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def bin_ticks(axis: plt.Axes, positions: np.ndarray, labels: list[str]) -> None:
+    """Age-bin labels, slanted so that long ones ("reduced bins") do not run into their neighbours."""
+    axis.set_xticks(positions, labels, rotation=30, ha="right", rotation_mode="anchor")
 
 
 def pooled_labels(table: pd.DataFrame, bin_labels: list[str]) -> list[str]:
@@ -140,7 +145,7 @@ def gap_closed_per_bin(
             )
         axis.axhline(0, color="grey", linewidth=0.8)
         axis.axhline(100, color="black", linewidth=0.8, linestyle="--", label="oracle")
-        axis.set_xticks(positions, labels)
+        bin_ticks(axis, positions, labels)
         axis.set_ylabel(f"gap closed (%, {correction})")
         axis.set_title(f"{regressor} on {feature_set}")
         axis.legend(fontsize=7)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from flowlet.errors import FlowletError
-from flowlet.generative.sampling_spec import MIN_REMAINING_TIME
+from flowlet.generative.sampling_spec import MIN_REMAINING_TIME, clean_data
 from flowlet.generative.wavelets import NUM_BANDS
 
 
@@ -54,6 +54,7 @@ def prediction_and_target(
     remaining = (1 - t.to(output.dtype)).reshape(-1, *([1] * (output.dim() - 1)))
     if prediction == "velocity":
         return x_t + remaining * output, x1
+    data = clean_data(output, x_t, t, prediction)
     if loss_space == "data":
-        return output, x1
-    return (output - x_t) / remaining.clamp_min(MIN_REMAINING_TIME), target_velocity
+        return data, x1
+    return (data - x_t) / remaining.clamp_min(MIN_REMAINING_TIME), target_velocity

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SPEC_KEY = "sampling"
 TENSORS_KEY = "sampling_tensors"
-PREDICTIONS = ("velocity", "data")
+PREDICTIONS = ("velocity", "data", "preconditioned")
 TENSOR_FIELDS = ("voxel_mean", "voxel_std")
 STANDARDISE_PER = ("subband", "voxel")
 # Data prediction turns into a velocity through 1 / (1 - t); this floor keeps it finite as t -> 1.
@@ -104,7 +104,7 @@ class SamplingSpec:
         if self.prediction == "velocity":
             return output
         remaining = (1 - t.to(x_t.dtype)).clamp_min(MIN_REMAINING_TIME).reshape(-1, *([1] * (x_t.dim() - 1)))
-        return (output - x_t) / remaining
+        return (clean_data(output, x_t, t, self.prediction) - x_t) / remaining
 
     def to_dict(self) -> dict[str, Any]:
         """The config record (without the per-voxel maps: :meth:`tensors`)."""
@@ -156,6 +156,22 @@ class SamplingSpec:
             )
         except (TypeError, ValueError) as error:
             raise FlowletError(f"{where}: malformed '{SPEC_KEY}' record: {error}") from None
+
+
+def clean_data(output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The clean bands x1 a data-predicting network's output stands for.
+
+    ``preconditioned`` (EDM's preconditioning, Karras et al. 2022, for the straight path x_t = t x1 + (1 - t) x0
+    with unit-variance bands and noise): x1_hat = c_skip x_t + c_out F, c_skip = t / (t^2 + (1 - t)^2) being the
+    best linear guess of x1 from x_t and c_out = (1 - t) / sqrt(t^2 + (1 - t)^2) the spread of what it misses.
+    Near t = 1 the network then only corrects x_t; asked to predict x1 outright (``data``), a short run stays far
+    worse there than x_t itself, and its error is the noisy texture of the samples.
+    """
+    if prediction == "data":
+        return output
+    t = t.to(output.dtype).reshape(-1, *([1] * (output.dim() - 1)))
+    norm = t**2 + (1 - t) ** 2
+    return t / norm * x_t + (1 - t) / norm.sqrt() * output
 
 
 def sampling_spec(

@@ -107,9 +107,9 @@ OPTION_FLAGS: dict[str, tuple[str, str]] = {
     "time_sampling": ("optimisation", "distribution of t (unset: uniform; stratified for vp_diffusion)"),
     "prediction": (
         "optimisation",
-        "what the network predicts: velocity (the reference) or data, the clean wavelet bands, "
-        "from which sampling derives the velocity (x1_hat - x_t) / (1 - t); recorded in the "
-        "checkpoint",
+        "what the network predicts: velocity (the reference); data, the clean wavelet bands, "
+        "from which sampling derives the velocity (x1_hat - x_t) / (1 - t); or preconditioned data, "
+        "x1_hat = c_skip(t) x_t + c_out(t) F (EDM); recorded in the checkpoint",
     ),
     "loss_space": ("optimisation", "compare prediction and target as velocities (the reference) or as clean data"),
     "standardise_bands": (
