@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flowlet.data.masks import zscore_in_mask  # noqa: E402
 from flowlet.data.nifti import load_nifti  # noqa: E402
 from flowlet.data.templates import template_brain_mask  # noqa: E402
 from flowlet.generative.conditions import normalise_conditions  # noqa: E402
@@ -42,7 +43,7 @@ from flowlet.generative.training_options import TrainingOptions  # noqa: E402
 from flowlet.generative.unet import preset_config, preset_training  # noqa: E402
 from flowlet.generative.wavelets import dwt3d, pad_to_size  # noqa: E402
 from flowlet.regions.realism import equal_n_distance, frechet_distance, mmd_rbf  # noqa: E402
-from flowlet.regions.scorecard import pca_projection, voxel_features, zscore_in_mask  # noqa: E402
+from flowlet.regions.scorecard import pca_projection, voxel_features  # noqa: E402
 
 # What each recipe changes from the reference's training options (TrainingOptions defaults).
 SHORT_RUN = dict(output_init="random", adam_beta2=0.99, grad_clip_norm=0.5, warmup_steps=50, ema_decay=0.995)

@@ -459,6 +459,18 @@ def test_per_image_jobs_are_merged_without_segmenting_their_images_again(
     assert "needs --images or --manifests" in capsys.readouterr().err
 
 
+def test_a_bin_whose_volumes_all_failed_qc_is_measured_without_segmenting(cohort, tmp_path):
+    """A synthetic bin with no volume past the QC gate: its job writes the declared outputs without segmenting."""
+    image = pd.read_csv(cohort["split"], sep="\t")["image"].iloc[0]
+    manifest = tmp_path / "manifest.tsv"
+    pd.DataFrame({"image": [image], "age": [70.0], "qc_pass": ["false"]}).to_csv(manifest, sep="\t", index=False)
+    job = tmp_path / "bin-70-80"
+    assert main(["measure-images", "--manifests", str(manifest), "--output-dir", str(job)]) == 0
+    assert (job / "segmentations").is_dir() and not any((job / "segmentations").iterdir())
+    table = _read(job, "measured.tsv")
+    assert table.empty and {"image", "region", "volume_ml", "segmentation"} <= set(table.columns)
+
+
 def test_a_1_mm_study_is_measured_on_the_1_mm_grid(cohort, measures_dir, tmp_path):
     """preprocess.resolution: 1 gives 1 mm images; the regional stage follows the images' grid, and measures the
     same brains (here two of the cohort, upsampled) as at 2 mm."""

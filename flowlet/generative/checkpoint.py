@@ -102,7 +102,16 @@ def load_checkpoint(
     Returns the model in eval mode on ``map_location`` and its config.
     """
     path = Path(path)
-    payload = read_checkpoint(path, map_location)
+    return model_from_payload(read_checkpoint(path, map_location), path, config_path, map_location)
+
+
+def model_from_payload(
+    payload: Mapping[str, Any],
+    path: Path,
+    config_path: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[FlowUNet, UNetConfig]:
+    """:func:`load_checkpoint` for a checkpoint already read (``path`` names it in errors)."""
     if config_path is not None:
         config = load_config(config_path)
     elif isinstance(payload.get("config"), Mapping):

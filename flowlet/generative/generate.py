@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from flowlet.data.masks import zscore_in_mask
 from flowlet.data.nifti import save_nifti
 from flowlet.data.tables import read_tsv
 from flowlet.data.templates import MNI_GRIDS, template_brain_mask
 from flowlet.errors import FlowletError
-from flowlet.generative.checkpoint import load_checkpoint, read_checkpoint
+from flowlet.generative.checkpoint import model_from_payload, read_checkpoint
 from flowlet.generative.conditions import ConditionRange, load_condition_ranges, normalise_conditions
 from flowlet.generative.data import CONDITION_COLUMNS, SEX_CODES, upsample_to_grid, working_shape
 from flowlet.generative.sampling_spec import SamplingSpec, sampling_spec
@@ -90,8 +91,8 @@ def load_generator(
     """
     device = torch.device(device)
     checkpoint_path = Path(checkpoint_path)
-    model, config = load_checkpoint(checkpoint_path, config_path, map_location=device)
     payload = read_checkpoint(checkpoint_path, map_location=device)
+    model, config = model_from_payload(payload, checkpoint_path, config_path, map_location=device)
     uses_ema = use_ema and "ema_state_dict" in payload
     if uses_ema:
         model.load_state_dict(payload["ema_state_dict"])
@@ -218,11 +219,7 @@ def apply_intensity_convention(volume: np.ndarray, convention: str, brain_mask: 
         return (volume + 1.0) / 2.0
     if convention != "zscore":
         raise FlowletError(f"--intensity must be one of {INTENSITY_CONVENTIONS}, got {convention}")
-    inside = volume[brain_mask]
-    spread = inside.std()
-    if not spread > 0:
-        raise FlowletError("a generated volume is constant inside the brain mask; cannot z-score it")
-    return np.where(brain_mask, (volume - inside.mean()) / spread, 0.0).astype(np.float32)
+    return zscore_in_mask(volume, brain_mask, "a generated volume")
 
 
 @torch.no_grad()

@@ -135,8 +135,9 @@ class TrainLoop:
             options=self.options,
             full=full,
         )
-        if self.spec.tensors():
-            entries[TENSORS_KEY] = self.spec.tensors()
+        tensors = self.spec.tensors()
+        if tensors:
+            entries[TENSORS_KEY] = tensors
         save_checkpoint(self.output_dir / name, self.model, self.config, entries)
 
     def _write_run_files(self) -> None:

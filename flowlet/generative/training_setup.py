@@ -90,11 +90,11 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
         resume_path,
         source_shape,
         _training_bands(
-            options,
             [volumes[i] for i in train_rows],
             mirrored and [mirrored[i] for i in train_rows],
-            augmentation,
+            augmentation if options.standardise_per == "voxel" else None,
             config.model_input_size,
+            derived_seed(options.seed, STREAM_STATISTICS),
         ),
     )
     config.extra[SPEC_KEY] = spec.to_dict()
@@ -296,15 +296,16 @@ STATISTICS_DRAWS = 3
 
 
 def _training_bands(
-    options: TrainingOptions,
     volumes: Sequence[np.ndarray],
     mirrored: Sequence[np.ndarray] | None,
     augmentation: Augmentation | None,
     model_input_size: Sequence[int],
+    seed: int,
 ) -> Iterator[torch.Tensor]:
-    """The training volumes' wavelet bands as the network sees them (with augmented draws for per-voxel units)."""
-    draws = STATISTICS_DRAWS if augmentation is not None and options.standardise_per == "voxel" else 0
-    rng = np.random.default_rng(derived_seed(options.seed, STREAM_STATISTICS))
+    """The training volumes' wavelet bands as the network sees them, each followed by STATISTICS_DRAWS
+    augmented draws when ``augmentation`` is given (per-voxel statistics need the augmented spread)."""
+    draws = STATISTICS_DRAWS if augmentation is not None else 0
+    rng = np.random.default_rng(seed)
     for index, volume in enumerate(volumes):
         mirror = mirrored[index] if mirrored else None
         for draw in [volume] + [augmentation(volume, rng, mirror) for _ in range(draws)]:

@@ -24,12 +24,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from flowlet.data.masks import zscore_in_mask
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.preprocess import checks, qc
 from flowlet.preprocess.bias import N4Settings, coarse_factor, foreground_mask, n4_correct
-from flowlet.preprocess.normalise import zscore_in_mask
 from flowlet.preprocess.register import (
     Registration,
     RegistrationSettings,

@@ -13,6 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from flowlet.errors import FlowletError
 from flowlet.regions.measures_cli import (
     add_segmentation_arguments,
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     check_segmentation_arguments(args)
     from flowlet.regions.atlas import load_atlas
     from flowlet.regions.measures import (
+        IMAGE_MEASURE_COLUMNS,
         SEGMENTATION_FOLDER,
         check_headers,
         images_resolution,
@@ -60,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output_dir)
     # Made even when a bin planned no synthetic subjects: the workflow declares it as an output.
     (output / SEGMENTATION_FOLDER).mkdir(parents=True, exist_ok=True)
-    with segmenter_from_args(args, resolution) as segmenter:
-        measured = segment_images(images, load_atlas(resolution), segmenter, resolution, output)
+    if images:
+        with segmenter_from_args(args, resolution) as segmenter:
+            measured = segment_images(images, load_atlas(resolution), segmenter, resolution, output)
+    else:
+        # A bin whose volumes all failed the QC gate: nothing to segment, so no template priors to load.
+        measured = pd.DataFrame(columns=[*IMAGE_MEASURE_COLUMNS])
     measured.to_csv(output / MEASURED_TABLE, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
     log.info("measured %d image(s); wrote %s", len(images), output / MEASURED_TABLE)
     return 0

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from flowlet.data.masks import zscore_in_mask
 from flowlet.data.nifti import load_nifti
 from flowlet.data.tables import read_tsv, synthetic_qc_passed
 from flowlet.data.templates import template_brain_mask
@@ -100,11 +101,6 @@ def _load(entries: Sequence[ImageEntry], downsample: int | None, mask: np.ndarra
         data = np.asarray(load_nifti(entry.path, f"{entry.group} image").dataobj, dtype=np.float32)
         volumes.append(zscore_in_mask(generator_view(data, downsample) if downsample else data, mask))
     return volumes
-
-
-def zscore_in_mask(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    inside = volume[mask]
-    return np.where(mask, (volume - inside.mean()) / inside.std(), 0.0).astype(np.float32)
 
 
 def _row(
