@@ -66,6 +66,7 @@ def workflow_rules() -> set[str]:
     found = set()
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
         found.update(re.findall(r"^\s*rule\s+(\w+)\s*:", smk.read_text(), re.M))
+        found.update(re.findall(r"^\s*use\s+rule\s+\w+\s+as\s+(\w+)", smk.read_text(), re.M))
     return found
 
 
