@@ -14,12 +14,11 @@ import logging
 import typing
 from pathlib import Path
 
-from flowlet.errors import FlowletError
 from flowlet.generative.flows import FLOW_NAMES, TIME_SAMPLERS
 from flowlet.generative.loss import LOSS_SPACES
 from flowlet.generative.sampling_spec import PREDICTIONS, STANDARDISE_PER
 from flowlet.generative.train import train
-from flowlet.generative.training_options import OUTPUT_INITS, TrainingOptions
+from flowlet.generative.training_options import OUTPUT_INITS, TrainingOptions, settings_over_preset
 from flowlet.generative.unet import UNetConfig, load_config, preset_config, preset_training
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,11 @@ OPTION_FLAGS: dict[str, tuple[str, str]] = {
         "from which sampling derives the velocity (x1_hat - x_t) / (1 - t); or preconditioned data, "
         "x1_hat = c_skip(t) x_t + c_out(t) F (EDM); recorded in the checkpoint",
     ),
-    "loss_space": ("optimisation", "compare prediction and target as velocities (the reference) or as clean data"),
+    "loss_space": (
+        "optimisation",
+        "compare prediction and target as velocities (the reference), as clean data, or as clean data weighted by "
+        "min(SNR, 5) / 5 (Min-SNR)",
+    ),
     "standardise_bands": (
         "optimisation",
         "standardise every wavelet subband to zero mean and unit variance over the "
@@ -207,15 +210,12 @@ def add_option_flags(groups: dict[str, argparse._ArgumentGroup]) -> None:
 
 def options_from_args(args: argparse.Namespace) -> TrainingOptions:
     """TrainingOptions from its defaults, then the preset's training settings, then the flags given."""
-    fields = {field.name for field in dataclasses.fields(TrainingOptions)}
     recipe = preset_training(args.preset) if args.config is None else {}
-    unknown = sorted(set(recipe) - fields)
-    if unknown:
-        raise FlowletError(f"preset {args.preset}: unknown training settings {unknown}")
-    given = {name: getattr(args, name) for name in OPTION_FLAGS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in OPTION_FLAGS}
     if given.get("model_input_size") is not None:
         given["model_input_size"] = tuple(given["model_input_size"])
-    return TrainingOptions(table=args.table, output_dir=args.output_dir, **{**recipe, **given})
+    settings = settings_over_preset(args.preset, recipe, given)
+    return TrainingOptions(**{**settings, "table": args.table, "output_dir": args.output_dir})
 
 
 def architecture_from_args(args: argparse.Namespace) -> UNetConfig:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flowlet.errors import FlowletError
 from flowlet.generative.loss import LOSS_SPACES
@@ -91,3 +93,15 @@ class TrainingOptions:
             problems.append(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision}")
         if problems:
             raise FlowletError("invalid training options: " + "; ".join(problems))
+
+
+def settings_over_preset(preset: str, preset_settings: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a run uses: TrainingOptions' defaults, then the preset's training settings, then the values
+    ``given`` that are not None (keys that are not TrainingOptions fields, such as a config's ``device``, pass
+    through)."""
+    fields = dataclasses.fields(TrainingOptions)
+    unknown = sorted(set(preset_settings) - {field.name for field in fields})
+    if unknown:
+        raise FlowletError(f"preset {preset}: unknown training settings {unknown}")
+    defaults = {field.name: field.default for field in fields if field.default is not dataclasses.MISSING}
+    return {**defaults, **preset_settings, **{name: value for name, value in given.items() if value is not None}}

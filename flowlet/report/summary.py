@@ -24,10 +24,12 @@ CITATIONS = {
 
 
 def training_settings(section: dict) -> dict:
-    """The generator's training settings as they ran: the config's keys, the preset's where a key is null."""
+    """The generator's training settings as they ran: the config's keys, the preset's where a key is null, else
+    the trainer's defaults."""
+    from flowlet.generative.training_options import settings_over_preset
     from flowlet.generative.unet import preset_training
 
-    return {**preset_training(section["preset"]), **{k: v for k, v in section.items() if v is not None}}
+    return settings_over_preset(section["preset"], preset_training(section["preset"]), section)
 
 
 def scarcity_sentence(split: pd.DataFrame, keep: float) -> str:
@@ -80,7 +82,7 @@ def methods_paragraph(
         f"Subjects were split by age bin (edges {', '.join(f'{edge:g}' for edge in edges)} years; "
         f"{held_out}; seed {config['split']['seed']}) into {n_train} training and {n_test} test subjects"
         f"{' in fold 1' if folds > 1 else ''}.{scarcity} A conditional wavelet flow-matching generator [flowlet] "
-        f"({gen.get('flow', 'rectified')} flow, preset {gen.get('preset')}, {gen.get('prediction', 'velocity')} prediction"
+        f"({gen['flow']} flow, preset {gen.get('preset')}, {gen['prediction']} prediction"
         f"{standardised}, {gen.get('steps')} steps, batch "
         f"{gen.get('batch_size')}, learning rate {gen.get('lr')}, PyTorch {version('torch')}) was trained on the training "
         f"subjects, beside a linear baseline generator (per-voxel age lines plus residual PCA); age bins "
