@@ -66,6 +66,7 @@ PRESET_RECIPES = {
     "cpu": {},
     "cpu-subband": dict(standardise_per="subband"),
     "cpu-voxel": dict(standardise_per="voxel"),
+    "cpu-min-snr": dict(loss_space="min_snr"),
     "cpu-preconditioned-voxel": dict(prediction="preconditioned", standardise_per="voxel"),
 }
 

@@ -126,6 +126,18 @@ def test_preconditioned_data_prediction_passes_x_t_through_near_the_clean_end():
     torch.testing.assert_close(predicted, target)
 
 
+def test_min_snr_loss_weighs_the_data_error_by_the_capped_signal_to_noise_ratio():
+    x0, x1 = torch.randn(4, 8, 4, 4, 4), torch.randn(4, 8, 4, 4, 4)
+    t = torch.tensor([0.2, 0.5, 0.8, 0.99])
+    x_t = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * x1
+    guess = torch.zeros_like(x1)
+    predicted, target = prediction_and_target(guess, x1, x_t, t, x1 - x0, "data", "min_snr")
+    weighted = ((predicted - target) ** 2).mean(dim=(1, 2, 3, 4))
+    plain = ((guess - x1) ** 2).mean(dim=(1, 2, 3, 4))
+    # SNR = (t / (1 - t))^2: 1/16 and 1 below the cap of 5, 16 and 9801 above it (weight 1, as the data loss).
+    torch.testing.assert_close(weighted / plain, torch.tensor([1 / 16 / 5, 1 / 5, 1.0, 1.0]))
+
+
 def test_per_voxel_standardisation_round_trips_and_keeps_errors_small_where_the_training_set_agrees():
     generator = torch.Generator().manual_seed(0)
     volumes = torch.zeros(40, 1, 8, 8, 8)

@@ -29,7 +29,10 @@ def wavelet_flow_loss(
     return lll_weight * lll + detail_weight * detail, lll, detail
 
 
-LOSS_SPACES = ("velocity", "data")
+LOSS_SPACES = ("velocity", "data", "min_snr")
+# Min-SNR-gamma weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"):
+# their recommended gamma.
+MIN_SNR_GAMMA = 5.0
 
 
 def prediction_and_target(
@@ -45,7 +48,10 @@ def prediction_and_target(
 
     A data prediction x1_hat stands for the velocity (x1_hat - x_t) / (1 - t); a velocity v_hat for the data
     x_t + (1 - t) v_hat. A loss in data space weighs every t alike; in velocity space it is the data error
-    divided by (1 - t)^2, which puts weight on the nearly clean end (1 - t floored, as in sampling).
+    divided by (1 - t)^2, which puts weight on the nearly clean end (1 - t floored, as in sampling). ``min_snr``
+    is the data error weighted by min(SNR, gamma) / gamma with SNR = (t / (1 - t))^2: from t = 0.69 on it weighs
+    like data space, below less, so the nearly clean end, where a data-predicting network is weakest, is not
+    outvoted by the noisy middle; both sides are scaled by the weight's square root.
     """
     if loss_space not in LOSS_SPACES:
         raise FlowletError(f"loss space must be one of {list(LOSS_SPACES)}, got {loss_space!r}")
@@ -57,4 +63,8 @@ def prediction_and_target(
     data = clean_data(output, x_t, t, prediction)
     if loss_space == "data":
         return data, x1
+    if loss_space == "min_snr":
+        snr = (t.to(output.dtype) / (1 - t.to(output.dtype)).clamp_min(MIN_REMAINING_TIME)) ** 2
+        scale = (snr.clamp_max(MIN_SNR_GAMMA) / MIN_SNR_GAMMA).sqrt().reshape(remaining.shape)
+        return scale * data, scale * x1
     return (data - x_t) / remaining.clamp_min(MIN_REMAINING_TIME), target_velocity
