@@ -37,6 +37,20 @@ def phantom_dataset(folder: Path, n_subjects: int, seed: int) -> Path:
     return folder
 
 
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """This workflow's Snakemake, run on ``workdir`` with ``args``, as a subprocess command."""
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> Path:
     """The tiny end-to-end study (every stage, a few minutes), run once for every test that inspects its results;
@@ -47,19 +61,7 @@ def tiny_study(tmp_path_factory) -> Path:
     config.write_text(
         TINY_CONFIG.read_text().replace('  bids_dir: ""\n', f'  bids_dir: ""\n  external_bids_dir: "{external}"\n')
     )
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config),
-        "--cores",
-        "2",
-    ]
+    command = snakemake_command(workdir, "--configfile", str(config), "--cores", "2")
     result = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
         pytest.fail(f"the tiny study failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import snakemake_command
 
 from flowlet.data.split import bin_labels
 
@@ -21,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_dag import fake_bids  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 # Rules of the Snakefile that only name targets: Snakemake runs them on the submitting host, never on SLURM.
@@ -29,7 +29,7 @@ TARGET_RULES = {"all", "preprocess_all", "train_generator", "generate_all", "bra
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
+    command = snakemake_command(workdir, *args)
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")

@@ -14,12 +14,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import snakemake_command
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -74,19 +74,7 @@ def browser():
 @pytest.fixture(scope="module")
 def report_html(tiny_study, tmp_path_factory) -> Path:
     report = tmp_path_factory.mktemp("report") / "report.html"
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(tiny_study),
-        "--report",
-        str(report),
-        "--configfile",
-        str(TINY),
-    ]
+    command = snakemake_command(tiny_study, "--report", str(report), "--configfile", str(TINY))
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
     return report

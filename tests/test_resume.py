@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import snakemake_command
 
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
@@ -30,22 +30,8 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 STEPS, CHECKPOINT_EVERY, VAL_EVERY, LOG_EVERY = 12, 3, 4, 10
 
 
-def snakemake_command(workdir: Path, configfile: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-        "train_generator",
-        "--configfile",
-        str(configfile),
-    ]
+def train_generator_command(workdir: Path, configfile: Path, *args: str) -> list[str]:
+    return snakemake_command(workdir, "--cores", "2", *args, "train_generator", "--configfile", str(configfile))
 
 
 @pytest.fixture
@@ -119,7 +105,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(study):
     # Kill once the second checkpoint is written, so the loss log already holds rows from before the kill.
     with (workdir / "first_run.log").open("w") as first_output:
         first = subprocess.Popen(
-            snakemake_command(workdir, configfile),
+            train_generator_command(workdir, configfile),
             stdout=first_output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -143,13 +129,13 @@ def test_killed_training_resumes_from_its_last_checkpoint(study):
             f"interrupted training left {name} as if finished"
         )
     if (workdir / ".snakemake" / "locks").is_dir() and any((workdir / ".snakemake" / "locks").iterdir()):
-        subprocess.run(snakemake_command(workdir, configfile, "--unlock"), check=True, capture_output=True)
+        subprocess.run(train_generator_command(workdir, configfile, "--unlock"), check=True, capture_output=True)
 
-    planned = subprocess.run(snakemake_command(workdir, configfile, "-n"), capture_output=True, text=True)
+    planned = subprocess.run(train_generator_command(workdir, configfile, "-n"), capture_output=True, text=True)
     assert planned.returncode == 0, planned.stdout + planned.stderr
     assert re.search(r"^train\s+1$", planned.stdout + planned.stderr, re.MULTILINE), "the interrupted job must rerun"
 
-    second = subprocess.run(snakemake_command(workdir, configfile), capture_output=True, text=True, timeout=900)
+    second = subprocess.run(train_generator_command(workdir, configfile), capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, (second.stdout + second.stderr)[-6000:]
 
     log_text = log_file.read_text()
@@ -166,5 +152,5 @@ def test_killed_training_resumes_from_its_last_checkpoint(study):
     assert np.isfinite(losses["train_loss"]).all()
     pd.testing.assert_frame_equal(losses.query("step <= @interrupted_at"), logged_before_kill)
 
-    nothing_left = subprocess.run(snakemake_command(workdir, configfile, "-n"), capture_output=True, text=True)
+    nothing_left = subprocess.run(train_generator_command(workdir, configfile, "-n"), capture_output=True, text=True)
     assert "Nothing to be done" in nothing_left.stdout + nothing_left.stderr

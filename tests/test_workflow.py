@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import phantom_dataset
+from conftest import phantom_dataset, snakemake_command
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -36,18 +35,7 @@ def snakemake(
 ) -> subprocess.CompletedProcess:
     """Snakemake on ``workdir`` with ``configfile``, else the config the tiny study ran with there, else TINY."""
     configfile = configfile or next((path for path in [workdir / "tiny.yaml"] if path.is_file()), TINY)
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(configfile),
-        *args,
-    ]
+    command = snakemake_command(workdir, "--configfile", str(configfile), *args)
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
