@@ -13,6 +13,7 @@ from flowlet.brainage.pool import pool_folds
 from flowlet.cli import main
 from flowlet.data.split import WITHHELD, check_fold_bins, fold_split, withhold_training_subjects
 from flowlet.errors import FlowletError
+from flowlet.report.summary import fold_scorecards
 
 EDGES = [20, 40, 60, 80]
 
@@ -185,3 +186,22 @@ def test_the_pool_command_writes_the_verdict_and_figures(tmp_path):
         "pred_vs_true.png",
     ):
         assert (output / name).stat().st_size > 0, name
+
+
+def test_the_report_shows_every_folds_generator_scorecard_side_by_side(tmp_path):
+    """With repeated splits the summary shows fold 1's sections, and the scorecard of every fold beside it."""
+    columns = ["generator", "criterion", "value", "real_reference", "definition"]
+    for fold, (passed, distance) in {1: (0.9, 120.0), 2: (0.5, 150.0), 10: (0.0, None)}.items():
+        rows = [["FlowLet", "QC pass rate", passed, 1.0, "share passing"]]
+        if distance is None:
+            rows.append(["FlowLet", "note", np.nan, np.nan, "fewer than two volumes passed QC"])
+        else:
+            rows.append(["FlowLet", "Fréchet distance", distance, 100.0, "voxel features"])
+        folder = tmp_path / "folds" / f"fold-{fold}" / "synthetic"
+        folder.mkdir(parents=True)
+        pd.DataFrame(rows, columns=columns).to_csv(folder / "scorecard.tsv", sep="\t", index=False)
+    table = fold_scorecards(tmp_path / "folds" / "fold-1").set_index(["generator", "criterion"])
+    assert list(table.columns) == ["fold-1", "fold-2", "fold-10"]
+    assert table.loc[("FlowLet", "QC pass rate")].tolist() == ["0.9 [1]", "0.5 [1]", "0 [1]"]
+    assert table.loc[("FlowLet", "Fréchet distance"), "fold-2"] == "150 [100]"
+    assert table.loc[("FlowLet", "note"), "fold-10"] == "fewer than two volumes passed QC"

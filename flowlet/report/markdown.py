@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 
-def _cell(value) -> str:
+def format_cell(value) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "n/a"
@@ -21,6 +21,6 @@ def markdown_table(frame: pd.DataFrame, max_rows: int = 60) -> str:
     shown = frame.head(max_rows)
     header = "| " + " | ".join(map(str, shown.columns)) + " |"
     rule = "|" + "|".join("---" for _ in shown.columns) + "|"
-    body = ["| " + " | ".join(_cell(value) for value in row) + " |" for row in shown.itertuples(index=False)]
+    body = ["| " + " | ".join(format_cell(value) for value in row) + " |" for row in shown.itertuples(index=False)]
     more = [f"\n_{len(frame) - max_rows} more rows in the TSV._"] if len(frame) > max_rows else []
     return "\n".join([header, rule, *body, *more])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from flowlet.report.markdown import markdown_table
+from flowlet.report.markdown import format_cell, markdown_table
 
 CITATIONS = {
     "flowlet": "Danese et al. FlowLet: Conditional 3D Brain MRI Synthesis using Wavelet Flow Matching. Medical Image Analysis, 2026 (arXiv:2601.05212).",
@@ -115,6 +115,26 @@ def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, sep="\t") if path.exists() else None
 
 
+def fold_scorecards(first_fold: Path) -> pd.DataFrame | None:
+    """Every fold's generator scorecard side by side: one row per generator and criterion, one column per fold
+    holding its value and, in brackets, the fold's real reference; None when no fold has a scorecard."""
+    folders = sorted(first_fold.parent.glob("fold-*"), key=lambda folder: int(folder.name.split("-")[-1]))
+    columns = {}
+    for folder in folders:
+        card = _read(folder / "synthetic" / "scorecard.tsv")
+        if card is not None:
+            cells = [
+                definition if criterion == "note" else f"{format_cell(value)} [{format_cell(reference)}]"
+                for criterion, value, reference, definition in card[
+                    ["criterion", "value", "real_reference", "definition"]
+                ].to_numpy()
+            ]
+            columns[folder.name] = pd.Series(cells, index=pd.MultiIndex.from_frame(card[["generator", "criterion"]]))
+    if not columns:
+        return None
+    return pd.DataFrame(columns).reset_index()
+
+
 def folds_paragraph(folds: int) -> list[str]:
     return [
         f"Repeated splits: {folds} stratified test folds, every subject with an age tested exactly once by the "
@@ -152,9 +172,17 @@ def study_summary(
             "## Are the synthetic brains usable? Generator scorecard",
             "",
             "Each generator's value beside its real reference (real test vs real training, or real slopes); "
-            "definitions in `synthetic/scorecard.tsv`.",
+            f"definitions in `synthetic/scorecard.tsv`{' (fold 1)' if first_fold else ''}.",
             "",
             markdown_table(scorecard.drop(columns=["definition"])),
+            "",
+        ]
+    by_fold = fold_scorecards(first_fold) if first_fold else None
+    if by_fold is not None:
+        sections += [
+            "Every fold's generator, value [real reference]:",
+            "",
+            markdown_table(by_fold),
             "",
         ]
     scarcity = scarcity_sentence(split, config["split"].get("scarcity_keep", 2))
