@@ -152,6 +152,11 @@ def test_tiny_study_produces_every_result(tiny_study):
     assert {"real", "real+synthetic", "oracle"} <= set(metrics["arm"])
     summary = (results / "report" / "summary.md").read_text()
     assert "## Methods" in summary and "N4" in summary
+    # The runtime table tells the per-subject and per-bin segmentation jobs from their merge.
+    runtime = pd.read_csv(results / "report" / "runtime.tsv", sep="\t").set_index("rule")["jobs"]
+    assert runtime["regional_measures"] == 1 and runtime["train_generator"] == 1
+    assert runtime["regional_measures_subject"] >= split["split"].isin(["train", "test"]).sum()
+    assert runtime["regional_measures_synthetic"] >= len(set(split["age_bin"]))
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ rule regional_measures_subject:
     log:
         f"{LOGS}/regional_measures/{{subject}}.log",
     benchmark:
-        f"{BENCHMARKS}/regional_measures/{{subject}}.tsv"
+        f"{BENCHMARKS}/regional_measures_subject/{{subject}}.tsv"
     conda:
         f"{ENVS}/analysis.yaml"
     threads: 1
@@ -54,7 +54,7 @@ rule regional_measures_synthetic:
     log:
         study_log("regional_measures/{generated}/bin-{age_bin}"),
     benchmark:
-        study_benchmark("regional_measures/{generated}/bin-{age_bin}")
+        study_benchmark("regional_measures_synthetic/{generated}/bin-{age_bin}")
     wildcard_constraints:
         generated="|".join(GENERATED_DIRS.values()),
     conda:
