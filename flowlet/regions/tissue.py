@@ -126,6 +126,8 @@ class TissueSegmenter:
             "c": f"[{self.iterations},0]",
             "i": f"PriorProbabilityImages[{len(TISSUES)},{self._folder / 'prior%02d.nii'},{self.prior_weight}]",
             "x": mask,
+            # A constant seed: with Atropos's default random one, ~0.1% of the labels change from run to run.
+            "r": 0,
         }
         status = get_lib_fn("Atropos")(process_arguments(arguments))
         if status != 0:
