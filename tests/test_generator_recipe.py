@@ -136,6 +136,10 @@ def test_min_snr_loss_weighs_the_data_error_by_the_capped_signal_to_noise_ratio(
     plain = ((guess - x1) ** 2).mean(dim=(1, 2, 3, 4))
     # SNR = (t / (1 - t))^2: 1/16 and 1 below the cap of 5, 16 and 9801 above it (weight 1, as the data loss).
     torch.testing.assert_close(weighted / plain, torch.tensor([1 / 16 / 5, 1 / 5, 1.0, 1.0]))
+    # A velocity-predicting network is weighed the same way, through the data its velocity stands for.
+    velocity = (guess - x_t) / (1 - t.view(-1, 1, 1, 1, 1))
+    predicted, target = prediction_and_target(velocity, x1, x_t, t, x1 - x0, "velocity", "min_snr")
+    torch.testing.assert_close(((predicted - target) ** 2).mean(dim=(1, 2, 3, 4)), weighted)
 
 
 def test_per_voxel_standardisation_round_trips_and_keeps_errors_small_where_the_training_set_agrees():

@@ -58,9 +58,7 @@ def prediction_and_target(
     if prediction == loss_space == "velocity":
         return output, target_velocity
     remaining = (1 - t.to(output.dtype)).reshape(-1, *([1] * (output.dim() - 1)))
-    if prediction == "velocity":
-        return x_t + remaining * output, x1
-    data = clean_data(output, x_t, t, prediction)
+    data = x_t + remaining * output if prediction == "velocity" else clean_data(output, x_t, t, prediction)
     if loss_space == "data":
         return data, x1
     if loss_space == "min_snr":
