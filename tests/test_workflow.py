@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,28 @@ def test_dry_run_lists_every_stage(tmp_path):
 def test_lint_reports_nothing(tmp_path):
     result = snakemake(tmp_path, "--lint")
     assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_installed_snakemake_never_runs_more_threads_than_cores(tmp_path):
+    # Snakemake 9.10-9.16 started a job that was the only one ready without counting its threads, so after a
+    # single-job step two 2-thread jobs ran at once on --cores 2 (the demo had up to 6 threads on 2 cores).
+    (tmp_path / "Snakefile").write_text(
+        "rule all:\n"
+        "    input: expand('job{i}.txt', i=range(3))\n"
+        "rule first:\n"
+        "    output: 'first.txt'\n"
+        "    threads: 2\n"
+        "    shell: 'touch {output}'\n"
+        "rule job:\n"
+        "    input: 'first.txt'\n"
+        "    output: 'job{i}.txt'\n"
+        "    threads: 2\n"
+        "    shell: 'date +%s.%N > {output}; sleep 1; date +%s.%N >> {output}'\n"
+    )
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(tmp_path), "--quiet"]
+    subprocess.run([*command, "--snakefile", str(tmp_path / "Snakefile")], check=True, capture_output=True)
+    spans = sorted(tuple(map(float, (tmp_path / f"job{i}.txt").read_text().split())) for i in range(3))
+    assert all(start >= end for (_, end), (start, _) in zip(spans, spans[1:])), f"2-thread jobs overlapped: {spans}"
 
 
 def test_ixi_by_one_key_names_subjects_without_age(tmp_path, ixi_dir):

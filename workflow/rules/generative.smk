@@ -40,6 +40,9 @@ rule train:
     conda:
         f"{ENVS}/generative.yaml"
     threads: 2
+    # The study's longest job and on its critical path: it starts as soon as the split exists, before jobs
+    # that can as well run while it trains.
+    priority: 10
     resources:
         mem_mb=16000,
         runtime=1440,

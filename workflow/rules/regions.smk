@@ -42,7 +42,7 @@ if EXTERNAL_DIR:
         log:
             f"{LOGS}/{EXTERNAL}/regional_measures/{{subject}}.log",
         benchmark:
-            f"{BENCHMARKS}/{EXTERNAL}/regional_measures/{{subject}}.tsv"
+            f"{BENCHMARKS}/{EXTERNAL}/regional_measures_subject/{{subject}}.tsv"
 
 
 rule regional_measures_synthetic:
