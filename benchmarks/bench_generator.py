@@ -1,8 +1,9 @@
 """Generator speed and memory: training-step time, peak memory and sampling time per volume.
 
-For a tiny configuration (16 channels, multipliers 1,2; the 8 mm working grid of --downsample 4) and the
-paper's base configuration at 112^3 (356 M parameters), on the CPU and, when available, on CUDA. Each
-figure is printed with its device, dtype and batch size. The base network is far too slow on a CPU to
+For a tiny configuration (16 channels, multipliers 1,2; the 8 mm working grid of --downsample 4), the `cpu`
+preset (the 4 mm grid of a CPU study) and the paper's base configuration at 112^3 (356 M parameters), on the
+CPU and, when available, on CUDA: in fp32, and in bf16 on CUDA and on a CPU with native bf16 arithmetic (what
+`--precision auto` trains in there). Each figure is printed with its device, dtype and batch size. The base network is far too slow on a CPU to
 sample 100 steps, so there it times single steps (with --quick only a sampling step) and states the
 extrapolated sampling time as such.
 
@@ -22,6 +23,7 @@ import torch
 
 from flowlet.generative.flows import get_flow
 from flowlet.generative.loss import wavelet_flow_loss
+from flowlet.generative.precision import cpu_has_native_bf16
 from flowlet.generative.solvers import integrate
 from flowlet.generative.unet import FlowUNet, parameter_count, preset_config
 from flowlet.generative.wavelets import idwt3d
@@ -40,7 +42,11 @@ def configurations():
         model_input_size=(24, 28, 24),
         save_size=(23, 28, 23),
     )
-    return {"tiny (8 mm grid 24x28x24)": tiny, "base (112^3)": preset_config("base")}
+    return {
+        "tiny (8 mm grid 24x28x24)": tiny,
+        "cpu preset (4 mm, model input 48x56x48)": preset_config("cpu"),
+        "base (112^3)": preset_config("base"),
+    }
 
 
 def synchronise(device: torch.device) -> None:
@@ -143,23 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         on_gpu = device.type == "cuda"
-        dtype = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+        native_bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_has_native_bf16()
         for name, config in configurations().items():
             is_base = name.startswith("base")
             slow = is_base and (args.quick or not on_gpu)  # the base network on a CPU: single timed steps only
             repeats = 1 if slow else (3 if args.quick else 5)
             batch = 1 if is_base and not on_gpu else 4
-            bench(
-                name,
-                config,
-                device,
-                dtype,
-                batch,
-                repeats,
-                full_sampling=not slow,
-                warm_up=not slow,
-                time_training=not (is_base and args.quick and not on_gpu),
-            )
+            dtypes = [torch.bfloat16] if on_gpu and native_bf16 else [torch.float32]
+            if not on_gpu and native_bf16 and not is_base:
+                dtypes.append(torch.bfloat16)
+            for dtype in dtypes:
+                bench(
+                    name,
+                    config,
+                    device,
+                    dtype,
+                    batch,
+                    repeats,
+                    full_sampling=not slow,
+                    warm_up=not slow,
+                    time_training=not (is_base and args.quick and not on_gpu),
+                )
     return 0
 
 

@@ -14,6 +14,7 @@ the samples), z-scored in the template brain mask, block-averaged to 8 mm inside
 real training images. The study's own realism table uses regional tissue features instead (``flowlet regions``).
 
     python benchmarks/bench_generator_recipes.py --split results/data/split.tsv --recipes reference cpu --steps 600
+    python benchmarks/bench_generator_recipes.py --split results/data/split.tsv --checkpoints A/checkpoint_best.pth
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flowlet.data.masks import zscore_in_mask  # noqa: E402
 from flowlet.data.nifti import load_nifti  # noqa: E402
 from flowlet.data.templates import template_brain_mask  # noqa: E402
+from flowlet.generative.checkpoint import read_checkpoint  # noqa: E402
 from flowlet.generative.conditions import normalise_conditions  # noqa: E402
 from flowlet.generative.data import load_volumes, read_training_table  # noqa: E402
 from flowlet.generative.generate import generate, load_generator, requests_from_table  # noqa: E402
@@ -83,6 +85,14 @@ def main() -> None:
     parser.add_argument("--flow-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="keep each recipe's run and samples under this folder")
+    parser.add_argument(
+        "--checkpoints",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="judge these trained checkpoints the same way instead of training recipes (the steps column is "
+        "the checkpoint's, minutes are left empty)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -136,7 +146,36 @@ def main() -> None:
         "x_t_error_t0.9",
     )
     print("\t".join(header), flush=True)
-    for name in args.recipes:
+
+    def judge(name: str, generator, samples_dir: Path, steps: int, minutes: str, loss: str) -> None:
+        requests = requests_from_table(table, 1234, generator.config)
+        manifest = generate(generator, requests, samples_dir, args.flow_steps, batch_size=4, intensity="unit")
+        measured = pd.read_csv(manifest, sep="\t")
+        passed = 1.0 - flag_outliers(measured, reference, 3.0)["qc_outlier"].mean()
+        samples = [
+            zscore_in_mask(np.asarray(load_nifti(samples_dir / f, "sample").dataobj), mask) for f in measured["image"]
+        ]
+        synthetic = projection(voxel_features(samples, mask))
+        frechet = equal_n_distance(frechet_distance, synthetic, train_features, len(test_images), seed=0)
+        mmd = equal_n_distance(mmd_rbf, synthetic, train_features, len(test_images), seed=0)
+        row = (
+            name,
+            steps,
+            minutes,
+            loss,
+            f"{passed:.2f}",
+            f"{frechet:.2f}",
+            f"{floor['frechet']:.2f}",
+            f"{mmd:.4f}",
+            f"{floor['mmd']:.4f}",
+            *(f"{error:.4f}" for error in clean_end_errors(generator, train_records[:6], 0.9)),
+        )
+        print("\t".join(map(str, row)), flush=True)
+
+    for index, path in enumerate(args.checkpoints):
+        step = read_checkpoint(path).get("step", "")
+        judge(str(path), load_generator(path), work / f"checkpoint-{index}", step, "", "")
+    for name in [] if args.checkpoints else args.recipes:
         run_dir = work / name
         settings = {**preset_training(args.preset), **PRESET_RECIPES[name]} if name in PRESET_RECIPES else RECIPES[name]
         settings = {**settings, "steps": args.steps, "batch_size": args.batch_size, "downsample": args.downsample}
@@ -155,30 +194,8 @@ def main() -> None:
         minutes = (time.perf_counter() - started) / 60
         losses = pd.read_csv(run_dir / "run" / "loss.tsv", sep="\t")
         generator = load_generator(run_dir / "run" / "checkpoint_last.pth")
-        requests = requests_from_table(table, 1234, generator.config)
-        manifest = generate(generator, requests, run_dir / "samples", args.flow_steps, batch_size=4, intensity="unit")
-        measured = pd.read_csv(manifest, sep="\t")
-        passed = 1.0 - flag_outliers(measured, reference, 3.0)["qc_outlier"].mean()
-        samples = [
-            zscore_in_mask(np.asarray(load_nifti(run_dir / "samples" / f, "sample").dataobj), mask)
-            for f in measured["image"]
-        ]
-        synthetic = projection(voxel_features(samples, mask))
-        frechet = equal_n_distance(frechet_distance, synthetic, train_features, len(test_images), seed=0)
-        mmd = equal_n_distance(mmd_rbf, synthetic, train_features, len(test_images), seed=0)
-        row = (
-            name,
-            args.steps,
-            f"{minutes:.1f}",
-            f"{losses['train_loss'].iloc[-4:].mean():.4f}",
-            f"{passed:.2f}",
-            f"{frechet:.2f}",
-            f"{floor['frechet']:.2f}",
-            f"{mmd:.4f}",
-            f"{floor['mmd']:.4f}",
-            *(f"{error:.4f}" for error in clean_end_errors(generator, train_records[:6], 0.9)),
-        )
-        print("\t".join(map(str, row)), flush=True)
+        loss = f"{losses['train_loss'].iloc[-4:].mean():.4f}"
+        judge(name, generator, run_dir / "samples", args.steps, f"{minutes:.1f}", loss)
         if args.keep is not None:
             shutil.copytree(run_dir, args.keep / name, dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)

@@ -15,6 +15,7 @@ import torch
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
 from flowlet.errors import FlowletError
+from flowlet.generative import precision
 from flowlet.generative.checkpoint import read_checkpoint
 from flowlet.generative.conditions import normalise_conditions
 from flowlet.generative.data import (
@@ -314,6 +315,29 @@ def template_brain(tmp_path_factory) -> Path:
     mask = np.asarray(template_brain_mask(2).dataobj) > 0
     zscored = np.where(mask, (data - data[mask].mean()) / data[mask].std(), 0.0)
     return save_nifti(zscored, mni_grid(2)[1], tmp_path_factory.mktemp("template") / "template_brain.nii.gz")
+
+
+def test_cpu_trains_in_bf16_only_where_the_cpu_does_bf16_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert precision.resolve_precision("auto", cpu) == ((torch.bfloat16 if native else None), False)
+        assert precision.resolve_precision("bf16", cpu) == (torch.bfloat16, False)
+    assert precision.resolve_precision("fp32", cpu) == (None, False)
+    assert precision.resolve_precision("fp16", cpu) == (None, False)
+
+
+def test_bf16_on_a_cpu_reaches_the_network_and_keeps_the_loss(template_brain, tmp_path):
+    table = write_table(tmp_path / "two.tsv", [(template_brain, 30.0), (template_brain, 60.0)])
+    first_losses = {}
+    for name in ("fp32", "bf16"):
+        options = training_options(table, tmp_path / name, steps=1, log_every=1, precision=name, output_init="random")
+        train(options, tiny_config(), threads=1)
+        first_losses[name] = float(read_loss_rows(tmp_path / name / "loss.tsv")[0]["train_loss"])
+    # The same weights, batch and noise (a random output layer, so the output is not 0 whatever the arithmetic):
+    # only the network's arithmetic differs.
+    assert first_losses["bf16"] != first_losses["fp32"]
+    assert first_losses["bf16"] == pytest.approx(first_losses["fp32"], rel=0.02)
 
 
 @pytest.mark.slow

@@ -155,7 +155,8 @@ OPTION_FLAGS: dict[str, tuple[str, str]] = {
     "flip_probability": ("optimisation", "probability of mirroring a training volume left-right (with --augment)"),
     "precision": (
         "optimisation",
-        "CUDA autocast dtype (auto: bf16 where supported, else fp16 with a gradient scaler); CPU is fp32",
+        "autocast dtype (auto: on CUDA bf16 where supported, else fp16 with a gradient scaler; on a CPU bf16 "
+        "where it has native bf16 arithmetic, else fp32)",
     ),
     "condition_ranges": ("run", "condition_ranges.json to normalise with (default: min/max of the table)"),
     "val_split": ("run", "fraction of rows held out for validation"),

@@ -61,8 +61,8 @@ def methods_paragraph(
     )
     edges = config["split"]["bin_edges"]
     standardised = ""
-    if gen.get("standardise_bands"):
-        per = "voxel" if gen.get("standardise_per") == "voxel" else "subband"
+    if gen["standardise_bands"]:
+        per = "voxel" if gen["standardise_per"] == "voxel" else "subband"
         standardised = f" on wavelet bands standardised per {per}"
     folds = int(config["split"].get("folds", 1))
     held_out = (
@@ -82,9 +82,9 @@ def methods_paragraph(
         f"Subjects were split by age bin (edges {', '.join(f'{edge:g}' for edge in edges)} years; "
         f"{held_out}; seed {config['split']['seed']}) into {n_train} training and {n_test} test subjects"
         f"{' in fold 1' if folds > 1 else ''}.{scarcity} A conditional wavelet flow-matching generator [flowlet] "
-        f"({gen['flow']} flow, preset {gen.get('preset')}, {gen['prediction']} prediction"
-        f"{standardised}, {gen.get('steps')} steps, batch "
-        f"{gen.get('batch_size')}, learning rate {gen.get('lr')}, PyTorch {version('torch')}) was trained on the training "
+        f"({gen['flow']} flow, preset {gen['preset']}, {gen['prediction']} prediction"
+        f"{standardised}, {gen['steps']} steps, batch "
+        f"{gen['batch_size']}, learning rate {gen['lr']}, PyTorch {version('torch')}) was trained on the training "
         f"subjects, beside a linear baseline generator (per-voxel age lines plus residual PCA); age bins "
         f"whose training count fell below {plan.get('underrepresented_fraction')} of the largest bin received synthetic "
         f"subjects ({sample.get('sampler')} sampler, {sample.get('num_flow_steps')} steps). "
