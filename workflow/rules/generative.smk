@@ -37,12 +37,12 @@ rule train:
         study_log("train_generator"),
     benchmark:
         study_benchmark("train_generator")
-    conda:
-        f"{ENVS}/generative.yaml"
-    threads: 2
     # The study's longest job and on its critical path: it starts as soon as the split exists, before jobs
     # that can as well run while it trains.
     priority: 10
+    conda:
+        f"{ENVS}/generative.yaml"
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=1440,
