@@ -11,6 +11,7 @@ import pytest
 
 from flowlet.cli import main as flowlet
 from flowlet.data.bids import ColumnNames, check_image_header, participant_table, read_participants
+from flowlet.data.cache import CACHE_ENV, DISABLED, cached_array
 from flowlet.data.nifti import load_nifti
 from flowlet.data.split import assign_bins, bin_labels, stratified_split
 from flowlet.errors import FlowletError
@@ -193,3 +194,79 @@ def test_split_keeps_each_subjects_scans_on_one_side(tmp_path):
     assert set(table["split"]) == {"train", "test", "excluded"}
     failed = table.set_index("participant_id").loc["sub-03_ses-2"]
     assert failed["split"] == "excluded" and "truncated" in failed["reason"]
+
+
+def _counting(array: np.ndarray):
+    calls = []
+
+    def compute() -> np.ndarray:
+        calls.append(1)
+        return array
+
+    return compute, calls
+
+
+def test_a_derived_array_is_computed_once_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    compute, calls = _counting(array)
+    first = cached_array("probe", "numpy", 1, compute, array.shape)
+    second = cached_array("probe", "numpy", 1, compute, array.shape)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(second, array)
+    assert second.dtype == array.dtype and first is array
+    # Another derivation (or source version) is another file: a changed recipe never reads the old array.
+    cached_array("probe", "numpy", 2, compute, array.shape)
+    assert len(calls) == 2
+    assert len(list(tmp_path.glob("probe_numpy-*.npy"))) == 2
+
+
+def test_a_corrupt_or_misshapen_cached_array_is_derived_again(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    array = np.ones((3, 3), dtype=np.uint8)
+    compute, calls = _counting(array)
+    cached_array("probe", "numpy", 1, compute, array.shape)
+    (path,) = tmp_path.glob("probe_*.npy")
+    path.write_bytes(b"not an array")
+    np.testing.assert_array_equal(cached_array("probe", "numpy", 1, compute, array.shape), array)
+    assert len(calls) == 2 and "cannot read the cached" in caplog.text
+    np.testing.assert_array_equal(cached_array("probe", "numpy", 1, compute, (9,)), array)
+    assert len(calls) == 3 and "expected (9,)" in caplog.text
+
+
+def test_the_cache_can_be_off_and_an_unwritable_folder_is_not_an_error(tmp_path, monkeypatch):
+    array = np.zeros(4)
+    compute, calls = _counting(array)
+    monkeypatch.setenv(CACHE_ENV, DISABLED)
+    cached_array("probe", "numpy", 1, compute, array.shape)
+    cached_array("probe", "numpy", 1, compute, array.shape)
+    assert len(calls) == 2
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))
+    np.testing.assert_array_equal(cached_array("probe", "numpy", 1, compute, array.shape), array)
+    assert len(calls) == 3
+
+
+def test_cached_templates_and_atlas_equal_freshly_derived_ones(tmp_path, monkeypatch):
+    from flowlet.data import templates
+    from flowlet.regions import atlas
+
+    def derive_all() -> list[np.ndarray]:
+        for function in (templates.template_t1, templates.template_brain_mask, templates.template_tissue_priors):
+            function.cache_clear()
+        priors = templates.template_tissue_priors(2)
+        return [
+            templates.template_t1(2).get_fdata(),
+            templates.template_brain_mask(2).get_fdata(),
+            *(priors[name].get_fdata() for name in ("grey", "white", "csf")),
+            atlas._resample_labels(atlas._atlas_files()[0], 2),
+        ]
+
+    monkeypatch.setenv(CACHE_ENV, DISABLED)
+    fresh = derive_all()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    derive_all()
+    assert len(list(tmp_path.glob("*.npy"))) == 5
+    for expected, cached in zip(fresh, derive_all(), strict=True):
+        np.testing.assert_array_equal(cached, expected)

