@@ -1,11 +1,11 @@
 """Generator speed and memory: training-step time, peak memory and sampling time per volume.
 
-For a tiny configuration (16 channels, multipliers 1,2; the 8 mm working grid of --downsample 4), the `cpu`
-preset (the 4 mm grid of a CPU study) and the paper's base configuration at 112^3 (356 M parameters), on the
-CPU and, when available, on CUDA: in fp32, and in bf16 on CUDA and on a CPU with native bf16 arithmetic (what
-`--precision auto` trains in there). Each figure is printed with its device, dtype and batch size. The base network is far too slow on a CPU to
-sample 100 steps, so there it times single steps (with --quick only a sampling step) and states the
-extrapolated sampling time as such.
+For a tiny configuration (16 channels, multipliers 1,2; the 8 mm working grid of --downsample 4), the `cpu` preset
+(the 4 mm grid of a CPU study) and the paper's base configuration at 112^3 (356 M parameters), on the CPU and, when
+available, on CUDA, in these dtypes: on CUDA bf16 where supported (else fp32); on a CPU fp32, and also bf16 where
+the CPU has native bf16 arithmetic (not for the base network). Each figure is printed with its device, dtype and
+batch size. The base network is far too slow on a CPU to sample 100 steps, so there it times single steps (with
+--quick only a sampling step) and states the extrapolated sampling time as such.
 
     python benchmarks/bench_generator.py [--quick] [--threads N]
 """
@@ -134,6 +134,12 @@ def bench(
             )
 
 
+def dtypes_to_time(device: torch.device, is_base: bool) -> list[torch.dtype]:
+    if device.type == "cuda":
+        return [torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32]
+    return [torch.float32] + ([torch.bfloat16] if cpu_has_native_bf16() and not is_base else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -149,16 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
         on_gpu = device.type == "cuda"
-        native_bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_has_native_bf16()
         for name, config in configurations().items():
             is_base = name.startswith("base")
             slow = is_base and (args.quick or not on_gpu)  # the base network on a CPU: single timed steps only
             repeats = 1 if slow else (3 if args.quick else 5)
             batch = 1 if is_base and not on_gpu else 4
-            dtypes = [torch.bfloat16] if on_gpu and native_bf16 else [torch.float32]
-            if not on_gpu and native_bf16 and not is_base:
-                dtypes.append(torch.bfloat16)
-            for dtype in dtypes:
+            for dtype in dtypes_to_time(device, is_base):
                 bench(
                     name,
                     config,

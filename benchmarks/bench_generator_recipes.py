@@ -172,32 +172,36 @@ def main() -> None:
         )
         print("\t".join(map(str, row)), flush=True)
 
-    for index, path in enumerate(args.checkpoints):
-        step = read_checkpoint(path).get("step", "")
-        judge(str(path), load_generator(path), work / f"checkpoint-{index}", step, "", "")
-    for name in [] if args.checkpoints else args.recipes:
-        run_dir = work / name
-        settings = {**preset_training(args.preset), **PRESET_RECIPES[name]} if name in PRESET_RECIPES else RECIPES[name]
-        settings = {**settings, "steps": args.steps, "batch_size": args.batch_size, "downsample": args.downsample}
-        options = TrainingOptions(
-            table=args.split,
-            output_dir=run_dir / "run",
-            val_split=0.0,
-            val_every=10**6,
-            checkpoint_every=10**6,
-            log_every=25,
-            device="cpu",
-            **settings,
-        )
-        started = time.perf_counter()
-        train(options, preset_config(args.preset), threads=args.threads)
-        minutes = (time.perf_counter() - started) / 60
-        losses = pd.read_csv(run_dir / "run" / "loss.tsv", sep="\t")
-        generator = load_generator(run_dir / "run" / "checkpoint_last.pth")
-        loss = f"{losses['train_loss'].iloc[-4:].mean():.4f}"
-        judge(name, generator, run_dir / "samples", args.steps, f"{minutes:.1f}", loss)
-        if args.keep is not None:
-            shutil.copytree(run_dir, args.keep / name, dirs_exist_ok=True)
+    if args.checkpoints:
+        for index, path in enumerate(args.checkpoints):
+            step = read_checkpoint(path).get("step", "")
+            judge(str(path), load_generator(path), work / f"checkpoint-{index}", step, "", "")
+    else:
+        for name in args.recipes:
+            run_dir = work / name
+            settings = (
+                {**preset_training(args.preset), **PRESET_RECIPES[name]} if name in PRESET_RECIPES else RECIPES[name]
+            )
+            settings = {**settings, "steps": args.steps, "batch_size": args.batch_size, "downsample": args.downsample}
+            options = TrainingOptions(
+                table=args.split,
+                output_dir=run_dir / "run",
+                val_split=0.0,
+                val_every=10**6,
+                checkpoint_every=10**6,
+                log_every=25,
+                device="cpu",
+                **settings,
+            )
+            started = time.perf_counter()
+            train(options, preset_config(args.preset), threads=args.threads)
+            minutes = (time.perf_counter() - started) / 60
+            losses = pd.read_csv(run_dir / "run" / "loss.tsv", sep="\t")
+            generator = load_generator(run_dir / "run" / "checkpoint_last.pth")
+            loss = f"{losses['train_loss'].iloc[-4:].mean():.4f}"
+            judge(name, generator, run_dir / "samples", args.steps, f"{minutes:.1f}", loss)
+            if args.keep is not None:
+                shutil.copytree(run_dir, args.keep / name, dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
 
 

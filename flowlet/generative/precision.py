@@ -28,11 +28,13 @@ def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | No
         if name == "auto":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name], name == "fp16"
-    if name == "auto":
-        name = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-    if name == "fp16" or (name == "bf16" and device.type != "cpu"):
-        log.warning("--precision %s applies to CUDA only; training in fp32 on %s", name, device)
+    if device.type != "cpu" or name == "fp16":
+        if name not in ("auto", "fp32"):
+            log.warning("--precision %s applies to CUDA only; training in fp32 on %s", name, device)
         return None, False
-    if name == "bf16" and not cpu_has_native_bf16():
+    native = cpu_has_native_bf16()
+    if name == "auto":
+        name = "bf16" if native else "fp32"
+    elif name == "bf16" and not native:
         log.warning("this CPU has no native bf16 arithmetic: bf16 autocast is emulated and slower than fp32")
     return (torch.bfloat16 if name == "bf16" else None), False
