@@ -334,6 +334,7 @@ def test_bf16_on_a_cpu_reaches_the_network_and_keeps_the_loss(template_brain, tm
         options = training_options(table, tmp_path / name, steps=1, log_every=1, precision=name, output_init="random")
         train(options, tiny_config(), threads=1)
         first_losses[name] = float(read_loss_rows(tmp_path / name / "loss.tsv")[0]["train_loss"])
+        assert json.loads((tmp_path / name / "config.json").read_text())["precision"] == name
     # The same weights, batch and noise (a random output layer, so the output is not 0 whatever the arithmetic):
     # only the network's arithmetic differs.
     assert first_losses["bf16"] != first_losses["fp32"]

@@ -38,3 +38,8 @@ def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | No
     elif name == "bf16" and not native:
         log.warning("this CPU has no native bf16 arithmetic: bf16 autocast is emulated and slower than fp32")
     return (torch.bfloat16 if name == "bf16" else None), False
+
+
+def precision_name(autocast_dtype: torch.dtype | None) -> str:
+    """What a resolved autocast dtype trains in, as `--precision` names it."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]

@@ -35,7 +35,7 @@ from flowlet.generative.distributed import init_distributed
 from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.flows import get_flow, time_sampler
 from flowlet.generative.loss_log import LossLog
-from flowlet.generative.precision import resolve_precision
+from flowlet.generative.precision import precision_name, resolve_precision
 from flowlet.generative.sampling_spec import SPEC_KEY, SamplingSpec, band_standardisation, sampling_spec
 from flowlet.generative.schedule import BatchSchedule, learning_rate_factor, split_records
 from flowlet.generative.seeds import STREAM_INIT, STREAM_STATISTICS, derived_seed
@@ -99,7 +99,11 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
     )
     config.extra[SPEC_KEY] = spec.to_dict()
     schedule = BatchSchedule(len(train_rows), options.batch_size, options.seed, distributed)
-    config.extra.update(training_config_keys(options, len(train_rows), schedule.global_batch, time_sampling))
+    config.extra.update(
+        training_config_keys(
+            options, len(train_rows), schedule.global_batch, time_sampling, precision_name(autocast_dtype)
+        )
+    )
 
     def subset(rows: list[int], augmentation: Augmentation | None) -> VolumeDataset | None:
         if not rows:
@@ -212,8 +216,10 @@ def fit_config_to_data(config: UNetConfig, source_shape: Sequence[int], options:
     return dataclasses.replace(config, model_input_size=input_size, save_size=grid, extra=dict(config.extra))
 
 
-def training_config_keys(options: TrainingOptions, num_train: int, global_batch: int, time_sampling: str) -> dict:
-    """The reference's training keys of config.json, plus ours."""
+def training_config_keys(
+    options: TrainingOptions, num_train: int, global_batch: int, time_sampling: str, precision: str
+) -> dict:
+    """The reference's training keys of config.json, plus ours (``precision``: what `auto` resolved to)."""
     return {
         "flow_type": get_flow(options.flow).name,
         "time_sampling": time_sampling,
@@ -235,7 +241,7 @@ def training_config_keys(options: TrainingOptions, num_train: int, global_batch:
         "lll_loss_weight": options.lll_loss_weight,
         "detail_loss_weight": options.detail_loss_weight,
         "augmentation": options.augment,
-        "precision": options.precision,
+        "precision": precision,
     }
 
 
