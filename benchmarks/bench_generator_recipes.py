@@ -66,6 +66,8 @@ RECIPES = {
 # The preset's training settings (--preset), changed only in these keys.
 PRESET_RECIPES = {
     "cpu": {},
+    # The cpu preset before its learning rate decayed and its EMA lengthened (the README's earlier rows).
+    "cpu-constant-lr": dict(min_lr=1e-3, ema_decay=0.995),
     "cpu-subband": dict(standardise_per="subband"),
     "cpu-voxel": dict(standardise_per="voxel"),
     "cpu-min-snr": dict(loss_space="min_snr"),
