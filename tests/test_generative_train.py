@@ -23,6 +23,7 @@ from flowlet.generative.data import (
     downsample_volume,
     percentile_to_unit_range,
     read_training_table,
+    training_augmentation,
     upsample_to_grid,
 )
 from flowlet.generative.ema import ExponentialMovingAverage
@@ -126,6 +127,23 @@ def test_augmentation_is_reproducible_for_a_seed_and_varies_between_seeds():
     assert np.corrcoef(first.ravel(), volume.ravel())[0, 1] > 0.85
     untouched = Augmentation(rotation_probability=0.0, intensity_probability=0.0, noise_probability=0.0)
     np.testing.assert_array_equal(untouched(volume, np.random.default_rng(7)), volume)
+
+
+def test_flips_without_the_reference_augmentation_only_mirror_and_fall_on_the_same_draws():
+    # A left-right ramp: mirroring reverses it, while rotation, rescaling and noise keep its direction.
+    volume = np.broadcast_to(np.linspace(-1, 1, 24, dtype=np.float32)[:, None, None], (24, 28, 24)).copy()
+    mirrored = np.ascontiguousarray(volume[::-1])
+    assert training_augmentation(False, 0.0) is None
+    flips_only, reference = training_augmentation(False, 0.5), training_augmentation(True, 0.5)
+    flipped = []
+    for seed in range(12):
+        out = flips_only(volume, np.random.default_rng(seed), mirrored)
+        assert np.array_equal(out, volume) or np.array_equal(out, mirrored)
+        flipped.append(np.array_equal(out, mirrored))
+        # The reference's draws are made either way, so the same seeds mirror with it on.
+        with_reference = reference(volume, np.random.default_rng(seed), mirrored)
+        assert (np.corrcoef(with_reference.ravel(), volume.ravel())[0, 1] < 0) == flipped[-1]
+    assert 0 < sum(flipped) < len(flipped)
 
 
 def test_training_table_parses_sex_codes_and_reports_bad_rows(tmp_path):

@@ -187,6 +187,24 @@ class Augmentation:
         return volume
 
 
+def training_augmentation(reference: bool, flip_probability: float) -> Augmentation | None:
+    """What training draws per volume: the reference's rotation/intensity/noise when ``reference``, and left-right
+    flips with ``flip_probability`` either way; None when neither.
+
+    A generator learns the augmented distribution, not an invariance (augmentations leak into the samples,
+    Karras et al. 2020): rotated, rescaled and noisy training volumes can come back as such samples.
+    A mirrored brain is still a plausible brain, so flips add data without teaching anything real brains lack.
+    """
+    if reference:
+        return Augmentation(flip_probability=flip_probability)
+    if flip_probability == 0:
+        return None
+    # The reference's draws are still made, so the flips fall on the same volumes with or without it.
+    return Augmentation(
+        rotation_probability=0.0, intensity_probability=0.0, noise_probability=0.0, flip_probability=flip_probability
+    )
+
+
 def rotate_volume(volume: np.ndarray, angles_rad: Sequence[float]) -> np.ndarray:
     """Rotate about the volume centre by the given angles around the three axes (linear interpolation)."""
     rotation = np.eye(3)

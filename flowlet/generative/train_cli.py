@@ -151,8 +151,11 @@ OPTION_FLAGS: dict[str, tuple[str, str]] = {
         "initial weights of the last convolution: zero (the reference, improved-diffusion) or "
         "PyTorch's default random init, which learns to use the noisy input sooner",
     ),
-    "augment": ("optimisation", "rotation/intensity/noise augmentation of the reference"),
-    "flip_probability": ("optimisation", "probability of mirroring a training volume left-right (with --augment)"),
+    "augment": (
+        "optimisation",
+        "the reference's rotation/intensity/noise augmentation (a generator can give back what it is shown)",
+    ),
+    "flip_probability": ("optimisation", "probability of mirroring a training volume left-right"),
     "precision": (
         "optimisation",
         "autocast dtype (auto: on CUDA bf16 where supported, else fp16 with a gradient scaler; on a CPU bf16 "

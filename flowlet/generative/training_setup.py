@@ -29,6 +29,7 @@ from flowlet.generative.data import (
     load_volumes,
     read_training_table,
     smallest_model_input_size,
+    training_augmentation,
     working_shape,
 )
 from flowlet.generative.distributed import init_distributed
@@ -76,13 +77,13 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
             len(records),
             options.val_split,
         )
-    mirrored = [] if options.augment and options.flip_probability > 0 else None
+    mirrored = [] if options.flip_probability > 0 else None
     volumes, source_shape = load_volumes(records, options.downsample, mirrored)
 
     config = fit_config_to_data(config, source_shape, options)
     if checkpoint is not None:
         _check_same_network(checkpoint, config, resume_path)
-    augmentation = Augmentation(flip_probability=options.flip_probability) if options.augment else None
+    augmentation = training_augmentation(options.augment, options.flip_probability)
     spec = _sampling_spec(
         options,
         checkpoint,
