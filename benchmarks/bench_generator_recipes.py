@@ -73,6 +73,9 @@ PRESET_RECIPES = {
     # Flips without the reference's rotations, intensity scaling and noise, which a generator can give back.
     "cpu-flips-only": dict(augment=False),
     "cpu-min-snr": dict(loss_space="min_snr"),
+    "cpu-preconditioned": dict(prediction="preconditioned"),
+    # EDM weighs the error of F alike at every t; the velocity loss does nearly that on the straight path.
+    "cpu-preconditioned-velocity-loss": dict(prediction="preconditioned", loss_space="velocity"),
     "cpu-preconditioned-voxel": dict(prediction="preconditioned", standardise_per="voxel"),
 }
 
