@@ -70,6 +70,7 @@ PRESET_RECIPES = {
     "cpu-constant-lr": dict(min_lr=1e-3, ema_decay=0.995),
     "cpu-subband": dict(standardise_per="subband"),
     "cpu-voxel": dict(standardise_per="voxel"),
+    "cpu-voxel-floor-0.5": dict(standardise_per="voxel", voxel_std_floor=0.5),
     # Flips without the reference's rotations, intensity scaling and noise, which a generator can give back.
     "cpu-flips-only": dict(augment=False),
     "cpu-min-snr": dict(loss_space="min_snr"),
