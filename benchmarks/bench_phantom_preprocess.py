@@ -32,6 +32,7 @@ from flowlet.phantoms.cohort import CohortSettings, draw_subject, subject_paths,
 from flowlet.phantoms.scoring import best_affine_map_errors_mm, boundary_errors_mm
 from flowlet.preprocess.pipeline import PreprocessSettings, preprocess_subject
 from flowlet.preprocess.qc import dice
+from flowlet.preprocess.register import RegistrationSettings
 from flowlet.preprocess.skullstrip import BACKENDS, SkullstripSettings
 
 COLUMNS = (
@@ -56,11 +57,21 @@ def main() -> int:
     parser.add_argument("--age-max", type=float, default=80.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backend", default="deepbet", choices=BACKENDS)
+    parser.add_argument(
+        "--registration-sampling",
+        type=float,
+        default=RegistrationSettings.sampling_rate,
+        help="fraction of template voxels the registration metric samples",
+    )
     parser.add_argument("--output", type=Path, help="optional TSV of the per-subject figures")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    settings = PreprocessSettings(threads=args.threads, skullstrip=SkullstripSettings(backend=args.backend))
+    settings = PreprocessSettings(
+        threads=args.threads,
+        skullstrip=SkullstripSettings(backend=args.backend),
+        registration=RegistrationSettings(sampling_rate=args.registration_sampling),
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="flowlet-phantom-bench-") as workdir:
         cohort = CohortSettings(

@@ -31,6 +31,7 @@ from flowlet.errors import FlowletError
 from flowlet.preprocess import apply_to_mni
 from flowlet.preprocess.pipeline import PreprocessSettings, preprocess_subject
 from flowlet.preprocess.qc import dice
+from flowlet.preprocess.register import RegistrationSettings
 from flowlet.preprocess.skullstrip import BACKENDS, SkullstripSettings
 
 
@@ -77,6 +78,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backend", default="deepbet", choices=BACKENDS)
     parser.add_argument("--limit", type=int, help="only the first n subjects in age order (oldest first)")
+    parser.add_argument(
+        "--registration-sampling",
+        type=float,
+        default=RegistrationSettings.sampling_rate,
+        help="fraction of template voxels the registration metric samples",
+    )
     parser.add_argument("--output", type=Path, help="optional TSV of the per-subject figures")
     parser.add_argument("--study", type=Path, help="score a finished study's saved masks and transforms instead")
     args = parser.parse_args()
@@ -84,7 +91,11 @@ def main() -> int:
 
     participants = pd.read_csv(args.ixi / "participants.tsv", sep="\t").dropna(subset=["age"])
     participants = participants.sort_values("age", ascending=False).iloc[:: args.every].iloc[: args.limit]
-    settings = PreprocessSettings(threads=args.threads, skullstrip=SkullstripSettings(backend=args.backend))
+    settings = PreprocessSettings(
+        threads=args.threads,
+        skullstrip=SkullstripSettings(backend=args.backend),
+        registration=RegistrationSettings(sampling_rate=args.registration_sampling),
+    )
     rows = []
     for subject, age in tqdm(
         zip(participants["participant_id"], participants["age"]), total=len(participants), file=sys.stderr

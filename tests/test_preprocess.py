@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import pytest
 from flowlet.cli import main as flowlet_main
 from flowlet.errors import FlowletError
 from flowlet.preprocess import checks
+from flowlet.preprocess import cli as preprocess_cli
 from flowlet.preprocess.pipeline import PreprocessSettings, run_and_write
 from flowlet.preprocess.qc import aggregate_qc, robust_z
 from flowlet.preprocess.register import RegistrationSettings, TransformFiles, register_to_mni
@@ -160,6 +163,22 @@ def test_fsl_backends_without_fsl_name_fsldir(monkeypatch):
         register_to_mni(data, affine, RegistrationSettings(backend="fsl"))
 
 
+@pytest.mark.parametrize("rate", [0.0, -0.1, 1.5])
+def test_a_registration_sampling_rate_outside_0_1_is_an_error_that_says_so(rate):
+    data, affine = _brain_only_image((20, 20, 20))
+    with pytest.raises(FlowletError, match=f"sampling rate must lie in \\(0, 1\\], got {rate}"):
+        register_to_mni(data, affine, RegistrationSettings(sampling_rate=rate))
+
+
+def test_the_registration_sampling_flag_reaches_the_registration():
+    parser = argparse.ArgumentParser()
+    preprocess_cli.build_parser(parser)
+    arguments = ["in.nii.gz", "--output", "o.nii.gz", "--brain-mask", "m.nii.gz", "--transform", "x.mat"]
+    assert preprocess_cli.settings_from_args(parser.parse_args(arguments)).registration.sampling_rate == 0.05
+    chosen = parser.parse_args([*arguments, "--registration-sampling", "0.2"])
+    assert preprocess_cli.settings_from_args(chosen).registration.sampling_rate == 0.2
+
+
 def test_transform_spec_forms():
     files = TransformFiles.from_spec("/x/sub-1_xfm.mat")
     assert (str(files.affine), str(files.warp)) == ("/x/sub-1_xfm.mat", "/x/sub-1_xfm_warp.nii.gz")
@@ -239,7 +258,6 @@ def test_preprocess_command_reports_bad_input(tmp_path, capsys):
 
 def test_every_preprocess_config_key_is_a_command_flag():
     """The Snakemake rule passes each key of the config's preprocess section as --kebab-case-flag."""
-    import argparse
     from pathlib import Path
 
     import yaml

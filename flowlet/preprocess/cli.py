@@ -157,6 +157,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         help="linear-stage smoothing (voxels) per level",
     )
     group.add_argument(
+        "--registration-sampling",
+        type=float,
+        default=reg.sampling_rate,
+        help="fraction of the template's voxels at which the linear stage's metric is sampled (0, 1]",
+    )
+    group.add_argument(
         "--syn-iterations", type=int, nargs="+", default=list(reg.syn_iterations), help="SyN iterations per level"
     )
     group.add_argument(
@@ -200,6 +206,7 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
             shrink_factors=tuple(args.registration_shrink_factors),
             smoothing_sigmas=tuple(args.registration_smoothing_sigmas),
             syn_iterations=tuple(args.syn_iterations),
+            sampling_rate=args.registration_sampling,
             seed=args.registration_seed,
         ),
         interpolation=args.interpolation,

@@ -42,6 +42,9 @@ class RegistrationSettings:
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
     syn_iterations: tuple[int, ...] = (40, 20, 0)
+    # Fraction of the template's voxels at which the linear stage's metric is sampled (on a regular grid,
+    # jittered): its cost is per sampled point. ANTs' 0.2 took three times as long for the same accuracy.
+    sampling_rate: float = 0.05
     # ANTs samples metric points at random and seeds from the clock unless given a seed (any nonzero int);
     # a fixed seed and one ITK thread make the transform bit-identical from run to run.
     seed: int = 1
@@ -130,6 +133,8 @@ def register_to_mni(
         raise FlowletError(f"unknown registration backend '{settings.backend}'; choose one of {', '.join(BACKENDS)}")
     import ants
 
+    if not 0 < settings.sampling_rate <= 1:
+        raise FlowletError(f"the registration sampling rate must lie in (0, 1], got {settings.sampling_rate}")
     if settings.seed == 0:
         raise FlowletError("the registration seed must be a nonzero integer (ANTs reads 0 as 'seed from the clock')")
     workdir = Path(tempfile.mkdtemp(prefix="flowlet-reg-"))
@@ -146,6 +151,7 @@ def register_to_mni(
             aff_shrink_factors=tuple(int(s) for s in settings.shrink_factors),
             aff_smoothing_sigmas=tuple(float(s) for s in settings.smoothing_sigmas),
             reg_iterations=tuple(int(i) for i in settings.syn_iterations),
+            aff_random_sampling_rate=float(settings.sampling_rate),
         )
     except Exception:
         shutil.rmtree(workdir, ignore_errors=True)
