@@ -12,7 +12,7 @@ the full map with the individual nonlinear warp, ventricle enlargement and thinn
 next to ``affine_floor``, the best any affine transform can do against it. Targets:
 Dice >= 0.95, mean pose error <= 2 mm.
 
-    python benchmarks/bench_phantom_preprocess.py [--n-subjects 8] [--seed 0] [--threads 1]
+    python benchmarks/bench_phantom_preprocess.py [--n-subjects 8] [--seed 0] [--threads 1] [--registration-sampling 0.05]
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from preprocess_options import add_preprocess_arguments, preprocess_settings
 from tables import print_row, summarise
 from tqdm import tqdm
 
 from flowlet.phantoms.cohort import CohortSettings, draw_subject, subject_paths, write_cohort
 from flowlet.phantoms.scoring import best_affine_map_errors_mm, boundary_errors_mm
-from flowlet.preprocess.pipeline import PreprocessSettings, preprocess_subject
+from flowlet.preprocess.pipeline import preprocess_subject
 from flowlet.preprocess.qc import dice
-from flowlet.preprocess.register import RegistrationSettings
-from flowlet.preprocess.skullstrip import BACKENDS, SkullstripSettings
 
 COLUMNS = (
     "subject",
@@ -55,23 +54,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--age-min", type=float, default=20.0)
     parser.add_argument("--age-max", type=float, default=80.0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--backend", default="deepbet", choices=BACKENDS)
-    parser.add_argument(
-        "--registration-sampling",
-        type=float,
-        default=RegistrationSettings.sampling_rate,
-        help="fraction of template voxels the registration metric samples",
-    )
+    add_preprocess_arguments(parser)
     parser.add_argument("--output", type=Path, help="optional TSV of the per-subject figures")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    settings = PreprocessSettings(
-        threads=args.threads,
-        skullstrip=SkullstripSettings(backend=args.backend),
-        registration=RegistrationSettings(sampling_rate=args.registration_sampling),
-    )
+    settings = preprocess_settings(args)
     rows = []
     with tempfile.TemporaryDirectory(prefix="flowlet-phantom-bench-") as workdir:
         cohort = CohortSettings(

@@ -6,7 +6,7 @@ pipeline's transform vs the template brain mask (Dice). Prints per-subject rows
 and a summary (min, median) next to the targets (0.97 / 0.98 and 0.93 / 0.95).
 
     python benchmarks/bench_skullstrip_dice.py --ixi ../shared/data/ixi [--every 3] [--limit 6]
-        [--threads 1] [--backend deepbet|fsl|template]
+        [--threads 1] [--backend deepbet|fsl|template] [--registration-sampling 0.05]
 
 With --study DIR it preprocesses nothing and scores the masks and transforms a finished study saved
 (DIR/results/preprocess/<subject>/anat/), e.g. after
@@ -23,6 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from preprocess_options import add_preprocess_arguments, preprocess_settings
 from tables import print_row, summarise
 from tqdm import tqdm
 
@@ -31,8 +32,6 @@ from flowlet.errors import FlowletError
 from flowlet.preprocess import apply_to_mni
 from flowlet.preprocess.pipeline import PreprocessSettings, preprocess_subject
 from flowlet.preprocess.qc import dice
-from flowlet.preprocess.register import RegistrationSettings
-from flowlet.preprocess.skullstrip import BACKENDS, SkullstripSettings
 
 
 def carried_reference_dice(reference: nib.Nifti1Image, transform, resolution_mm: int) -> float:
@@ -75,15 +74,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ixi", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi")
     parser.add_argument("--every", type=int, default=1, help="take every n-th subject in age order (1 = all)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--backend", default="deepbet", choices=BACKENDS)
+    add_preprocess_arguments(parser)
     parser.add_argument("--limit", type=int, help="only the first n subjects in age order (oldest first)")
-    parser.add_argument(
-        "--registration-sampling",
-        type=float,
-        default=RegistrationSettings.sampling_rate,
-        help="fraction of template voxels the registration metric samples",
-    )
     parser.add_argument("--output", type=Path, help="optional TSV of the per-subject figures")
     parser.add_argument("--study", type=Path, help="score a finished study's saved masks and transforms instead")
     args = parser.parse_args()
@@ -91,11 +83,7 @@ def main() -> int:
 
     participants = pd.read_csv(args.ixi / "participants.tsv", sep="\t").dropna(subset=["age"])
     participants = participants.sort_values("age", ascending=False).iloc[:: args.every].iloc[: args.limit]
-    settings = PreprocessSettings(
-        threads=args.threads,
-        skullstrip=SkullstripSettings(backend=args.backend),
-        registration=RegistrationSettings(sampling_rate=args.registration_sampling),
-    )
+    settings = preprocess_settings(args)
     rows = []
     for subject, age in tqdm(
         zip(participants["participant_id"], participants["age"]), total=len(participants), file=sys.stderr

@@ -131,10 +131,10 @@ def register_to_mni(
         return _register_flirt(brain, affine, settings, resolution_mm)
     if settings.backend != "ants":
         raise FlowletError(f"unknown registration backend '{settings.backend}'; choose one of {', '.join(BACKENDS)}")
-    import ants
-
     if not 0 < settings.sampling_rate <= 1:
         raise FlowletError(f"the registration sampling rate must lie in (0, 1], got {settings.sampling_rate}")
+    import ants
+
     if settings.seed == 0:
         raise FlowletError("the registration seed must be a nonzero integer (ANTs reads 0 as 'seed from the clock')")
     workdir = Path(tempfile.mkdtemp(prefix="flowlet-reg-"))
