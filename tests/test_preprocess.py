@@ -174,9 +174,9 @@ def test_the_registration_sampling_flag_reaches_the_registration():
     parser = argparse.ArgumentParser()
     preprocess_cli.build_parser(parser)
     arguments = ["in.nii.gz", "--output", "o.nii.gz", "--brain-mask", "m.nii.gz", "--transform", "x.mat"]
-    assert preprocess_cli.settings_from_args(parser.parse_args(arguments)).registration.sampling_rate == 0.05
-    chosen = parser.parse_args([*arguments, "--registration-sampling", "0.2"])
-    assert preprocess_cli.settings_from_args(chosen).registration.sampling_rate == 0.2
+    assert preprocess_cli.settings_from_args(parser.parse_args(arguments)).registration.sampling_rate == 0.2
+    chosen = parser.parse_args([*arguments, "--registration-sampling", "0.05"])
+    assert preprocess_cli.settings_from_args(chosen).registration.sampling_rate == 0.05
 
 
 def test_transform_spec_forms():
