@@ -5,13 +5,15 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
+from flowlet.lazy_ants import import_ants
+
 # ITK's world is LPS; NIfTI's is RAS: the two differ by flipping x and y.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def to_ants(data: np.ndarray, affine: np.ndarray):
     """An ANTs image with ``data`` on the grid ``affine`` describes (any orientation, oblique allowed)."""
-    import ants
+    ants = import_ants()
 
     lps = _RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from flowlet.lazy_ants import import_ants
 from flowlet.preprocess.antsio import to_ants
 
 
@@ -87,7 +88,7 @@ def n4_correct(data: np.ndarray, affine: np.ndarray, settings: N4Settings, mask:
     clipped to 0 and the fit is restricted to positive voxels inside ``mask``
     (the whole positive image when None). The field is applied everywhere.
     """
-    import ants
+    ants = import_ants()
 
     clipped = np.clip(data, 0, None).astype(np.float32)
     fit_region = clipped > 0 if mask is None else (mask & (clipped > 0))

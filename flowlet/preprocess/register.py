@@ -20,6 +20,7 @@ import numpy as np
 from flowlet.data.nifti import load_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
 from flowlet.errors import FlowletError
+from flowlet.lazy_ants import import_ants
 from flowlet.preprocess.antsio import to_ants
 
 METHODS = ("rigid", "affine", "syn")
@@ -111,7 +112,7 @@ LINEAR_RESOLUTION_MM = 2
 def _moving_image(brain: np.ndarray, affine: np.ndarray, method: str):
     """The brain as ANTs reads it; for a linear registration, a scan finer than the 2 mm template is first
     resampled to it (the template's grid is what the metric samples, so the finer detail only costs time)."""
-    import ants
+    ants = import_ants()
 
     image = to_ants(brain, affine)
     spacing = np.asarray(image.spacing, dtype=float)
@@ -134,7 +135,7 @@ def register_to_mni(
         raise FlowletError(f"unknown registration backend '{settings.backend}'; choose one of {', '.join(BACKENDS)}")
     if not 0 < settings.sampling_rate <= 1:
         raise FlowletError(f"the registration sampling rate must lie in (0, 1], got {settings.sampling_rate}")
-    import ants
+    ants = import_ants()
 
     if settings.seed == 0:
         raise FlowletError("the registration seed must be a nonzero integer (ANTs reads 0 as 'seed from the clock')")
@@ -179,7 +180,7 @@ def _register_flirt(brain: np.ndarray, affine: np.ndarray, settings: Registratio
         raise FlowletError(
             "the fsl registration backend is linear only (rigid or affine); use --registration-backend ants for syn"
         )
-    import ants
+    ants = import_ants()
     from fsl.data.image import Image
     from fsl.transform.flirt import fromFlirt, readFlirt
     from fsl.wrappers import flirt
@@ -216,7 +217,7 @@ def _as_image(image_or_path, what: str) -> nib.Nifti1Image:
 
 
 def _apply(moving_image: nib.Nifti1Image, fixed, transforms: list[str], invert: list[bool], interpolation: str):
-    import ants
+    ants = import_ants()
 
     if interpolation not in INTERPOLATIONS:
         raise FlowletError(f"unknown interpolation '{interpolation}'; choose one of {', '.join(INTERPOLATIONS)}")
@@ -265,7 +266,7 @@ def mni_points_to_native(points_mm: np.ndarray, transform) -> np.ndarray:
     The transform that resamples a native image onto the MNI grid maps each MNI point to the native
     point it reads from, which is the point's own image; ANTs works in LPS, hence the sign flips.
     """
-    import ants
+    ants = import_ants()
     import pandas as pd
 
     files = transform if isinstance(transform, TransformFiles) else TransformFiles.from_spec(transform)

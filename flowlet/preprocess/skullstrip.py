@@ -16,6 +16,7 @@ from scipy import ndimage
 from flowlet.data.masks import fill_and_keep_largest
 from flowlet.data.templates import template_brain_mask, template_t1
 from flowlet.errors import FlowletError
+from flowlet.lazy_ants import import_ants
 from flowlet.preprocess.antsio import to_ants
 from flowlet.preprocess.bias import foreground_mask
 
@@ -216,7 +217,7 @@ def _pseudo_head() -> PseudoHead:
 
 def template_registration_mask(data: np.ndarray, affine: np.ndarray, settings: SkullstripSettings) -> np.ndarray:
     """The MNI brain mask carried onto the head along a head-to-pseudo-head registration, grown by the margin."""
-    import ants
+    ants = import_ants()
 
     if settings.template_registration not in TEMPLATE_REGISTRATIONS:
         raise FlowletError(

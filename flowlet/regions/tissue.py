@@ -20,6 +20,7 @@ from scipy import ndimage
 from flowlet.data.masks import fill_and_keep_largest
 from flowlet.data.templates import template_brain_mask, template_tissue_priors
 from flowlet.errors import FlowletError
+from flowlet.lazy_ants import import_ants
 from flowlet.regions.atlas import TISSUES
 
 # Preprocessed images are exactly 0 outside the brain; synthetic ones may carry tiny background noise.
@@ -85,7 +86,7 @@ class TissueSegmenter:
         self.close()
 
     def _write_priors(self, box: tuple[slice, ...]) -> None:
-        import ants
+        ants = import_ants()
 
         if box == self._written_box:
             return
@@ -96,7 +97,7 @@ class TissueSegmenter:
         self._written_box = box
 
     def segment(self, image: np.ndarray, brain: np.ndarray | None = None, what: str = "image") -> Segmentation:
-        import ants
+        ants = import_ants()
         from ants.internal import get_lib_fn, get_pointer_string, process_arguments
 
         if image.shape != self._priors.shape[1:]:

@@ -183,6 +183,12 @@ GENERATED_DIRS = {"flowlet": "synthetic", "linear": "synthetic_baseline"}
 EVALUATION_BINS = ["evaluation"] if config["generate"]["scorecard_samples"] else []
 
 
+def evaluation_first(wildcards):
+    """Priority of a synthetic bin's jobs: the evaluation cohort is the largest bin and is segmented in one job,
+    so its chain starts first; started last, it ended the demo alone on one core."""
+    return 1 if wildcards.age_bin in EVALUATION_BINS else 0
+
+
 def synthetic_manifests(backend="flowlet", bins=AGE_BINS):
     """The QC-gated per-bin manifests of one generator backend; none when the study does not use it."""
     if backend not in BACKENDS:

@@ -100,6 +100,7 @@ rule generate:
         study_benchmark("generate/bin-{age_bin}_chunk-{chunk}")
     wildcard_constraints:
         chunk="[0-9]+",
+    priority: evaluation_first
     conda:
         f"{ENVS}/generative.yaml"
     # One thread: bins are independent jobs, and a 2-thread job would wait for two free cores while
@@ -155,6 +156,7 @@ rule generate_baseline:
         study_benchmark("generate_baseline/bin-{age_bin}_chunk-{chunk}")
     wildcard_constraints:
         chunk="[0-9]+",
+    priority: evaluation_first
     conda:
         f"{ENVS}/generative.yaml"
     threads: 1
@@ -211,6 +213,7 @@ rule synthetic_qc:
         study_benchmark("{generated}_qc/bin-{age_bin}")
     wildcard_constraints:
         generated="synthetic|synthetic_baseline",
+    priority: evaluation_first
     conda:
         f"{ENVS}/generative.yaml"
     threads: 1

@@ -57,6 +57,7 @@ rule regional_measures_synthetic:
         study_benchmark("regional_measures_synthetic/{generated}/bin-{age_bin}")
     wildcard_constraints:
         generated="|".join(GENERATED_DIRS.values()),
+    priority: evaluation_first
     conda:
         f"{ENVS}/analysis.yaml"
     threads: 1
