@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from preprocess_options import IXI_DIR
 from tqdm import tqdm
 
 from flowlet.brainage.experiment import Settings, run_experiment
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def to_mni(raw_path: Path, brain_labels_path: Path, output_path: Path) -> None:
@@ -76,7 +75,7 @@ def preprocess(ixi_dir: Path, cache_dir: Path, limit: int | None) -> pd.DataFram
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ixi-dir", type=Path, default=REPO.parent / "shared" / "data" / "ixi")
+    parser.add_argument("--ixi-dir", type=Path, default=IXI_DIR)
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from preprocess_options import IXI_DIR
 
 STEPS = ("seconds_n4", "seconds_skullstrip", "seconds_register", "seconds_total")
 
@@ -58,7 +59,7 @@ def run_one(t1w: Path, workdir: Path, threads: int, extra: list[str]) -> tuple[d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ixi", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi")
+    parser.add_argument("--ixi", type=Path, default=IXI_DIR)
     parser.add_argument("--subjects", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="further `flowlet preprocess` flags, after --")

@@ -23,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from preprocess_options import add_preprocess_arguments, preprocess_settings
+from preprocess_options import IXI_DIR, add_preprocess_arguments, preprocess_settings
 from tables import print_row, summarise
 from tqdm import tqdm
 
@@ -72,7 +72,7 @@ def saved_scores(study: Path, subject: str, reference: nib.Nifti1Image, resoluti
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ixi", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi")
+    parser.add_argument("--ixi", type=Path, default=IXI_DIR)
     parser.add_argument("--every", type=int, default=1, help="take every n-th subject in age order (1 = all)")
     add_preprocess_arguments(parser)
     parser.add_argument("--limit", type=int, help="only the first n subjects in age order (oldest first)")

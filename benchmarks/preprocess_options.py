@@ -1,12 +1,15 @@
-"""The preprocessing options the in-process benchmarks share, and the settings they make."""
+"""The preprocessing options and the IXI sample the benchmarks share, and the settings they make."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from flowlet.preprocess.pipeline import PreprocessSettings
 from flowlet.preprocess.register import RegistrationSettings
 from flowlet.preprocess.skullstrip import BACKENDS, SkullstripSettings
+
+IXI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi"
 
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,9 +23,10 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def preprocess_settings(args: argparse.Namespace) -> PreprocessSettings:
+def preprocess_settings(args: argparse.Namespace, **registration) -> PreprocessSettings:
+    """The settings the arguments name; ``registration`` overrides RegistrationSettings fields (a seed, a rate)."""
     return PreprocessSettings(
         threads=args.threads,
         skullstrip=SkullstripSettings(backend=args.backend),
-        registration=RegistrationSettings(sampling_rate=args.registration_sampling),
+        registration=RegistrationSettings(**{"sampling_rate": args.registration_sampling, **registration}),
     )

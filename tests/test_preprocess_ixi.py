@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flowlet.data.nifti import tilted_copy
 from flowlet.data.templates import template_brain_mask
 from flowlet.preprocess import apply_to_mni, apply_to_native
 from flowlet.preprocess.pipeline import PreprocessSettings, run_and_write
@@ -117,15 +118,8 @@ def _reoriented_copies(ixi_dir, subject, tmp_path):
     canonical = nib.as_closest_canonical(image)
     ras_path = tmp_path / "ras.nii.gz"
     nib.Nifti1Image(np.asarray(canonical.dataobj), canonical.affine).to_filename(str(ras_path))
-    # The same voxels under an oblique affine: the head tilted 12 degrees about x and 8 about z
-    # around the image centre, as a scanner's oblique acquisition would store it.
-    tilt = nib.eulerangles.euler2mat(z=np.deg2rad(8), x=np.deg2rad(12))
-    centre = image.affine @ np.r_[(np.array(image.shape) - 1) / 2, 1]
-    rotation = np.eye(4)
-    rotation[:3, :3] = tilt
-    rotation[:3, 3] = centre[:3] - tilt @ centre[:3]
     oblique_path = tmp_path / "oblique.nii.gz"
-    nib.Nifti1Image(np.asarray(image.dataobj), rotation @ image.affine).to_filename(str(oblique_path))
+    tilted_copy(image).to_filename(str(oblique_path))
     return ras_path, oblique_path
 
 

@@ -42,6 +42,17 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | Path, dtype=np.
     return path
 
 
+def tilted_copy(image: nib.Nifti1Image, x_degrees: float = 12.0, z_degrees: float = 8.0) -> nib.Nifti1Image:
+    """The same voxels under an affine tilted about x and z around the image centre, as a scanner's oblique
+    acquisition of the same head would store them: a check that preprocessing does not depend on orientation."""
+    tilt = nib.eulerangles.euler2mat(z=np.deg2rad(z_degrees), x=np.deg2rad(x_degrees))
+    centre = image.affine @ np.r_[(np.array(image.shape[:3]) - 1) / 2, 1]
+    rotation = np.eye(4)
+    rotation[:3, :3] = tilt
+    rotation[:3, 3] = centre[:3] - tilt @ centre[:3]
+    return nib.Nifti1Image(np.asarray(image.dataobj), rotation @ image.affine)
+
+
 def _is_mni_affine(affine: np.ndarray) -> bool:
     from flowlet.data.templates import MNI_GRIDS
 
