@@ -21,6 +21,12 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
         default=RegistrationSettings.sampling_rate,
         help="fraction of template voxels the registration metric samples",
     )
+    parser.add_argument(
+        "--registration-fine-sampling",
+        type=float,
+        default=RegistrationSettings.fine_sampling_rate,
+        help="the same fraction at the registration's finest level",
+    )
 
 
 def preprocess_settings(args: argparse.Namespace, **registration) -> PreprocessSettings:
@@ -28,5 +34,11 @@ def preprocess_settings(args: argparse.Namespace, **registration) -> PreprocessS
     return PreprocessSettings(
         threads=args.threads,
         skullstrip=SkullstripSettings(backend=args.backend),
-        registration=RegistrationSettings(**{"sampling_rate": args.registration_sampling, **registration}),
+        registration=RegistrationSettings(
+            **{
+                "sampling_rate": args.registration_sampling,
+                "fine_sampling_rate": args.registration_fine_sampling,
+                **registration,
+            }
+        ),
     )

@@ -163,6 +163,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         help="fraction of the template's voxels at which the linear stage's metric is sampled (0, 1]",
     )
     group.add_argument(
+        "--registration-fine-sampling",
+        type=float,
+        default=reg.fine_sampling_rate,
+        help="the same fraction at the finest level of a rigid or affine registration (0, 1]",
+    )
+    group.add_argument(
         "--syn-iterations", type=int, nargs="+", default=list(reg.syn_iterations), help="SyN iterations per level"
     )
     group.add_argument(
@@ -207,6 +213,7 @@ def settings_from_args(args: argparse.Namespace) -> PreprocessSettings:
             smoothing_sigmas=tuple(args.registration_smoothing_sigmas),
             syn_iterations=tuple(args.syn_iterations),
             sampling_rate=args.registration_sampling,
+            fine_sampling_rate=args.registration_fine_sampling,
             seed=args.registration_seed,
         ),
         interpolation=args.interpolation,
