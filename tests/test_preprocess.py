@@ -334,3 +334,9 @@ def test_n4_corrects_the_whole_head_inside_its_outline_and_leaves_the_air():
     assert abs(band_to_brain - 1) < 0.2, f"the band is scaled {band_to_brain:.2f} times the brain"
     air = ~ndimage.binary_dilation(_ellipsoid(image.shape, (20, 24, 26), (24, 28, 20)), iterations=3)
     np.testing.assert_array_equal(corrected[air], biased[air])
+
+
+def test_registration_levels_that_do_not_match_are_an_error_that_says_so():
+    data, affine = _brain_only_image((20, 20, 20))
+    with pytest.raises(FlowletError, match="3 levels of iterations but 2 shrink factors"):
+        register_to_mni(data, affine, RegistrationSettings(shrink_factors=(4, 2)))

@@ -46,8 +46,8 @@ class RegistrationSettings:
     syn_iterations: tuple[int, ...] = (40, 20, 0)
     # Fraction of the template's voxels at which the linear stage's metric is sampled (on a regular grid,
     # jittered): its cost is per sampled point. With 0.05 on every level, the coarse levels, which find the pose
-    # from a few thousand points, misregistered an oblique IXI scan for 1 to 4 of 6 seeds (README), so they keep
-    # ANTs' 0.2.
+    # from a few thousand points, misregistered an oblique IXI scan for 1 to 3 of 6 seeds, and after the N4 fixes
+    # still landed less consistently than with 0.2 (README), so they keep ANTs' 0.2.
     sampling_rate: float = 0.2
     # The finest level's rate (rigid and affine): it only refines the pose, and there the same fraction costs the
     # most points. 0.05 there: never failed on those seeds, the same pose errors on the phantoms, IXI masks'
@@ -197,6 +197,11 @@ def _register_linear(brain: np.ndarray, affine: np.ndarray, settings: Registrati
     moving = _moving_image(brain, affine, settings.method).clone("float")
     images = f"{get_pointer_string(fixed)},{get_pointer_string(moving)}"
     levels = len(settings.iterations)
+    if not levels == len(settings.shrink_factors) == len(settings.smoothing_sigmas):
+        raise FlowletError(
+            f"the registration has {levels} levels of iterations but {len(settings.shrink_factors)} shrink factors "
+            f"and {len(settings.smoothing_sigmas)} smoothing sigmas; give one of each per level"
+        )
     rates = [settings.sampling_rate] * (levels - 1) + [settings.fine_sampling_rate]
     arguments = ["--dimensionality", "3", "-r", f"[{images},1]"]
     schedule = zip(rates, settings.iterations, settings.shrink_factors, settings.smoothing_sigmas)
