@@ -22,7 +22,7 @@ from tables import print_row, summarise
 
 from flowlet.phantoms.anatomy import build_head_model
 from flowlet.phantoms.cohort import draw_subject, synthesize
-from flowlet.preprocess.bias import N4Settings, foreground_mask, n4_correct
+from flowlet.preprocess.bias import N4Settings, head_region, n4_correct
 from flowlet.preprocess.pipeline import set_threads
 
 WHITE_MATTER = 3
@@ -55,16 +55,16 @@ def main() -> None:
         truth = synthesize(model, dataclasses.replace(params, bias_amplitude=0.0)).t1.astype(np.float32)
         white = biased.tissue_labels == WHITE_MATTER
         data = biased.t1.astype(np.float32)
-        fit_region = foreground_mask(data)
+        region = head_region(data)
         row = {
             "subject": params.participant_id,
             "amplitude": amplitude,
-            "brain_in_fit_region": float(fit_region[biased.brain_mask > 0].mean()),
+            "brain_in_fit_region": float(region.fit[biased.brain_mask > 0].mean()),
             "spread_none": spread(data, truth, white),
         }
         for name, settings in schedules.items():
             start = time.perf_counter()
-            corrected = n4_correct(data, biased.affine, settings, fit_region)
+            corrected = n4_correct(data, biased.affine, settings, region)
             seconds = time.perf_counter() - start
             row[f"spread_{name}"] = spread(corrected, truth, white)
             row[f"seconds_{name}"] = seconds

@@ -20,18 +20,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from preprocess_options import add_preprocess_arguments, preprocess_settings
+from preprocess_options import add_preprocess_arguments, preprocess_settings, preprocessed_phantoms
 from tables import print_row, summarise
-from tqdm import tqdm
 
-from flowlet.phantoms.cohort import CohortSettings, draw_subject, subject_paths, write_cohort
 from flowlet.phantoms.scoring import best_affine_map_errors_mm, boundary_errors_mm
-from flowlet.preprocess.pipeline import preprocess_subject
 from flowlet.preprocess.qc import dice
 
 COLUMNS = (
@@ -61,39 +57,25 @@ def main() -> int:
 
     settings = preprocess_settings(args)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="flowlet-phantom-bench-") as workdir:
-        cohort = CohortSettings(
-            output_dir=Path(workdir) / "bids",
-            n_subjects=args.n_subjects,
-            seed=args.seed,
-            age_min=args.age_min,
-            age_max=args.age_max,
-        )
-        write_cohort(cohort, threads=1)
-        print("\t".join(COLUMNS), flush=True)
-        for index in tqdm(range(args.n_subjects), desc="preprocess", file=sys.stderr):
-            params = draw_subject(args.seed, index, args.age_min, args.age_max)
-            paths = subject_paths(cohort.output_dir, params.participant_id)
-            truth = np.asanyarray(nib.load(str(paths["brain_mask"])).dataobj) > 0
-            result, registration = preprocess_subject(paths["t1"], params.participant_id, settings)
-            try:
-                errors = boundary_errors_mm(params, registration.files, settings.resolution_mm)
-            finally:
-                registration.cleanup()
-            row = {
-                "subject": params.participant_id,
-                "age": params.age,
-                "dice_mask": dice(result.native_mask, truth),
-                "volume_ratio": result.native_mask.sum() / truth.sum(),
-                "pose_mean_mm": float(errors["pose"].mean()),
-                "pose_max_mm": float(errors["pose"].max()),
-                "map_mean_mm": float(errors["map"].mean()),
-                "map_max_mm": float(errors["map"].max()),
-                "affine_floor_mean_mm": float(best_affine_map_errors_mm(params, settings.resolution_mm).mean()),
-                "seconds": result.metrics["seconds_total"],
-            }
-            rows.append(row)
-            print_row(row, 3)
+    print("\t".join(COLUMNS), flush=True)
+    for phantom in preprocessed_phantoms(settings, args.n_subjects, args.seed, args.age_min, args.age_max):
+        params, result = phantom.params, phantom.result
+        truth = np.asanyarray(nib.load(str(phantom.paths["brain_mask"])).dataobj) > 0
+        errors = boundary_errors_mm(params, phantom.registration.files, settings.resolution_mm)
+        row = {
+            "subject": params.participant_id,
+            "age": params.age,
+            "dice_mask": dice(result.native_mask, truth),
+            "volume_ratio": result.native_mask.sum() / truth.sum(),
+            "pose_mean_mm": float(errors["pose"].mean()),
+            "pose_max_mm": float(errors["pose"].max()),
+            "map_mean_mm": float(errors["map"].mean()),
+            "map_max_mm": float(errors["map"].max()),
+            "affine_floor_mean_mm": float(best_affine_map_errors_mm(params, settings.resolution_mm).mean()),
+            "seconds": result.metrics["seconds_total"],
+        }
+        rows.append(row)
+        print_row(row, 3)
     targets = {
         "dice_mask": "every subject >= 0.95",
         "pose_mean_mm": "every subject <= 2 mm",

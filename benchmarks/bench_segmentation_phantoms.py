@@ -14,18 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-from preprocess_options import add_preprocess_arguments, preprocess_settings
+from preprocess_options import add_preprocess_arguments, preprocess_settings, preprocessed_phantoms
 from tables import print_row, summarise
-from tqdm import tqdm
 
-from flowlet.phantoms.cohort import CohortSettings, draw_subject, subject_paths, write_cohort
 from flowlet.preprocess import apply_to_mni
-from flowlet.preprocess.pipeline import preprocess_subject
 from flowlet.preprocess.qc import dice
 from flowlet.regions.atlas import TISSUES
 from flowlet.regions.tissue import TissueSegmenter
@@ -48,26 +43,19 @@ def main() -> int:
         iterations, mrf = setting.split(":")
         segmenters[setting] = TissueSegmenter(settings.resolution_mm, int(iterations), float(mrf))
     rows = []
-    with tempfile.TemporaryDirectory(prefix="flowlet-segmentation-bench-") as workdir:
-        cohort = CohortSettings(output_dir=Path(workdir) / "bids", n_subjects=args.n_subjects, seed=args.seed)
-        write_cohort(cohort, threads=1)
-        for index in tqdm(range(args.n_subjects), desc="subjects", file=sys.stderr):
-            params = draw_subject(args.seed, index, cohort.age_min, cohort.age_max)
-            paths = subject_paths(cohort.output_dir, params.participant_id)
-            result, registration = preprocess_subject(paths["t1"], params.participant_id, settings)
-            try:
-                truth = np.rint(apply_to_mni(paths["tissue_labels"], registration.files, "label").get_fdata())
-            finally:
-                registration.cleanup()
-            for setting, segmenter in segmenters.items():
-                start = time.perf_counter()
-                segmentation = segmenter.segment(result.mni_image, what=params.participant_id)
-                row = {"subject": params.participant_id, "setting": setting}
-                for label, tissue in enumerate(TISSUES, start=1):
-                    row[f"dice_{tissue}"] = dice(segmentation.labels == label, np.isin(truth, TRUE_LABELS[tissue]))
-                row["seconds"] = time.perf_counter() - start
-                rows.append(row)
-                print_row(row, 3)
+    for phantom in preprocessed_phantoms(settings, args.n_subjects, args.seed):
+        subject = phantom.params.participant_id
+        labels = apply_to_mni(phantom.paths["tissue_labels"], phantom.registration.files, "label")
+        truth = np.rint(labels.get_fdata())
+        for setting, segmenter in segmenters.items():
+            start = time.perf_counter()
+            segmentation = segmenter.segment(phantom.result.mni_image, what=subject)
+            row = {"subject": subject, "setting": setting}
+            for label, tissue in enumerate(TISSUES, start=1):
+                row[f"dice_{tissue}"] = dice(segmentation.labels == label, np.isin(truth, TRUE_LABELS[tissue]))
+            row["seconds"] = time.perf_counter() - start
+            rows.append(row)
+            print_row(row, 3)
     for segmenter in segmenters.values():
         segmenter.close()
     for setting in segmenters:

@@ -1,12 +1,19 @@
-"""The preprocessing options and the IXI sample the benchmarks share, and the settings they make."""
+"""The preprocessing options, the IXI sample and the preprocessed phantoms the benchmarks share."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from flowlet.preprocess.pipeline import PreprocessSettings
-from flowlet.preprocess.register import RegistrationSettings
+from tqdm import tqdm
+
+from flowlet.phantoms.cohort import CohortSettings, SubjectParameters, draw_subject, subject_paths, write_cohort
+from flowlet.preprocess.pipeline import PreprocessResult, PreprocessSettings, preprocess_subject
+from flowlet.preprocess.register import Registration, RegistrationSettings
 from flowlet.preprocess.skullstrip import BACKENDS, SkullstripSettings
 
 IXI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi"
@@ -42,3 +49,31 @@ def preprocess_settings(args: argparse.Namespace, **registration) -> PreprocessS
             }
         ),
     )
+
+
+@dataclass(frozen=True)
+class PreprocessedPhantom:
+    params: SubjectParameters
+    paths: dict[str, Path]
+    result: PreprocessResult
+    registration: Registration
+
+
+def preprocessed_phantoms(
+    settings: PreprocessSettings, n_subjects: int, seed: int, age_min: float = 20.0, age_max: float = 80.0
+) -> Iterator[PreprocessedPhantom]:
+    """A phantom cohort written to a temporary folder, each subject preprocessed in turn; its registration's
+    files last until the caller asks for the next subject."""
+    with tempfile.TemporaryDirectory(prefix="flowlet-phantom-bench-") as workdir:
+        cohort = CohortSettings(
+            output_dir=Path(workdir) / "bids", n_subjects=n_subjects, seed=seed, age_min=age_min, age_max=age_max
+        )
+        write_cohort(cohort, threads=1)
+        for index in tqdm(range(n_subjects), desc="preprocess", file=sys.stderr):
+            params = draw_subject(seed, index, age_min, age_max)
+            paths = subject_paths(cohort.output_dir, params.participant_id)
+            result, registration = preprocess_subject(paths["t1"], params.participant_id, settings)
+            try:
+                yield PreprocessedPhantom(params, paths, result, registration)
+            finally:
+                registration.cleanup()

@@ -293,11 +293,11 @@ def _head_open_at_the_neck(shape=(48, 56, 52)) -> tuple[np.ndarray, np.ndarray]:
 def test_n4_fit_region_holds_a_brain_that_the_scalp_shell_does_not_close():
     """3D hole filling leaves the inside of a head open at the neck empty; the region N4 fits must hold the brain
     (on 5 of 16 demo phantoms it held none of it, so their brains were never bias-corrected)."""
-    from flowlet.preprocess.bias import foreground_mask
+    from flowlet.preprocess.bias import head_region
 
     image, brain = _head_open_at_the_neck()
     assert not _3d_hole_filling_closes(image), "the shell must be open for this test to mean anything"
-    assert foreground_mask(image)[brain].mean() > 0.99
+    assert head_region(image).fit[brain].mean() > 0.99
 
 
 def _3d_hole_filling_closes(image: np.ndarray) -> bool:
@@ -315,16 +315,16 @@ def test_n4_corrects_the_whole_head_inside_its_outline_and_leaves_the_air():
     """ANTs' corrected image is divided by the field only inside the fit region; the dark band between scalp and
     brain (CSF, skull), outside the region but inside the head's outline, must be corrected like the brain, and
     the air around the head keeps its raw scale (the field there is an extrapolation)."""
-    from flowlet.preprocess.bias import N4Settings, foreground_mask, n4_correct
+    from flowlet.preprocess.bias import N4Settings, head_region, n4_correct
 
     image, brain = _head_open_at_the_neck()
     axis = np.linspace(-1, 1, image.shape[0], dtype=np.float32)[:, None, None]
     biased = image * np.exp(0.6 * axis)
-    fit_region = foreground_mask(biased)
+    region = head_region(biased)
     band = _ellipsoid(image.shape, (17, 21, 23), (24, 28, 20)) & ~brain & (np.indices(image.shape)[2] > 10)
-    band &= ~fit_region
+    band &= ~region.fit
     assert band.sum() > 10000, "the band must lie outside the fit region for this test to mean anything"
-    corrected = n4_correct(biased, np.diag([2.0, 2.0, 2.0, 1.0]), N4Settings(), fit_region)
+    corrected = n4_correct(biased, np.diag([2.0, 2.0, 2.0, 1.0]), N4Settings(), region)
     ratio, raw_ratio = corrected / image, biased / image
     assert np.percentile(raw_ratio[brain], 95) / np.percentile(raw_ratio[brain], 5) > 1.5
     spread = np.percentile(ratio[brain], 95) / np.percentile(ratio[brain], 5)
@@ -336,7 +336,86 @@ def test_n4_corrects_the_whole_head_inside_its_outline_and_leaves_the_air():
     np.testing.assert_array_equal(corrected[air], biased[air])
 
 
+@pytest.mark.parametrize("step", [1, 2])
+def test_a_given_n4_mask_has_an_outline_with_what_it_encloses_and_nothing_beyond(step):
+    """A user's N4 mask (--n4-mask) is the fit region as given; the field divides it and what it encloses (a
+    ventricle-like hole, open in no slice), and leaves everything beyond it raw."""
+    from flowlet.preprocess.bias import N4Region
+
+    shape = (48, 56, 40)
+    brain = _ellipsoid(shape, (13, 17, 15))
+    hole = _ellipsoid(shape, (4, 5, 4))
+    region = N4Region.around(brain & ~hole, step=step)
+    np.testing.assert_array_equal(region.fit, brain & ~hole)
+    assert region.outline[hole].all()
+    # Found on every step-th voxel, the outline may reach step - 1 voxels beyond the mask, no further.
+    reach = brain if step == 1 else ndimage.binary_dilation(brain, np.ones((3, 3, 3)), iterations=step - 1)
+    assert not region.outline[~reach].any()
+
+
+def test_the_head_region_outline_holds_its_fit_region_and_the_dark_band_around_the_brain():
+    from flowlet.preprocess.bias import head_region
+
+    image, brain = _head_open_at_the_neck()
+    region = head_region(image)
+    assert not region.fit[~region.outline].any()
+    band = _ellipsoid(image.shape, (17, 21, 23), (24, 28, 20)) & ~brain & (np.indices(image.shape)[2] > 10)
+    assert region.outline[band].mean() > 0.99 and region.fit[band].mean() < 0.5
+
+
 def test_registration_levels_that_do_not_match_are_an_error_that_says_so():
     data, affine = _brain_only_image((20, 20, 20))
     with pytest.raises(FlowletError, match="3 levels of iterations but 2 shrink factors"):
         register_to_mni(data, affine, RegistrationSettings(shrink_factors=(4, 2)))
+
+
+_LINEAR_REGISTRATION_TWICE = """
+import sys
+import numpy as np
+from scipy import ndimage
+from flowlet.data.templates import template_brain_mask, template_t1
+from flowlet.lazy_ants import import_ants
+from flowlet.preprocess.register import RegistrationSettings, _moving_image, _register_linear, _template_brain
+from pathlib import Path
+
+ants = import_ants()
+method, workdir = sys.argv[1], Path(sys.argv[2])
+template = template_t1(2)
+brain = template.get_fdata(dtype=np.float32) * template_brain_mask(2).get_fdata(dtype=np.float32)
+moving = ndimage.shift(ndimage.rotate(brain, 8, axes=(0, 1), reshape=False, order=1), (3, -2, 4), order=1)
+settings = RegistrationSettings(method=method, iterations=(20, 10, 5), sampling_rate=0.2, fine_sampling_rate=0.2)
+_register_linear(moving, template.affine, settings, workdir)
+ours = ants.read_transform(str(workdir / "out_affine.mat"))
+ants.config._random_seed = settings.seed
+result = ants.registration(
+    fixed=_template_brain(2), moving=_moving_image(moving, template.affine, method),
+    type_of_transform=method.capitalize(), outprefix=str(workdir / "antspy_"), aff_iterations=settings.iterations,
+    aff_shrink_factors=settings.shrink_factors, aff_smoothing_sigmas=settings.smoothing_sigmas,
+    aff_random_sampling_rate=settings.sampling_rate,
+)
+theirs = ants.read_transform(next(p for p in result["fwdtransforms"] if p.endswith(".mat")))
+moved = np.linalg.norm(np.subtract(ours.apply_to_point((60.0, 0.0, 0.0)), (60.0, 0.0, 0.0)))
+print(np.abs(ours.parameters - theirs.parameters).max(), moved)
+"""
+
+
+@pytest.mark.parametrize("method", ["rigid", "affine"])
+def test_the_linear_registration_runs_as_ants_registration_does_with_equal_sampling_rates(tmp_path, method):
+    """Rigid and affine call antsRegistration with our own arguments (so the finest level can sample fewer points);
+    with one sampling rate on every level they must be ants.registration's, to the last bit (one ITK thread and a
+    fixed seed make ANTs repeatable; a fresh process, because ITK reads its thread count once)."""
+    import os
+    import subprocess
+    import sys
+
+    environment = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
+    printed = subprocess.run(
+        [sys.executable, "-c", _LINEAR_REGISTRATION_TWICE, method, str(tmp_path)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    difference, moved_mm = float(printed[-2]), float(printed[-1])
+    assert moved_mm > 5, "the moving image must be turned for the comparison to mean anything"
+    assert difference == 0.0, f"{method}: our transform differs from ants.registration's by {difference}"

@@ -139,13 +139,13 @@ def test_reoriented_and_oblique_inputs_give_the_same_mni_output(ixi_dir, subject
 
 def test_template_backend_without_a_learned_model_finds_the_oldest_brain(ixi_dir, subjects):
     """The template backend (no network) on the oldest IXI scan; on the 6 oldest it reaches median Dice 0.969."""
-    from flowlet.preprocess.bias import N4Settings, foreground_mask, n4_correct
+    from flowlet.preprocess.bias import N4Settings, head_region, n4_correct
     from flowlet.preprocess.skullstrip import SkullstripSettings, brain_mask
 
     subject = subjects[0]
     image = nib.load(str(_t1w(ixi_dir, subject)))
     data = image.get_fdata(dtype=np.float32)
-    corrected = n4_correct(data, image.affine, N4Settings(), foreground_mask(data))
+    corrected = n4_correct(data, image.affine, N4Settings(), head_region(data))
     mask = brain_mask(corrected, image.affine, SkullstripSettings(backend="template"))
     reference = np.asarray(_reference(ixi_dir, subject).dataobj) > 0
     assert dice(mask, reference) >= 0.95, f"{subject}: template mask Dice {dice(mask, reference):.4f}"
@@ -158,18 +158,18 @@ def test_n4_on_a_fine_scan_fits_a_coarse_copy_and_removes_a_known_field(ixi_dir,
     full-resolution fit used before gave 1.20 in 25 s.)"""
     from scipy import ndimage
 
-    from flowlet.preprocess.bias import N4Settings, foreground_mask, n4_correct
+    from flowlet.preprocess.bias import N4Settings, head_region, n4_correct
 
     image = nib.load(str(_t1w(ixi_dir, subjects[0])))
     data = image.get_fdata(dtype=np.float32)
-    clean = ndimage.zoom(n4_correct(data, image.affine, N4Settings(), foreground_mask(data)), 2, order=1)
+    clean = ndimage.zoom(n4_correct(data, image.affine, N4Settings(), head_region(data)), 2, order=1)
     fine_affine = image.affine.copy()
     fine_affine[:3, :3] /= 2
     grid = np.indices(clean.shape, dtype=np.float32) / np.array(clean.shape, np.float32).reshape(3, 1, 1, 1) - 0.5
     biased = clean * np.exp(0.4 * grid[0] - 0.3 * grid[2])
-    corrected = n4_correct(biased, fine_affine, N4Settings(), foreground_mask(biased))
+    corrected = n4_correct(biased, fine_affine, N4Settings(), head_region(biased))
     assert corrected.shape == clean.shape and corrected.dtype == np.float32
-    brain = foreground_mask(clean) & (clean > np.percentile(clean[clean > 0], 50))
+    brain = head_region(clean).fit & (clean > np.percentile(clean[clean > 0], 50))
 
     def spread(values: np.ndarray) -> float:
         ratio = values[brain] / clean[brain]

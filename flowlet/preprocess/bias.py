@@ -83,13 +83,31 @@ def _slice_enclosed(mask: np.ndarray) -> np.ndarray:
     return enclosed
 
 
-def foreground_mask(data: np.ndarray, step: int = 1) -> np.ndarray:
-    """The head: voxels above Otsu's threshold, largest component, with the voxels above the threshold that it
-    encloses in a slice, holes filled. N4 fits its field here, ignoring the air around the head.
+@dataclass(frozen=True)
+class N4Region:
+    """Where N4 fits its field (``fit``) and what the field divides (``outline``: the fit region with all it
+    encloses in 3D or in a slice, such as the dark band of CSF and skull between brain and scalp). The air beyond
+    the outline keeps its raw scale: the field there is an extrapolation, and dividing by it brightens the air's
+    noise and ghosts."""
+
+    fit: np.ndarray
+    outline: np.ndarray
+
+    @classmethod
+    def around(cls, mask: np.ndarray, step: int = 1) -> N4Region:
+        """A given fit region (a user's N4 mask) and its outline, found on every step-th voxel."""
+        coarse = mask[::step, ::step, ::step]
+        return cls(mask, _repeat_to(_fill_holes(coarse | _slice_enclosed(coarse)), step, mask.shape) | mask)
+
+
+def head_region(data: np.ndarray, step: int = 1) -> N4Region:
+    """The head as N4's region. Its fit region: voxels above Otsu's threshold, largest component, with the voxels
+    above the threshold that it encloses in a slice, holes filled; N4 fits its field there, ignoring the air.
 
     Where the field of view cuts the head (at the neck), the dark band of CSF and skull joins the air below it:
     the brain inside is then its own component, which 3D hole filling does not reach (on some demo phantoms the
-    head mask held none of the brain). Dark voxels enclosed only in slices (sinuses, skull) stay out of the fit.
+    head mask held none of the brain). Dark voxels enclosed only in slices (sinuses, skull) stay out of the fit,
+    but inside the outline.
 
     With ``step`` > 1 it is found on every step-th voxel and expanded back (the N4 fit region needs no finer
     outline, and the morphology on a full 1 mm grid takes a second)."""
@@ -103,25 +121,32 @@ def foreground_mask(data: np.ndarray, step: int = 1) -> np.ndarray:
         sizes[0] = 0
         mask = labels == int(np.argmax(sizes))
     mask = ndimage.binary_closing(mask, iterations=2)
-    mask = _fill_holes(mask | (bright & _slice_enclosed(mask)))
+    enclosed = _slice_enclosed(mask)
+    fit = _fill_holes(mask | (bright & enclosed))
+    outline = _fill_holes(mask | enclosed)
+    return N4Region(_repeat_to(fit, step, data.shape), _repeat_to(outline, step, data.shape))
+
+
+def _repeat_to(mask: np.ndarray, step: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A mask found on every step-th voxel, on the full grid of ``shape``."""
     for axis in range(3):
         mask = np.repeat(mask, step, axis=axis)
-    return mask[: data.shape[0], : data.shape[1], : data.shape[2]]
+    return mask[: shape[0], : shape[1], : shape[2]]
 
 
-def n4_correct(data: np.ndarray, affine: np.ndarray, settings: N4Settings, mask: np.ndarray | None) -> np.ndarray:
+def n4_correct(data: np.ndarray, affine: np.ndarray, settings: N4Settings, region: N4Region | None) -> np.ndarray:
     """The bias-corrected image (same grid).
 
     Magnitude MR images have no meaningful negative values (they come from
     interpolation or offsets), and N4 works on log intensities, so negatives are
-    clipped to 0 and the fit is restricted to positive voxels inside ``mask``
-    (the whole positive image when None). The field divides that region and
-    everything it encloses (in 3D or in a slice); the air outside stays as it is.
+    clipped to 0 and the fit is restricted to positive voxels inside the
+    region's fit mask (the whole positive image when None). The field divides
+    the region's outline (the whole image when None).
     """
     ants = import_ants()
 
     clipped = np.clip(data, 0, None).astype(np.float32)
-    fit_region = clipped > 0 if mask is None else (mask & (clipped > 0))
+    fit_region = clipped > 0 if region is None else (region.fit & (clipped > 0))
     image = to_ants(clipped, affine)
     options = {
         "shrink_factor": int(settings.shrink_factor),
@@ -130,8 +155,8 @@ def n4_correct(data: np.ndarray, affine: np.ndarray, settings: N4Settings, mask:
     }
     factor = coarse_factor(affine)
     if factor == 1:
-        region = to_ants(fit_region.astype(np.float32), affine)
-        field = ants.n4_bias_field_correction(image, mask=region, return_bias_field=True, **options).numpy()
+        mask = to_ants(fit_region.astype(np.float32), affine)
+        field = ants.n4_bias_field_correction(image, mask=mask, return_bias_field=True, **options).numpy()
     else:
         coarse_affine = block_affine(affine, factor)
         coarse = to_ants(block_mean(clipped, factor).astype(np.float32), coarse_affine)
@@ -141,26 +166,7 @@ def n4_correct(data: np.ndarray, affine: np.ndarray, settings: N4Settings, mask:
         )
         field = ants.resample_image_to_target(field, image, interp_type="linear").numpy()
     # The field, not ANTs' corrected image: that one is divided by the field only inside the fit region, which
-    # would leave brain voxels outside it (dark sulcal CSF) at their raw scale. The air around the head keeps its
-    # raw scale: the field there is an extrapolation, and dividing by it brightens the air's noise and ghosts.
-    if mask is None:
-        head = np.ones(clipped.shape, dtype=bool)
-    elif factor == 1:
-        head = _head_hull(fit_region)
-    else:
-        head = _expand(_head_hull(coarse_region), factor, clipped.shape) | fit_region
-    corrected = np.divide(clipped, field, out=clipped.copy(), where=head & (field > 0))
+    # would leave brain voxels outside it (dark sulcal CSF) at their raw scale.
+    outline = np.ones(clipped.shape, dtype=bool) if region is None else region.outline
+    corrected = np.divide(clipped, field, out=clipped.copy(), where=outline & (field > 0))
     return np.clip(corrected, 0, None).astype(np.float32)
-
-
-def _expand(mask: np.ndarray, factor: int, shape: tuple[int, ...]) -> np.ndarray:
-    """A block grid's mask on the full grid (the partial blocks :func:`block_mean` drops are outside)."""
-    full = np.zeros(shape, dtype=bool)
-    expanded = mask.repeat(factor, 0).repeat(factor, 1).repeat(factor, 2)
-    full[: expanded.shape[0], : expanded.shape[1], : expanded.shape[2]] = expanded
-    return full
-
-
-def _head_hull(region: np.ndarray) -> np.ndarray:
-    """``region`` with everything it encloses in 3D or in a slice."""
-    return _fill_holes(region | _slice_enclosed(region))

@@ -166,7 +166,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         "--registration-fine-sampling",
         type=float,
         default=reg.fine_sampling_rate,
-        help="the same fraction at the finest level of a rigid or affine registration (0, 1]",
+        help="the same fraction at the finest level of a rigid or affine registration, the only level of a one-level "
+        "schedule (0, 1]",
     )
     group.add_argument(
         "--syn-iterations", type=int, nargs="+", default=list(reg.syn_iterations), help="SyN iterations per level"

@@ -29,7 +29,7 @@ from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.preprocess import checks, qc
-from flowlet.preprocess.bias import N4Settings, coarse_factor, foreground_mask, n4_correct
+from flowlet.preprocess.bias import N4Region, N4Settings, coarse_factor, head_region, n4_correct
 from flowlet.preprocess.register import (
     Registration,
     RegistrationSettings,
@@ -111,12 +111,13 @@ class _AtomicOutputs:
         self._pending.clear()
 
 
-def _n4_region(settings: PreprocessSettings, data: np.ndarray, affine: np.ndarray, subject: str) -> np.ndarray | None:
+def _n4_region(settings: PreprocessSettings, data: np.ndarray, affine: np.ndarray, subject: str) -> N4Region | None:
     if settings.n4_mask == "foreground":
-        return foreground_mask(data, step=coarse_factor(affine))
+        return head_region(data, step=coarse_factor(affine))
     if settings.n4_mask == "none":
         return None
-    return checks.load_mask_on_grid(settings.n4_mask, data.shape, affine, what=f"{subject} N4 mask")
+    mask = checks.load_mask_on_grid(settings.n4_mask, data.shape, affine, what=f"{subject} N4 mask")
+    return N4Region.around(mask, step=coarse_factor(affine))
 
 
 def _native_brain_mask(settings: PreprocessSettings, corrected: np.ndarray, raw: np.ndarray, affine: np.ndarray):

@@ -51,7 +51,8 @@ class RegistrationSettings:
     sampling_rate: float = 0.2
     # The finest level's rate (rigid and affine): it only refines the pose, and there the same fraction costs the
     # most points. 0.05 there: never failed on those seeds, the same pose errors on the phantoms, IXI masks'
-    # Dice 0.001 lower, registration 40% faster (README). Equal rates make one ANTs stage.
+    # Dice 0.001 lower, registration 40% faster (README). Equal rates make one ANTs stage; a one-level schedule
+    # has only the finest level.
     fine_sampling_rate: float = 0.05
     # ANTs samples metric points at random and seeds from the clock unless given a seed (any nonzero int);
     # a fixed seed and one ITK thread make the transform bit-identical from run to run.

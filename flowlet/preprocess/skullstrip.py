@@ -18,7 +18,7 @@ from flowlet.data.templates import template_brain_mask, template_t1
 from flowlet.errors import FlowletError
 from flowlet.lazy_ants import import_ants
 from flowlet.preprocess.antsio import to_ants
-from flowlet.preprocess.bias import foreground_mask
+from flowlet.preprocess.bias import head_region
 
 BACKENDS = ("deepbet", "fsl", "template")
 TEMPLATE_REGISTRATIONS = ("affine", "syn")
@@ -226,7 +226,7 @@ def template_registration_mask(data: np.ndarray, affine: np.ndarray, settings: S
             f"{', '.join(TEMPLATE_REGISTRATIONS)}"
         )
     template = _pseudo_head()
-    head = foreground_mask(data)
+    head = head_region(data).fit
     if not head.any():
         raise FlowletError("template skull stripping found no head in the image (empty foreground)")
     shift_ras = _cap_centroid(head, affine) - template.cap_centroid
