@@ -58,7 +58,9 @@ def main() -> int:
     settings = preprocess_settings(args)
     rows = []
     print("\t".join(COLUMNS), flush=True)
-    for phantom in preprocessed_phantoms(settings, args.n_subjects, args.seed, args.age_min, args.age_max):
+    for phantom in preprocessed_phantoms(
+        settings, args.n_subjects, args.seed, age_min=args.age_min, age_max=args.age_max
+    ):
         params, result = phantom.params, phantom.result
         truth = np.asanyarray(nib.load(str(phantom.paths["brain_mask"])).dataobj) > 0
         errors = boundary_errors_mm(params, phantom.registration.files, settings.resolution_mm)

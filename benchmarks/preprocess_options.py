@@ -60,17 +60,15 @@ class PreprocessedPhantom:
 
 
 def preprocessed_phantoms(
-    settings: PreprocessSettings, n_subjects: int, seed: int, age_min: float = 20.0, age_max: float = 80.0
+    settings: PreprocessSettings, n_subjects: int, seed: int, **ages: float
 ) -> Iterator[PreprocessedPhantom]:
-    """A phantom cohort written to a temporary folder, each subject preprocessed in turn; its registration's
-    files last until the caller asks for the next subject."""
+    """A phantom cohort written to a temporary folder (``ages``: age_min, age_max of CohortSettings), each
+    subject preprocessed in turn; its registration's files last until the caller asks for the next subject."""
     with tempfile.TemporaryDirectory(prefix="flowlet-phantom-bench-") as workdir:
-        cohort = CohortSettings(
-            output_dir=Path(workdir) / "bids", n_subjects=n_subjects, seed=seed, age_min=age_min, age_max=age_max
-        )
+        cohort = CohortSettings(output_dir=Path(workdir) / "bids", n_subjects=n_subjects, seed=seed, **ages)
         write_cohort(cohort, threads=1)
         for index in tqdm(range(n_subjects), desc="preprocess", file=sys.stderr):
-            params = draw_subject(seed, index, age_min, age_max)
+            params = draw_subject(seed, index, cohort.age_min, cohort.age_max)
             paths = subject_paths(cohort.output_dir, params.participant_id)
             result, registration = preprocess_subject(paths["t1"], params.participant_id, settings)
             try:

@@ -47,6 +47,18 @@ def test_demo_values_fill_only_the_keys_left_null_and_only_for_the_demo(tmp_path
     assert real["train_generator"]["steps"] is None
 
 
+def test_the_shipped_demo_shortens_n4_and_atropos_and_a_real_dataset_keeps_the_schema_defaults(tmp_path):
+    demo = load_config(REPO / "config" / "config.yaml", {"data": {"bids_dir": ""}})
+    real = load_config(REPO / "config" / "config.yaml", {"data": {"bids_dir": str(tmp_path)}})
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
+    for section, key, demo_value in [
+        ("preprocess", "n4_iterations", [50, 50, 50]),
+        ("regional_measures", "atropos_iterations", 3),
+    ]:
+        assert demo[section][key] == demo_value
+        assert real[section][key] == schema[section]["properties"][key]["default"] != demo_value
+
+
 def test_a_missing_init_checkpoint_is_rejected_before_any_job(tmp_path):
     with pytest.raises(FlowletError, match="train_generator.init_checkpoint: .*missing.pth does not exist"):
         validate_config({"train_generator": {"init_checkpoint": str(tmp_path / "missing.pth")}})

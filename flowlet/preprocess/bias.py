@@ -83,12 +83,12 @@ def _slice_enclosed(mask: np.ndarray) -> np.ndarray:
     return enclosed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class N4Region:
-    """Where N4 fits its field (``fit``) and what the field divides (``outline``: the fit region with all it
-    encloses in 3D or in a slice, such as the dark band of CSF and skull between brain and scalp). The air beyond
-    the outline keeps its raw scale: the field there is an extrapolation, and dividing by it brightens the air's
-    noise and ghosts."""
+    """Where N4 fits its field (``fit``) and what the field divides (``outline``: the head, or a given mask, with
+    all it encloses in 3D or in a slice, such as the dark band of CSF and skull between brain and scalp; it holds
+    the fit region). The air beyond the outline keeps its raw scale: the field there is an extrapolation, and
+    dividing by it brightens the air's noise and ghosts."""
 
     fit: np.ndarray
     outline: np.ndarray
@@ -109,8 +109,8 @@ def head_region(data: np.ndarray, step: int = 1) -> N4Region:
     head mask held none of the brain). Dark voxels enclosed only in slices (sinuses, skull) stay out of the fit,
     but inside the outline.
 
-    With ``step`` > 1 it is found on every step-th voxel and expanded back (the N4 fit region needs no finer
-    outline, and the morphology on a full 1 mm grid takes a second)."""
+    With ``step`` > 1 it is found on every step-th voxel and expanded back (a field 200 mm smooth needs no finer
+    boundary, and the morphology on a full 1 mm grid takes a second)."""
     coarse = data[::step, ::step, ::step]
     positive = coarse[coarse > 0]
     bright = coarse > otsu_threshold(positive)
