@@ -367,6 +367,21 @@ def test_the_head_region_outline_holds_its_fit_region_and_the_dark_band_around_t
     assert region.outline[band].mean() > 0.99 and region.fit[band].mean() < 0.5
 
 
+def test_an_n4_mask_file_is_the_fit_region_and_its_outline_holds_what_it_encloses(tmp_path):
+    """--n4-mask: the file's mask is where N4 fits, as given; the field divides the mask and what it encloses
+    (here on a 1 mm grid, whose outline is found on every second voxel)."""
+    from flowlet.preprocess.pipeline import _n4_region
+
+    shape, affine = (47, 55, 41), np.diag([1.0, 1.0, 1.0, 1.0])
+    brain, hole = _ellipsoid(shape, (13, 17, 15)), _ellipsoid(shape, (4, 5, 4))
+    path = _write(tmp_path, (brain & ~hole).astype(np.uint8), affine, name="n4_mask.nii.gz")
+    data = np.where(brain, 100.0, 0.0).astype(np.float32)
+    region = _n4_region(PreprocessSettings(n4_mask=str(path)), data, affine, SUBJECT)
+    np.testing.assert_array_equal(region.fit, brain & ~hole)
+    assert region.outline[brain].all()
+    assert _n4_region(PreprocessSettings(n4_mask="none"), data, affine, SUBJECT) is None
+
+
 def test_registration_levels_that_do_not_match_are_an_error_that_says_so():
     data, affine = _brain_only_image((20, 20, 20))
     with pytest.raises(FlowletError, match="3 levels of iterations but 2 shrink factors"):
