@@ -382,10 +382,11 @@ def test_an_n4_mask_file_is_the_fit_region_and_its_outline_holds_what_it_enclose
     assert _n4_region(PreprocessSettings(n4_mask="none"), data, affine, SUBJECT) is None
 
 
-def test_registration_levels_that_do_not_match_are_an_error_that_says_so():
+@pytest.mark.parametrize("method", ["affine", "syn"])
+def test_registration_levels_that_do_not_match_are_an_error_that_says_so(method):
     data, affine = _brain_only_image((20, 20, 20))
     with pytest.raises(FlowletError, match="3 levels of iterations but 2 shrink factors"):
-        register_to_mni(data, affine, RegistrationSettings(shrink_factors=(4, 2)))
+        register_to_mni(data, affine, RegistrationSettings(method=method, shrink_factors=(4, 2)))
 
 
 _LINEAR_REGISTRATION_TWICE = """
@@ -441,3 +442,28 @@ def test_the_linear_registration_runs_as_ants_registration_does_with_equal_sampl
     difference, moved_mm = float(printed[-2]), float(printed[-1])
     assert moved_mm > 5, "the moving image must be turned for the comparison to mean anything"
     assert difference == 0.0, f"{method}: our transform differs from ants.registration's by {difference}"
+
+
+def test_a_syn_registration_saves_its_affine_and_both_warps_under_the_transform_names():
+    """The syn method (affine then SyN through ants.registration) leaves out_affine.mat, out_warp.nii.gz and
+    out_invwarp.nii.gz, which apply_to_mni reads; a shifted template brain is carried back onto the template."""
+    from flowlet.data.templates import template_brain_mask, template_t1
+    from flowlet.preprocess.register import apply_to_mni
+
+    template = template_t1(2)
+    brain = template.get_fdata(dtype=np.float32) * template_brain_mask(2).get_fdata(dtype=np.float32)
+    moving = ndimage.shift(brain, (3, -2, 4), order=1)
+    settings = RegistrationSettings(method="syn", iterations=(20, 10, 5), syn_iterations=(5, 0, 0))
+    registration = register_to_mni(moving, template.affine, settings)
+    try:
+        assert sorted(path.name for path in registration.workdir.iterdir()) == [
+            "out_affine.mat",
+            "out_invwarp.nii.gz",
+            "out_warp.nii.gz",
+        ]
+        assert registration.files.has_warp
+        carried = apply_to_mni(nib.Nifti1Image(moving, template.affine), registration.files, "linear", 2)
+        inside = brain > 0
+        assert np.corrcoef(carried.get_fdata()[inside], brain[inside])[0, 1] > 0.95
+    finally:
+        registration.cleanup()

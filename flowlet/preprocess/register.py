@@ -143,18 +143,32 @@ def register_to_mni(
     for rate in (settings.sampling_rate, settings.fine_sampling_rate):
         if not 0 < rate <= 1:
             raise FlowletError(f"the registration sampling rate must lie in (0, 1], got {rate}")
-    ants = import_ants()
-
+    levels = len(settings.iterations)
+    if not levels == len(settings.shrink_factors) == len(settings.smoothing_sigmas):
+        raise FlowletError(
+            f"the registration has {levels} levels of iterations but {len(settings.shrink_factors)} shrink factors "
+            f"and {len(settings.smoothing_sigmas)} smoothing sigmas; give one of each per level"
+        )
     if settings.seed == 0:
         raise FlowletError("the registration seed must be a nonzero integer (ANTs reads 0 as 'seed from the clock')")
     workdir = Path(tempfile.mkdtemp(prefix="flowlet-reg-"))
-    if settings.method != "syn":
-        try:
+    try:
+        if settings.method == "syn":
+            _register_syn(brain, affine, settings, resolution_mm, workdir)
+        else:
             _register_linear(brain, affine, settings, workdir)
-        except Exception:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        return Registration(workdir, TransformFiles.from_spec(workdir / "out_"))
+    except Exception:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Registration(workdir, TransformFiles.from_spec(workdir / "out_"))
+
+
+def _register_syn(
+    brain: np.ndarray, affine: np.ndarray, settings: RegistrationSettings, resolution_mm: int, workdir: Path
+) -> None:
+    """Affine then SyN through ``ants.registration``; the affine and both warps are moved to ``out_``'s names."""
+    ants = import_ants()
+
     # antspyx passes --random-seed to antsRegistration only from its module-level setting; set it for this call.
     previous_seed = ants.config._random_seed
     ants.config._random_seed = settings.seed
@@ -170,20 +184,15 @@ def register_to_mni(
             reg_iterations=tuple(int(i) for i in settings.syn_iterations),
             aff_random_sampling_rate=float(settings.sampling_rate),
         )
-    except Exception:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
     finally:
         ants.config._random_seed = previous_seed
     files = TransformFiles.from_spec(workdir / "out_")
-    affine_file = next(Path(p) for p in result["fwdtransforms"] if p.endswith(".mat"))
-    shutil.move(affine_file, files.affine)
+    shutil.move(next(Path(p) for p in result["fwdtransforms"] if p.endswith(".mat")), files.affine)
     warps = [Path(p) for p in result["fwdtransforms"] if p.endswith("Warp.nii.gz")]
     inverse_warps = [Path(p) for p in result["invtransforms"] if p.endswith("InverseWarp.nii.gz")]
     if warps and inverse_warps:
         shutil.move(warps[0], files.warp)
         shutil.move(inverse_warps[0], files.inverse_warp)
-    return Registration(workdir, files)
 
 
 def _register_linear(brain: np.ndarray, affine: np.ndarray, settings: RegistrationSettings, workdir: Path) -> None:
@@ -197,13 +206,7 @@ def _register_linear(brain: np.ndarray, affine: np.ndarray, settings: Registrati
     fixed = _template_brain(LINEAR_RESOLUTION_MM)
     moving = _moving_image(brain, affine, settings.method).clone("float")
     images = f"{get_pointer_string(fixed)},{get_pointer_string(moving)}"
-    levels = len(settings.iterations)
-    if not levels == len(settings.shrink_factors) == len(settings.smoothing_sigmas):
-        raise FlowletError(
-            f"the registration has {levels} levels of iterations but {len(settings.shrink_factors)} shrink factors "
-            f"and {len(settings.smoothing_sigmas)} smoothing sigmas; give one of each per level"
-        )
-    rates = [settings.sampling_rate] * (levels - 1) + [settings.fine_sampling_rate]
+    rates = [settings.sampling_rate] * (len(settings.iterations) - 1) + [settings.fine_sampling_rate]
     arguments = ["--dimensionality", "3", "-r", f"[{images},1]"]
     schedule = zip(rates, settings.iterations, settings.shrink_factors, settings.smoothing_sigmas)
     for rate, stage in itertools.groupby(schedule, key=lambda level: level[0]):
