@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -385,6 +387,22 @@ def test_gate_needs_a_real_reference_of_several_images(tmp_path, reference):
     reference.to_csv(tmp_path / "reference.tsv", sep="\t", index=False)
     with pytest.raises(FlowletError, match="old_manifest.tsv lacks the columns"):
         gate_manifests([old], tmp_path / "reference.tsv", tmp_path / "manifest.tsv", tmp_path / "summary.tsv", "20-30")
+
+
+def test_the_gate_runs_without_importing_torch(tmp_path, reference):
+    # Every bin of every generator has a gate job; importing torch was most of each one's time.
+    chunk = tmp_path / "chunk-0_manifest.tsv"
+    chunk.write_text("image\tage\tseed\tdice_template\tncc_template\n")
+    reference.to_csv(tmp_path / "reference.tsv", sep="\t", index=False)
+    script = (
+        "import sys; from flowlet.cli import main; "
+        f"status = main(['synthetic-qc', 'gate', '--manifests', '{chunk}', '--reference', '{tmp_path / 'reference.tsv'}', "
+        f"'--output', '{tmp_path / 'manifest.tsv'}', '--summary', '{tmp_path / 'summary.tsv'}', '--age-bin', '40-50']); "
+        "assert 'torch' not in sys.modules, 'the gate imported torch'"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert pd.read_csv(tmp_path / "summary.tsv", sep="\t").loc[0, "generated"] == 0
 
 
 def test_chunks_per_bin_come_from_the_plans_cap():

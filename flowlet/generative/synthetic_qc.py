@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -34,7 +33,6 @@ from flowlet.data.nifti import load_nifti
 from flowlet.data.tables import read_tsv, resolve_image_path
 from flowlet.data.templates import mni_grid, mni_resolution, template_brain_mask, template_t1
 from flowlet.errors import FlowletError
-from flowlet.generative.data import downsample_volume, percentile_to_unit_range, upsample_to_grid
 from flowlet.qc_metrics import dice, normalised_cross_correlation, outlier_reasons
 
 log = logging.getLogger(__name__)
@@ -92,6 +90,11 @@ def qc_metrics(volume: np.ndarray, template: TemplateQC) -> dict[str, float]:
 
 def generator_view(image: np.ndarray, downsample: int) -> np.ndarray:
     """A real preprocessed image as the generator learns it and returns it: [-1, 1], at its working resolution."""
+    # Imported here: the QC gate of every bin imports this module, and torch's import was most of its time.
+    import torch
+
+    from flowlet.generative.data import downsample_volume, percentile_to_unit_range, upsample_to_grid
+
     unit = percentile_to_unit_range(image)
     if downsample == 1:
         return unit
