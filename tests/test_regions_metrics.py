@@ -17,6 +17,7 @@ from flowlet.regions.realism import (
     FeatureProjection,
     frechet_distance,
     frechet_distance_from_moments,
+    mean_ms_ssim,
     mmd_rbf,
     ms_ssim3d,
     sample_pairs,
@@ -263,6 +264,20 @@ def test_ssim_matches_scikit_image_and_ms_ssim_of_identical_volumes_is_one():
     assert unrelated < noisy < 1.0
     with pytest.raises(FlowletError, match="too small"):
         ms_ssim3d(volume[:40], volume[:40], span, scales=4)
+
+
+def test_mean_ms_ssim_reuses_volumes_and_agrees_with_each_pair_alone_with_or_without_room_to_keep_them():
+    rng = np.random.default_rng(1)
+    volumes = [ndimage.gaussian_filter(rng.normal(size=(48, 52, 44)), 2).astype(np.float32) for _ in range(4)]
+    window = (-0.2, 0.25)
+    pairs = [(volumes[i], volumes[j]) for i, j in sample_pairs(4, None, 10, 0)]
+    one_by_one = np.mean(
+        [ms_ssim3d(np.clip(a, *window) - window[0], np.clip(b, *window) - window[0], 0.45, 2) for a, b in pairs]
+    )
+    assert mean_ms_ssim(pairs, window, scales=2) == pytest.approx(one_by_one, rel=1e-6)
+    # Room for two volumes' maps only: evicted ones are filtered again, with the same result.
+    assert mean_ms_ssim(pairs, window, scales=2, cache_bytes=1) == pytest.approx(one_by_one, rel=1e-6)
+    assert mean_ms_ssim([(volumes[0], volumes[0])], window, scales=2) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_sample_pairs_caps_and_is_reproducible():
