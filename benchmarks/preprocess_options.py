@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from flowlet.phantoms.cohort import CohortSettings, SubjectParameters, draw_subject, subject_paths, write_cohort
+from flowlet.preprocess.bias import N4Settings
 from flowlet.preprocess.pipeline import PreprocessResult, PreprocessSettings, preprocess_subject
 from flowlet.preprocess.register import Registration, RegistrationSettings
 from flowlet.preprocess.skullstrip import BACKENDS, SkullstripSettings
@@ -34,12 +35,20 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
         default=RegistrationSettings.fine_sampling_rate,
         help="the same fraction at the registration's finest level",
     )
+    parser.add_argument(
+        "--n4-iterations",
+        type=int,
+        nargs="+",
+        default=list(N4Settings.iterations),
+        help="N4 iterations per fitting level (the demo's config uses 50 50)",
+    )
 
 
 def preprocess_settings(args: argparse.Namespace, **registration) -> PreprocessSettings:
     """The settings the arguments name; ``registration`` overrides RegistrationSettings fields (a seed, a rate)."""
     return PreprocessSettings(
         threads=args.threads,
+        n4=N4Settings(iterations=tuple(args.n4_iterations)),
         skullstrip=SkullstripSettings(backend=args.backend),
         registration=RegistrationSettings(
             **{

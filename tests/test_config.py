@@ -52,7 +52,7 @@ def test_the_shipped_demo_shortens_n4_and_atropos_and_a_real_dataset_keeps_the_s
     real = load_config(REPO / "config" / "config.yaml", {"data": {"bids_dir": str(tmp_path)}})
     schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
     for section, key, demo_value in [
-        ("preprocess", "n4_iterations", [50, 50, 50]),
+        ("preprocess", "n4_iterations", [50, 50]),
         ("regional_measures", "atropos_iterations", 3),
     ]:
         assert demo[section][key] == demo_value
