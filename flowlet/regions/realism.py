@@ -176,7 +176,7 @@ def _pyramid(volume: np.ndarray, scales: int, kernel: torch.Tensor, dtype=np.flo
     current = torch.as_tensor(np.asarray(volume, dtype=dtype))[None, None]
     maps = []
     for scale in range(scales):
-        mean, mean_square = _filter(torch.cat([current, current * current]).reshape(2, 1, *current.shape[2:]), kernel)
+        mean, mean_square = _filter(torch.cat([current, current * current]), kernel)
         maps.append(_ScaleMaps(current, mean[None], mean_square[None]))
         if scale < scales - 1:
             current = F.avg_pool3d(current, 2, ceil_mode=False)
