@@ -440,6 +440,21 @@ def test_a_feature_constant_in_training_cannot_blow_up_predictions():
     assert np.all(np.abs(model.predict(test) - test_ages) < 20)
 
 
+def test_a_regressor_refuses_features_or_ages_that_are_not_finite():
+    # The grid search skips sklearn's own per-fit checks; the regressor checks its inputs once instead.
+    from flowlet.brainage.regressors import make_search
+
+    rng = np.random.default_rng(0)
+    ages = rng.uniform(20, 80, 40)
+    features = ages[:, None] / 60 + rng.normal(0, 0.05, (40, 10))
+    broken = features.copy()
+    broken[3, 4] = np.nan
+    with pytest.raises(FlowletError, match="not all finite"):
+        make_search("ridge", 40, 10, pca_components=[5], cv_folds=4).fit(broken, ages)
+    with pytest.raises(FlowletError, match="not all finite"):
+        make_search("ridge", 40, 10, pca_components=[5], cv_folds=4).fit(features, np.where(ages > 70, np.inf, ages))
+
+
 def test_baseline_generator_arms_sit_beside_flowlets_on_the_same_test_subjects(cohort_dir: Path):
     manifest = cohort_dir / "synthetic_60-80.tsv"
     results = run_experiment(

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn import config_context
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin, clone
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.decomposition import KernelPCA
@@ -153,7 +154,13 @@ class LinearKernelRegressor(RegressorMixin, BaseEstimator):
         # would be divided by ~0 and turn a new image's ordinary value into thousands of standard deviations.
         self.scaler_.scale_ = np.maximum(self.scaler_.scale_, MIN_RELATIVE_SPREAD * np.median(self.scaler_.scale_))
         self.train_features_ = self.scaler_.transform(features).astype(np.float32)
-        self.estimator_ = clone(self.estimator).fit(self._kernel(self.train_features_), ages)
+        kernel = self._kernel(self.train_features_)
+        if not (np.isfinite(kernel).all() and np.isfinite(ages).all()):
+            raise FlowletError("brain-age features or ages are not all finite; cannot fit a regressor")
+        # Checked once here: the grid search's thousands of small fits would each check the arrays and their
+        # own parameters again, which on a few dozen subjects took most of their time.
+        with config_context(assume_finite=True, skip_parameter_validation=True):
+            self.estimator_ = clone(self.estimator).fit(kernel, ages)
         return self
 
     def _kernel(self, standardised: np.ndarray) -> np.ndarray:
