@@ -27,10 +27,9 @@ from flowlet.data.nifti import load_nifti
 from flowlet.data.tables import read_tsv, resolve_image_path
 from flowlet.errors import FlowletError
 from flowlet.generative.conditions import ConditionRange, normalise_conditions
+from flowlet.generative.requests import CONDITION_COLUMNS
 from flowlet.generative.wavelets import pad_to_size
 
-# Table column of each condition variable the generator knows.
-CONDITION_COLUMNS = {"Age": "age", "Sex": "sex"}
 # Sex is coded 0 = female, 1 = male.
 SEX_CODES = {"0": 0.0, "1": 1.0, "f": 0.0, "m": 1.0, "female": 0.0, "male": 1.0}
 CLIP_PERCENTILES = (0.5, 99.5)

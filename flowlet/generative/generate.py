@@ -15,10 +15,8 @@ output before the intensity convention and written to the manifest beside its co
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +32,12 @@ from flowlet.data.templates import MNI_GRIDS, template_brain_mask
 from flowlet.errors import FlowletError
 from flowlet.generative.checkpoint import model_from_payload, read_checkpoint
 from flowlet.generative.conditions import ConditionRange, load_condition_ranges, normalise_conditions
-from flowlet.generative.data import CONDITION_COLUMNS, SEX_CODES, upsample_to_grid, working_shape
+from flowlet.generative.data import SEX_CODES, upsample_to_grid, working_shape
+from flowlet.generative.requests import CONDITION_COLUMNS, SampleRequest, write_manifest
 from flowlet.generative.sampling_spec import SamplingSpec, sampling_spec
 from flowlet.generative.seeds import derived_seed
 from flowlet.generative.solvers import guided_velocity, integrate
-from flowlet.generative.synthetic_qc import QC_METRICS, TemplateQC, qc_metrics
+from flowlet.generative.synthetic_qc import TemplateQC, qc_metrics
 from flowlet.generative.unet import FlowUNet, UNetConfig
 from flowlet.generative.wavelets import center_crop, idwt3d
 
@@ -46,17 +45,6 @@ log = logging.getLogger(__name__)
 
 INTENSITY_CONVENTIONS = ("zscore", "unit")
 OUTPUT_PREFIX = "FlowLet_synthetic_brain"
-
-
-@dataclass(frozen=True)
-class SampleRequest:
-    """One volume to generate: raw condition values (age in years), where to save it, and its noise seed."""
-
-    conditions: dict[str, float]
-    file: Path
-    seed: int
-    # Columns of the ages table the model is not conditioned on (sex, age bin): carried into the manifest.
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -338,22 +326,3 @@ def write_samples(
     progress.close()
     write_manifest(manifest, output_dir, list(requests), list(names), metrics)
     return manifest
-
-
-def write_manifest(
-    path: Path, output_dir: Path, requests: list[SampleRequest], names: list[str], metrics: list[dict[str, float]]
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as stream:
-        writer = csv.writer(stream, delimiter="\t", lineterminator="\n")
-        extra = list(dict.fromkeys(key for request in requests for key in request.metadata))
-        writer.writerow(["image"] + [CONDITION_COLUMNS[name] for name in names] + ["seed"] + extra + list(QC_METRICS))
-        for request, measured in zip(requests, metrics):
-            image = Path(os.path.relpath(output_dir / request.file, path.parent)).as_posix()
-            writer.writerow(
-                [image]
-                + [f"{request.conditions[n]:g}" for n in names]
-                + [request.seed]
-                + [request.metadata.get(key, "") for key in extra]
-                + [f"{measured[metric]:.6g}" for metric in QC_METRICS]
-            )

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from flowlet.errors import FlowletError
-from flowlet.generative.solvers import SOLVER_METHODS
+from flowlet.generative.requests import SOLVER_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ages_tsv is not None and _wrote_empty_manifest(args):
+        return 0
     from flowlet.devices import resolve_device
     from flowlet.generative.chunks import select_chunk
     from flowlet.generative.conditions import parse_condition_spec
@@ -194,6 +196,27 @@ def run(args: argparse.Namespace) -> int:
     )
     log.info("wrote %d volumes and %s", len(requests), manifest)
     return 0
+
+
+def _wrote_empty_manifest(args: argparse.Namespace) -> bool:
+    """Whether the ages table holds no request for this chunk, in which case its empty manifest is written.
+
+    The plan gives well-covered bins no synthetic subjects, yet each bin has its generation jobs; they finish
+    without loading torch or the model. The columns are the ages table's conditions (a model conditioned on
+    fewer would list fewer: no rows either way).
+    """
+    from flowlet.data.tables import read_tsv
+    from flowlet.generative.chunks import select_chunk
+    from flowlet.generative.requests import CONDITION_COLUMNS, write_manifest
+
+    table = read_tsv(args.ages_tsv, "ages table", dtype=str, keep_default_na=False)
+    if select_chunk(list(range(len(table))), args.chunk_size, args.chunk):
+        return False
+    manifest = args.manifest or args.output_dir / "manifest.tsv"
+    names = [name for name, column in CONDITION_COLUMNS.items() if column in table.columns]
+    write_manifest(manifest, args.output_dir, [], names, [])
+    log.info("ages table %s: nothing to generate in chunk %d; wrote the empty %s", args.ages_tsv, args.chunk, manifest)
+    return True
 
 
 def run_linear(args: argparse.Namespace) -> int:

@@ -12,9 +12,9 @@ import torch
 from tqdm.auto import tqdm
 
 from flowlet.errors import FlowletError
+from flowlet.generative.requests import SOLVER_METHODS
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-SOLVER_METHODS = ("euler", "heun", "midpoint")
 
 
 @torch.no_grad()
