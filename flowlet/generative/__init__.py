@@ -7,4 +7,5 @@
 - ``flows``: probability paths (rectified, cfm, trigonometric, vp_diffusion) and time samplers.
 - ``loss``: the LLL/detail-weighted flow-matching loss.
 - ``solvers``: Euler/Heun/midpoint integration and classifier-free guidance.
+- ``requests``: sample requests, solver names and the manifest writer, without torch.
 """
