@@ -447,10 +447,11 @@ def test_a_regressor_refuses_features_or_ages_that_are_not_finite():
     rng = np.random.default_rng(0)
     ages = rng.uniform(20, 80, 40)
     features = ages[:, None] / 60 + rng.normal(0, 0.05, (40, 10))
-    broken = features.copy()
-    broken[3, 4] = np.nan
-    with pytest.raises(FlowletError, match="not all finite"):
-        make_search("ridge", 40, 10, pca_components=[5], cv_folds=4).fit(broken, ages)
+    for bad_value in (np.nan, np.inf):
+        broken = features.copy()
+        broken[3, 4] = bad_value
+        with pytest.raises(FlowletError, match="not all finite"):
+            make_search("ridge", 40, 10, pca_components=[5], cv_folds=4).fit(broken, ages)
     with pytest.raises(FlowletError, match="not all finite"):
         make_search("ridge", 40, 10, pca_components=[5], cv_folds=4).fit(features, np.where(ages > 70, np.inf, ages))
 

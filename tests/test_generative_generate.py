@@ -406,42 +406,40 @@ def test_the_gate_runs_without_importing_torch(tmp_path, reference):
 
 
 @pytest.mark.parametrize("backend", ["flowlet", "linear"])
-def test_a_chunk_with_nothing_to_generate_writes_its_empty_manifest_without_torch_or_the_model(tmp_path, backend):
+def test_a_chunk_with_nothing_to_generate_writes_its_empty_manifest_without_torch_or_the_model(
+    tmp_path, backend, capsys
+):
     # The plan gives well-covered bins no synthetic subjects; their jobs must not pay for loading a generator.
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"never read: there is nothing to generate")
     ages = tmp_path / "ages.tsv"
     ages.write_text("age\tsex\tfile\n" + "".join(f"{40 + i}\tF\ts{i}.nii.gz\n" for i in range(3)))
     empty = tmp_path / "empty_ages.tsv"
     empty.write_text("age\tsex\tfile\n")
     for table, chunk_flags, name in ((empty, [], "empty"), (ages, ["--chunk-size", "2", "--chunk", "2"], "past")):
         manifest = tmp_path / f"{name}_manifest.tsv"
-        arguments = ["generate", "--backend", backend, "--checkpoint-path", str(tmp_path / "absent.pth")]
-        arguments += ["--ages-tsv", str(table), "--output-dir", str(tmp_path / name), "--manifest", str(manifest)]
+        arguments = ["generate", "--backend", backend, "--checkpoint-path", str(checkpoint), "--ages-tsv", str(table)]
+        arguments += ["--output-dir", str(tmp_path / name), "--manifest", str(manifest), *chunk_flags]
         script = (
-            f"import sys; from flowlet.cli import main; status = main({arguments + chunk_flags!r}); "
+            f"import sys; from flowlet.cli import main; status = main({arguments!r}); "
             "assert status == 0 and 'torch' not in sys.modules, 'failed or imported torch'"
         )
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert manifest.read_text() == "image\tage\tsex\tseed\tdice_template\tncc_template\n"
-    # A chunk that holds requests still needs the model, and says which file is missing.
-    status = main(
-        [
-            "generate",
-            "--backend",
-            backend,
-            "--checkpoint-path",
-            str(tmp_path / "absent.pth"),
-            "--ages-tsv",
-            str(ages),
-            "--output-dir",
-            str(tmp_path / "some"),
-            "--chunk-size",
-            "2",
-            "--chunk",
-            "1",
-        ]
-    )
-    assert status != 0
+
+    def generate(checkpoint_path: Path, table: Path, *chunk_flags: str) -> str:
+        arguments = ["generate", "--backend", backend, "--checkpoint-path", str(checkpoint_path)]
+        assert main([*arguments, "--ages-tsv", str(table), "--output-dir", str(tmp_path / "x"), *chunk_flags]) == 1
+        return capsys.readouterr().err
+
+    # Broken inputs still fail at once, naming the file, though nothing is to be generated.
+    assert "absent.pth does not exist" in generate(tmp_path / "absent.pth", empty)
+    headless = tmp_path / "headless.tsv"
+    headless.write_text("Age\n")
+    assert "headless.tsv lacks the column(s) file, age" in generate(checkpoint, headless)
+    # A chunk that holds requests loads the model, which this file is not.
+    assert "model.pth" in generate(checkpoint, ages, "--chunk-size", "2", "--chunk", "1")
 
 
 def test_chunks_per_bin_come_from_the_plans_cap():

@@ -266,17 +266,23 @@ def test_ssim_matches_scikit_image_and_ms_ssim_of_identical_volumes_is_one():
         ms_ssim3d(volume[:40], volume[:40], span, scales=4)
 
 
-def test_mean_ms_ssim_reuses_volumes_and_agrees_with_each_pair_alone_with_or_without_room_to_keep_them():
+def test_mean_ms_ssim_filters_each_volume_once_and_gives_what_it_gave_pair_by_pair(monkeypatch):
+    from flowlet.regions import realism
+
     rng = np.random.default_rng(1)
     volumes = [ndimage.gaussian_filter(rng.normal(size=(48, 52, 44)), 2).astype(np.float32) for _ in range(4)]
     window = (-0.2, 0.25)
     pairs = [(volumes[i], volumes[j]) for i, j in sample_pairs(4, None, 10, 0)]
-    one_by_one = np.mean(
-        [ms_ssim3d(np.clip(a, *window) - window[0], np.clip(b, *window) - window[0], 0.45, 2) for a, b in pairs]
-    )
-    assert mean_ms_ssim(pairs, window, scales=2) == pytest.approx(one_by_one, rel=1e-6)
+    built = []
+    pyramid = realism._pyramid
+    monkeypatch.setattr(realism, "_pyramid", lambda *args, **kwargs: built.append(1) or pyramid(*args, **kwargs))
+    # The value of the code before volumes were reused, which filtered each pair's five maps on their own.
+    assert mean_ms_ssim(pairs, window, scales=2) == pytest.approx(0.06431948572022485, rel=1e-6)
+    assert len(built) == 4
     # Room for two volumes' maps only: evicted ones are filtered again, with the same result.
-    assert mean_ms_ssim(pairs, window, scales=2, cache_bytes=1) == pytest.approx(one_by_one, rel=1e-6)
+    built.clear()
+    assert mean_ms_ssim(pairs, window, scales=2, cache_bytes=1) == pytest.approx(0.06431948572022485, rel=1e-6)
+    assert len(built) > 4
     assert mean_ms_ssim([(volumes[0], volumes[0])], window, scales=2) == pytest.approx(1.0, abs=1e-6)
 
 

@@ -149,18 +149,23 @@ class LinearKernelRegressor(RegressorMixin, BaseEstimator):
         self.estimator = estimator
 
     def fit(self, features: np.ndarray, ages: np.ndarray) -> LinearKernelRegressor:
+        if not (np.isfinite(features).all() and np.isfinite(ages).all()):
+            raise FlowletError("brain-age features or ages are not all finite; cannot fit a regressor")
         self.scaler_ = StandardScaler().fit(features)
         # A feature that barely varies in this training set (a tissue density where every synthetic brain agrees)
         # would be divided by ~0 and turn a new image's ordinary value into thousands of standard deviations.
         self.scaler_.scale_ = np.maximum(self.scaler_.scale_, MIN_RELATIVE_SPREAD * np.median(self.scaler_.scale_))
         self.train_features_ = self.scaler_.transform(features).astype(np.float32)
-        kernel = self._kernel(self.train_features_)
-        if not (np.isfinite(kernel).all() and np.isfinite(ages).all()):
-            raise FlowletError("brain-age features or ages are not all finite; cannot fit a regressor")
-        # Checked once here: the grid search's thousands of small fits would each check the arrays and their
-        # own parameters again, which on a few dozen subjects took most of their time.
+        # The inputs are checked once, above: the grid search's thousands of small fits would each check the
+        # arrays and their own parameters again, which on a few dozen subjects took most of their time. What
+        # those checks would have caught inside a fold (a model's non-finite output) shows in its scores.
         with config_context(assume_finite=True, skip_parameter_validation=True):
-            self.estimator_ = clone(self.estimator).fit(kernel, ages)
+            self.estimator_ = clone(self.estimator).fit(self._kernel(self.train_features_), ages)
+        if (
+            isinstance(self.estimator_, GridSearchCV)
+            and not np.isfinite(self.estimator_.cv_results_["mean_test_score"]).all()
+        ):
+            raise FlowletError("a brain-age regressor gave non-finite predictions in cross-validation")
         return self
 
     def _kernel(self, standardised: np.ndarray) -> np.ndarray:

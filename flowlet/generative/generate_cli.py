@@ -203,15 +203,18 @@ def _wrote_empty_manifest(args: argparse.Namespace) -> bool:
 
     The plan gives well-covered bins no synthetic subjects, yet each bin has its generation jobs; they finish
     without loading torch or the model. The columns are the ages table's conditions (a model conditioned on
-    fewer would list fewer: no rows either way).
+    fewer would list fewer: no rows either way). The table's columns and the checkpoint's presence are still
+    checked, so that a broken input fails here and not in a later stage.
     """
     from flowlet.data.tables import read_tsv
     from flowlet.generative.chunks import select_chunk
     from flowlet.generative.requests import CONDITION_COLUMNS, write_manifest
 
-    table = read_tsv(args.ages_tsv, "ages table", dtype=str, keep_default_na=False)
+    table = read_tsv(args.ages_tsv, "ages table", required=("file", "age"), dtype=str, keep_default_na=False)
     if select_chunk(list(range(len(table))), args.chunk_size, args.chunk):
         return False
+    if not args.checkpoint_path.is_file():
+        raise FlowletError(f"generator checkpoint {args.checkpoint_path} does not exist")
     manifest = args.manifest or args.output_dir / "manifest.tsv"
     names = [name for name, column in CONDITION_COLUMNS.items() if column in table.columns]
     write_manifest(manifest, args.output_dir, [], names, [])
