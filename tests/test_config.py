@@ -47,13 +47,16 @@ def test_demo_values_fill_only_the_keys_left_null_and_only_for_the_demo(tmp_path
     assert real["train_generator"]["steps"] is None
 
 
-def test_the_shipped_demo_shortens_n4_and_atropos_and_a_real_dataset_keeps_the_schema_defaults(tmp_path):
+def test_the_shipped_demo_shortens_n4_and_atropos_and_trains_on_one_thread_and_a_real_dataset_keeps_the_defaults(
+    tmp_path,
+):
     demo = load_config(REPO / "config" / "config.yaml", {"data": {"bids_dir": ""}})
     real = load_config(REPO / "config" / "config.yaml", {"data": {"bids_dir": str(tmp_path)}})
     schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
     for section, key, demo_value in [
         ("preprocess", "n4_iterations", [50, 50]),
         ("regional_measures", "atropos_iterations", 3),
+        ("train_generator", "threads", 1),
     ]:
         assert demo[section][key] == demo_value
         assert real[section][key] == schema[section]["properties"][key]["default"] != demo_value
@@ -137,10 +140,12 @@ def test_schema_defaults_are_the_commands_defaults(section, command):
         )
 
 
-# generate's keys that the workflow reads itself: which generators run (both: one rule per backend, each with
-# its own --backend), and what other rules (the QC gate, the scorecard's cohort) use.
+# Keys that the workflow reads itself: which generators run (both: one rule per backend, each with its own
+# --backend), what other rules (the QC gate, the scorecard's cohort) use, and the training job's Snakemake
+# threads (passed as --threads, whose default by hand is torch's choice).
 WORKFLOW_ONLY_KEYS = {
-    "generate": {"backend", "scorecard_samples", "qc_gate", "qc_max_robust_z", "qc_reference_max_images"}
+    "generate": {"backend", "scorecard_samples", "qc_gate", "qc_max_robust_z", "qc_reference_max_images"},
+    "train_generator": {"threads"},
 }
 
 

@@ -42,13 +42,13 @@ rule train:
     priority: 10
     conda:
         f"{ENVS}/generative.yaml"
-    threads: 2
+    threads: config["train_generator"]["threads"]
     resources:
         mem_mb=16000,
         runtime=1440,
         gpu=1 if config["train_generator"]["device"] == "cuda" else 0,
     params:
-        flags=cli_flags("train_generator"),
+        flags=cli_flags("train_generator", skip=("threads",)),
         run_dir=f"{STUDY}/generator/training",
     shell:
         "python -m flowlet train {input.split} --output-dir {params.run_dir} {params.flags} "
