@@ -27,13 +27,12 @@ from tqdm.auto import tqdm
 
 from flowlet.data.masks import zscore_in_mask
 from flowlet.data.nifti import save_nifti
-from flowlet.data.tables import read_tsv
 from flowlet.data.templates import MNI_GRIDS, template_brain_mask
 from flowlet.errors import FlowletError
 from flowlet.generative.checkpoint import model_from_payload, read_checkpoint
 from flowlet.generative.conditions import ConditionRange, load_condition_ranges, normalise_conditions
 from flowlet.generative.data import SEX_CODES, upsample_to_grid, working_shape
-from flowlet.generative.requests import CONDITION_COLUMNS, SampleRequest, write_manifest
+from flowlet.generative.requests import CONDITION_COLUMNS, SampleRequest, read_ages_table, write_manifest
 from flowlet.generative.sampling_spec import SamplingSpec, sampling_spec
 from flowlet.generative.seeds import derived_seed
 from flowlet.generative.solvers import guided_velocity, integrate
@@ -145,8 +144,8 @@ def requests_from_conditions(
 def requests_from_table(path: str | Path, seed: int, config: UNetConfig) -> list[SampleRequest]:
     """One sample per row of a TSV with columns ``age`` [, ``sex``] and ``file`` (output path, relative to the output folder)."""
     path = Path(path)
-    table = read_tsv(path, "ages table", dtype=str, keep_default_na=False)
-    needed = ["file"] + [CONDITION_COLUMNS[name] for name in config.condition_vars]
+    table = read_ages_table(path)
+    needed = [CONDITION_COLUMNS[name] for name in config.condition_vars]
     missing = [column for column in needed if column not in table.columns]
     if missing:
         raise FlowletError(f"ages table {path} lacks columns {missing} (has {list(table.columns)})")

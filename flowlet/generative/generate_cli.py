@@ -206,11 +206,10 @@ def _wrote_empty_manifest(args: argparse.Namespace) -> bool:
     fewer would list fewer: no rows either way). The table's columns and the checkpoint's presence are still
     checked, so that a broken input fails here and not in a later stage.
     """
-    from flowlet.data.tables import read_tsv
     from flowlet.generative.chunks import select_chunk
-    from flowlet.generative.requests import CONDITION_COLUMNS, write_manifest
+    from flowlet.generative.requests import CONDITION_COLUMNS, read_ages_table, write_manifest
 
-    table = read_tsv(args.ages_tsv, "ages table", required=("file", "age"), dtype=str, keep_default_na=False)
+    table = read_ages_table(args.ages_tsv)
     if select_chunk(list(range(len(table))), args.chunk_size, args.chunk):
         return False
     if not args.checkpoint_path.is_file():

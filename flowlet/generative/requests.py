@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flowlet.data.tables import read_tsv
 from flowlet.generative.synthetic_qc import QC_METRICS
 
 # Model condition -> column of the training, ages and manifest tables.
@@ -25,6 +26,12 @@ class SampleRequest:
     seed: int
     # Columns of the ages table the model is not conditioned on (sex, age bin): carried into the manifest.
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def read_ages_table(path: Path):
+    """A generation job's ages table (one row per volume: ``file``, ``age`` and optional ``sex``, ``age_bin``),
+    every value as written."""
+    return read_tsv(path, "ages table", required=("file", "age"), dtype=str, keep_default_na=False)
 
 
 def write_manifest(
