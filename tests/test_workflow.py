@@ -94,7 +94,7 @@ def test_installed_snakemake_never_runs_more_threads_than_cores(tmp_path):
 @pytest.mark.parametrize("threads, waits", [(1, False), (2, True)])
 def test_the_baseline_generator_waits_only_for_a_training_of_several_threads(tmp_path, threads, waits):
     # Snakemake does not hold cores back for a job that needs several: with the baseline's one-thread jobs ready,
-    # a two-thread training waited for two free cores. A one-thread training (the demo's) runs beside them.
+    # a two-thread training waited for two free cores. A one-thread training runs beside them.
     config = tmp_path / "threads.yaml"
     config.write_text(f"train_generator:\n  threads: {threads}\n")
     result = snakemake(tmp_path, "-n", "--forceall", "results/baseline/linear_model.npz", configfile=config)

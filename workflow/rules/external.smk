@@ -29,8 +29,6 @@ if EXTERNAL_DIR:
             f"{LOGS}/{EXTERNAL}/preprocess/{{subject}}.log",
         benchmark:
             f"{BENCHMARKS}/{EXTERNAL}/preprocess/{{subject}}.tsv"
-        # Evaluation only: the training does not wait for it.
-        priority: 0
 
     use rule qc_table as qc_table_external with:
         input:

@@ -125,7 +125,7 @@ rule fit_baseline:
         # Not read: the baseline's chain of one-thread jobs waits for a training of several threads. Snakemake
         # does not hold cores back for a job that needs several, so with them ready training waited for two free
         # cores (133 s of the demo); ancient() keeps retraining from refitting the baseline. A one-thread
-        # training (the demo's) runs beside the chain.
+        # training runs beside the chain.
         after_training=(
             ancient(rules.train.output.config)
             if "flowlet" in BACKENDS and config["train_generator"]["threads"] > 1

@@ -20,9 +20,6 @@ rule preprocess:
         f"{LOGS}/preprocess/{{subject}}.log",
     benchmark:
         f"{BENCHMARKS}/preprocess/{{subject}}.tsv"
-    # Before the subjects' regional measures: the split, and so the generator's training (the longest job),
-    # waits for every subject's preprocessing, while regional measures can run beside the training.
-    priority: 1
     conda:
         f"{ENVS}/preprocess.yaml"
     # One thread per subject: subjects are independent, so parallel jobs use the cores better than threads.
