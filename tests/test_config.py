@@ -137,12 +137,10 @@ def test_schema_defaults_are_the_commands_defaults(section, command):
         )
 
 
-# Keys that the workflow reads itself: which generators run (both: one rule per backend, each with its own
-# --backend), what other rules (the QC gate, the scorecard's cohort) use, and the training job's Snakemake
-# threads (passed as --threads, whose default by hand is torch's choice).
+# generate's keys that the workflow reads itself: which generators run (both: one rule per backend, each with
+# its own --backend), and what other rules (the QC gate, the scorecard's cohort) use.
 WORKFLOW_ONLY_KEYS = {
-    "generate": {"backend", "scorecard_samples", "qc_gate", "qc_max_robust_z", "qc_reference_max_images"},
-    "train_generator": {"threads"},
+    "generate": {"backend", "scorecard_samples", "qc_gate", "qc_max_robust_z", "qc_reference_max_images"}
 }
 
 

@@ -91,16 +91,6 @@ def test_installed_snakemake_never_runs_more_threads_than_cores(tmp_path):
     assert all(start >= end for (_, end), (start, _) in zip(spans, spans[1:])), f"2-thread jobs overlapped: {spans}"
 
 
-@pytest.mark.parametrize("threads, waits", [(1, False), (2, True)])
-def test_the_baseline_generator_waits_only_for_a_training_of_several_threads(tmp_path, threads, waits):
-    # Snakemake does not hold cores back for a job that needs several: with the baseline's one-thread jobs ready,
-    # a two-thread training waited for two free cores. A one-thread training runs beside them.
-    config = tmp_path / "threads.yaml"
-    config.write_text(f"train_generator:\n  threads: {threads}\n")
-    result = snakemake(tmp_path, "-n", "--forceall", "results/baseline/linear_model.npz", configfile=config)
-    assert ("train" in planned_jobs(result)) == waits
-
-
 def test_ixi_by_one_key_names_subjects_without_age(tmp_path, ixi_dir):
     result = snakemake(tmp_path, "-n", "--config", f"data={{'bids_dir': '{ixi_dir}'}}")
     jobs = planned_jobs(result)

@@ -42,13 +42,13 @@ rule train:
     priority: 10
     conda:
         f"{ENVS}/generative.yaml"
-    threads: config["train_generator"]["threads"]
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=1440,
         gpu=1 if config["train_generator"]["device"] == "cuda" else 0,
     params:
-        flags=cli_flags("train_generator", skip=("threads",)),
+        flags=cli_flags("train_generator"),
         run_dir=f"{STUDY}/generator/training",
     shell:
         "python -m flowlet train {input.split} --output-dir {params.run_dir} {params.flags} "
@@ -122,15 +122,10 @@ rule generate:
 rule fit_baseline:
     input:
         split=rules.split.output[0],
-        # Not read: the baseline's chain of one-thread jobs waits for a training of several threads. Snakemake
-        # does not hold cores back for a job that needs several, so with them ready training waited for two free
-        # cores (133 s of the demo); ancient() keeps retraining from refitting the baseline. A one-thread
-        # training runs beside the chain.
-        after_training=(
-            ancient(rules.train.output.config)
-            if "flowlet" in BACKENDS and config["train_generator"]["threads"] > 1
-            else []
-        ),
+        # Not read: the baseline's chain of one-thread jobs waits for training. Snakemake does not hold cores
+        # back for a job that needs several, so with them ready training waited for two free cores (133 s of
+        # the demo); ancient() keeps retraining from refitting the baseline.
+        after_training=ancient(rules.train.output.config) if "flowlet" in BACKENDS else [],
     output:
         f"{STUDY}/baseline/linear_model.npz",
     log:
