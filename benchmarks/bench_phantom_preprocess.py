@@ -24,10 +24,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from preprocess_options import add_preprocess_arguments, preprocess_settings, preprocessed_phantoms
+from preprocess_options import preprocess_settings, preprocessed_phantoms
 from tables import print_row, summarise
 
 from flowlet.phantoms.scoring import best_affine_map_errors_mm, boundary_errors_mm
+from flowlet.preprocess.cli import add_settings_arguments
 from flowlet.preprocess.qc import dice
 
 COLUMNS = (
@@ -50,7 +51,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--age-min", type=float, default=20.0)
     parser.add_argument("--age-max", type=float, default=80.0)
-    add_preprocess_arguments(parser)
+    add_settings_arguments(parser)
     parser.add_argument("--output", type=Path, help="optional TSV of the per-subject figures")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -86,7 +87,7 @@ def main() -> int:
         "affine_floor_mean_mm": "reported",
     }
     table = summarise(rows, args.output, targets, 3)
-    print(f"{len(table)} phantoms (seed {args.seed}, backend {args.backend})")
+    print(f"{len(table)} phantoms (seed {args.seed}, backend {args.skullstrip_backend})")
     return 0
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from preprocess_options import IXI_DIR, add_preprocess_arguments, preprocess_settings
+from preprocess_options import IXI_DIR, preprocess_settings
 
 from flowlet.data.nifti import tilted_copy
+from flowlet.preprocess.cli import add_settings_arguments
 from flowlet.preprocess.pipeline import run_and_write
 from flowlet.preprocess.qc import dice
 
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--ixi", type=Path, default=IXI_DIR)
     parser.add_argument("--schedules", nargs="+", default=["0.05:0.05", "0.2:0.2", "0.2:0.05"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
-    add_preprocess_arguments(parser)
+    add_settings_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     subject, upright = youngest_scan(args.ixi)

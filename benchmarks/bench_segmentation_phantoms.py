@@ -17,10 +17,11 @@ import sys
 import time
 
 import numpy as np
-from preprocess_options import add_preprocess_arguments, preprocess_settings, preprocessed_phantoms
+from preprocess_options import preprocess_settings, preprocessed_phantoms
 from tables import print_row, summarise
 
 from flowlet.preprocess import apply_to_mni
+from flowlet.preprocess.cli import add_settings_arguments
 from flowlet.preprocess.qc import dice
 from flowlet.regions.atlas import TISSUES
 from flowlet.regions.tissue import TissueSegmenter
@@ -34,7 +35,7 @@ def main() -> int:
     parser.add_argument("--n-subjects", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settings", nargs="+", default=["5:0.1", "5:0", "3:0.1"])
-    add_preprocess_arguments(parser)
+    add_settings_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     settings = preprocess_settings(args)

@@ -23,13 +23,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from preprocess_options import IXI_DIR, add_preprocess_arguments, preprocess_settings
+from preprocess_options import IXI_DIR, preprocess_settings
 from tables import print_row, summarise
 from tqdm import tqdm
 
 from flowlet.data.templates import template_brain_mask
 from flowlet.errors import FlowletError
 from flowlet.preprocess import apply_to_mni
+from flowlet.preprocess.cli import add_settings_arguments
 from flowlet.preprocess.pipeline import PreprocessSettings, preprocess_subject
 from flowlet.preprocess.qc import dice
 
@@ -74,7 +75,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ixi", type=Path, default=IXI_DIR)
     parser.add_argument("--every", type=int, default=1, help="take every n-th subject in age order (1 = all)")
-    add_preprocess_arguments(parser)
+    add_settings_arguments(parser)
     parser.add_argument("--limit", type=int, help="only the first n subjects in age order (oldest first)")
     parser.add_argument("--output", type=Path, help="optional TSV of the per-subject figures")
     parser.add_argument("--study", type=Path, help="score a finished study's saved masks and transforms instead")
@@ -109,7 +110,7 @@ def main() -> int:
         print_row(row, 4)
     targets = {"dice_mask": "min >= 0.97, median >= 0.98", "dice_mni_reference": "min >= 0.93, median >= 0.95"}
     table = summarise(rows, args.output, targets, 4)
-    print(f"{len(table)} subjects ({args.backend}), failures: {int(table['dice_mask'].isna().sum())}")
+    print(f"{len(table)} subjects ({args.skullstrip_backend}), failures: {int(table['dice_mask'].isna().sum())}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The preprocessing options, the IXI sample and the preprocessed phantoms the benchmarks share."""
+"""The preprocessing options (the flags of `flowlet preprocess`), the IXI sample and the preprocessed phantoms the
+benchmarks share."""
 
 from __future__ import annotations
 
@@ -6,58 +7,23 @@ import argparse
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from flowlet.phantoms.cohort import CohortSettings, SubjectParameters, draw_subject, subject_paths, write_cohort
-from flowlet.preprocess.bias import N4Settings
+from flowlet.preprocess.cli import settings_from_args
 from flowlet.preprocess.pipeline import PreprocessResult, PreprocessSettings, preprocess_subject
-from flowlet.preprocess.register import Registration, RegistrationSettings
-from flowlet.preprocess.skullstrip import BACKENDS, SkullstripSettings
+from flowlet.preprocess.register import Registration
 
 IXI_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ixi"
 
 
-def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--backend", default="deepbet", choices=BACKENDS)
-    parser.add_argument(
-        "--registration-sampling",
-        type=float,
-        default=RegistrationSettings.sampling_rate,
-        help="fraction of template voxels the registration metric samples",
-    )
-    parser.add_argument(
-        "--registration-fine-sampling",
-        type=float,
-        default=RegistrationSettings.fine_sampling_rate,
-        help="the same fraction at the registration's finest level",
-    )
-    parser.add_argument(
-        "--n4-iterations",
-        type=int,
-        nargs="+",
-        default=list(N4Settings.iterations),
-        help="N4 iterations per fitting level (the demo's config uses 50 50)",
-    )
-
-
 def preprocess_settings(args: argparse.Namespace, **registration) -> PreprocessSettings:
     """The settings the arguments name; ``registration`` overrides RegistrationSettings fields (a seed, a rate)."""
-    return PreprocessSettings(
-        threads=args.threads,
-        n4=N4Settings(iterations=tuple(args.n4_iterations)),
-        skullstrip=SkullstripSettings(backend=args.backend),
-        registration=RegistrationSettings(
-            **{
-                "sampling_rate": args.registration_sampling,
-                "fine_sampling_rate": args.registration_fine_sampling,
-                **registration,
-            }
-        ),
-    )
+    settings = settings_from_args(args)
+    return replace(settings, registration=replace(settings.registration, **registration))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from flowlet.data.tables import read_tsv
 from flowlet.generative.synthetic_qc import QC_METRICS
 
@@ -28,7 +30,7 @@ class SampleRequest:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def read_ages_table(path: Path):
+def read_ages_table(path: Path) -> pd.DataFrame:
     """A generation job's ages table (one row per volume: ``file``, ``age`` and optional ``sex``, ``age_bin``),
     every value as written."""
     return read_tsv(path, "ages table", required=("file", "age"), dtype=str, keep_default_na=False)

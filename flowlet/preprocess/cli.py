@@ -15,8 +15,6 @@ from flowlet.preprocess.skullstrip import SKULLSTRIPPED_MODES, TEMPLATE_REGISTRA
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    defaults = PreprocessSettings()
-    n4, strip, reg = defaults.n4, defaults.skullstrip, defaults.registration
     parser.add_argument("t1w", type=Path, help="T1w NIfTI image (any orientation; 3D or 4D with one volume)")
     parser.add_argument(
         "--brain-mask", type=Path, required=True, help="output: native-space brain mask (uint8, input grid)"
@@ -32,6 +30,20 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bias-corrected-output", type=Path, help="output: N4-corrected native image")
     parser.add_argument("--subject", help="subject label for messages and QC (default: from the file name, sub-XXX)")
     parser.add_argument(
+        "--on-error",
+        choices=("stop", "skip"),
+        default="stop",
+        help="stop: fail with the reason; skip: record the reason in the QC outputs, leave the image "
+        "outputs empty and exit 0 so the study goes on without this subject",
+    )
+    add_settings_arguments(parser)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of PreprocessSettings (read back by ``settings_from_args``); the benchmarks share them."""
+    defaults = PreprocessSettings()
+    n4, strip, reg = defaults.n4, defaults.skullstrip, defaults.registration
+    parser.add_argument(
         "--resolution",
         type=int,
         choices=(1, 2),
@@ -39,13 +51,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         help="MNI grid: 2 mm (91x109x91) or 1 mm (182x218x182)",
     )
     parser.add_argument("--threads", type=int, default=defaults.threads, help="ITK and torch threads")
-    parser.add_argument(
-        "--on-error",
-        choices=("stop", "skip"),
-        default="stop",
-        help="stop: fail with the reason; skip: record the reason in the QC outputs, leave the image "
-        "outputs empty and exit 0 so the study goes on without this subject",
-    )
     group = parser.add_argument_group("N4 bias-field correction")
     group.add_argument(
         "--n4-shrink-factor",
