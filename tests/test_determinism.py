@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_network_flags
 from test_brainage_experiment import age_volume
 
 from flowlet.data.nifti import save_nifti
@@ -30,23 +31,7 @@ ONE_THREAD = {
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
 }
 TINY_GENERATOR = [
-    "--preset",
-    "tiny",
-    "--model-channels",
-    "16",
-    "--channel-mult",
-    "1",
-    "2",
-    "--num-res-blocks",
-    "1",
-    "--attention-res",
-    "2",
-    "--norm-num-groups",
-    "8",
-    "--num-heads",
-    "4",
-    "--condition-embedding-dim",
-    "32",
+    *tiny_network_flags(),
     "--downsample",
     "4",
     "--steps",

@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_network_flags
 
 from flowlet.brainage.tables import read_synthetic
 from flowlet.cli import main
@@ -34,25 +35,6 @@ from flowlet.generative.synthetic_qc import (
 from flowlet.qc_metrics import dice, normalised_cross_correlation
 
 AGES = (20.0, 40.0, 60.0, 80.0)
-TINY_ARCHITECTURE = [
-    "--preset",
-    "tiny",
-    "--model-channels",
-    "16",
-    "--channel-mult",
-    "1",
-    "2",
-    "--num-res-blocks",
-    "1",
-    "--attention-res",
-    "2",
-    "--norm-num-groups",
-    "8",
-    "--num-heads",
-    "4",
-    "--condition-embedding-dim",
-    "32",
-]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +55,7 @@ def trained_run(tmp_path_factory) -> Path:
             str(table),
             "--output-dir",
             str(run_dir),
-            *TINY_ARCHITECTURE,
+            *tiny_network_flags(),
             "--downsample",
             "4",
             "--steps",

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config, tiny_network_flags
 
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
@@ -36,20 +37,6 @@ from flowlet.generative.unet import preset_config
 
 IXI_SUBJECT = "sub-IXI039HH1261"
 IXI_AGE = 23.35
-# Small enough to train on 2 CPU cores in about a minute, large enough to use every block type.
-TINY_NETWORK = dict(
-    model_channels=16,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(2,),
-    norm_num_groups=8,
-    num_heads=4,
-    condition_embedding_dim=32,
-)
-
-
-def tiny_config():
-    return dataclasses.replace(preset_config("tiny"), **TINY_NETWORK)
 
 
 def preprocess_ixi_t1w(t1w: Path, work: Path) -> Path:
@@ -411,27 +398,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(template
     import sys
 
     table = write_table(tmp_path / "three.tsv", [(template_brain, age) for age in (20.0, 50.0, 80.0)])
-    architecture = [
-        "--preset",
-        "tiny",
-        "--model-channels",
-        "16",
-        "--channel-mult",
-        "1",
-        "2",
-        "--num-res-blocks",
-        "1",
-        "--attention-res",
-        "2",
-        "--norm-num-groups",
-        "8",
-        "--num-heads",
-        "4",
-        "--condition-embedding-dim",
-        "32",
-    ]
     common = [
-        *architecture,
+        *tiny_network_flags(),
         "--downsample",
         "4",
         "--steps",
