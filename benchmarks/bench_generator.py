@@ -1,6 +1,6 @@
 """Generator speed and memory: training-step time, peak memory and sampling time per volume.
 
-For a tiny configuration (16 channels, multipliers 1,2; the 8 mm working grid of --downsample 4), the `cpu` preset
+For the `smoke` preset (16 channels, multipliers 1,2) on the 8 mm working grid of --downsample 4, the `cpu` preset
 (the 4 mm grid of a CPU study) and the paper's base configuration at 112^3 (356 M parameters), on the CPU and, when
 available, on CUDA, in these dtypes: on CUDA bf16 where supported (else fp32); on a CPU fp32, and also bf16 where
 the CPU has native bf16 arithmetic (not for the base network). Each figure is printed with its device, dtype and
@@ -30,20 +30,13 @@ from flowlet.generative.wavelets import idwt3d
 
 
 def configurations():
-    tiny = dataclasses.replace(
-        preset_config("tiny"),
-        model_channels=16,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(2,),
-        norm_num_groups=8,
-        num_heads=4,
-        condition_embedding_dim=32,
+    smoke = dataclasses.replace(
+        preset_config("smoke"),
         model_input_size=(24, 28, 24),
         save_size=(23, 28, 23),
     )
     return {
-        "tiny (8 mm grid 24x28x24)": tiny,
+        "smoke (8 mm grid 24x28x24)": smoke,
         "cpu preset (4 mm, model input 48x56x48)": preset_config("cpu"),
         "base (112^3)": preset_config("base"),
     }

@@ -8,7 +8,7 @@ On CUDA (an H100/H200 finishes well inside 8 minutes):
    e.g. results/data/split.tsv of the IXI study; without it, template brains stand in), then samples and the
    share of them that pass the synthetic QC gate against the training images.
 
-On a CPU the same three parts run on a tiny configuration (so the script is tested and works the day a GPU is
+On a CPU the same three parts run on the ``smoke`` preset's small network (so the script is tested and works the day a GPU is
 lent), labelled as such.
 
     python benchmarks/gpu_check.py [--split results/data/split.tsv] [--train-steps 300] [--samples 8]
@@ -39,16 +39,6 @@ from flowlet.generative.synthetic_qc import flag_outliers, read_reference, refer
 from flowlet.generative.train import train  # noqa: E402
 from flowlet.generative.training_options import TrainingOptions  # noqa: E402
 from flowlet.generative.unet import preset_config, preset_training  # noqa: E402
-
-TINY = dict(
-    model_channels=16,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(2,),
-    norm_num_groups=8,
-    num_heads=4,
-    condition_embedding_dim=32,
-)
 
 
 def xformers_installed() -> bool:
@@ -87,8 +77,8 @@ def recipe_check(split: Path, on_gpu: bool, steps: int, samples: int, work: Path
         label = "cpu recipe at 2 mm (downsample 1), bf16"
     else:
         settings.update(downsample=4, batch_size=2)
-        config = dataclasses.replace(config, **TINY)
-        label = "cpu recipe, tiny network at 8 mm (CPU stand-in)"
+        config = preset_config("smoke")
+        label = "cpu recipe, smoke network at 8 mm (CPU stand-in)"
     started = time.perf_counter()
     train(TrainingOptions(table=split, output_dir=work / "run", **settings), config, threads=threads)
     seconds = time.perf_counter() - started
@@ -141,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     base = (
         preset_config("base")
         if on_gpu
-        else dataclasses.replace(preset_config("tiny"), **TINY, model_input_size=(24, 28, 24), save_size=(23, 28, 23))
+        else dataclasses.replace(preset_config("smoke"), model_input_size=(24, 28, 24), save_size=(23, 28, 23))
     )
-    label = "base (112^3)" if on_gpu else "tiny stand-in for base (CPU)"
+    label = "base (112^3)" if on_gpu else "smoke stand-in for base (CPU)"
     batch = 4 if on_gpu else 2
     attention = [("SDPA", False)] + ([("xformers", True)] if xformers_installed() and on_gpu else [])
     for backend, use_xformers in attention:

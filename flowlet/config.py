@@ -26,18 +26,53 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
+def _scalar(text: str):
+    """A number as Python reads it (YAML 1.1 reads "1e-3" as a string), else what YAML makes of the text."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _read_typed_strings(value, schema: dict):
+    """``value`` with every string that the schema does not allow as a string read as YAML, when that gives an
+    allowed type; dicts and lists are changed in place (Snakemake's ``config`` object must stay the same object)."""
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for key, item in value.items():
+            value[key] = _read_typed_strings(item, properties.get(key, {}))
+        return value
+    if isinstance(value, list):
+        value[:] = [_read_typed_strings(item, schema.get("items", {})) for item in value]
+        return value
+    allowed = schema.get("type", [])
+    allowed = [allowed] if isinstance(allowed, str) else allowed
+    if not isinstance(value, str) or not allowed or "string" in allowed:
+        return value
+    parsed = _scalar(value)
+    type_checker = jsonschema.Draft202012Validator.TYPE_CHECKER
+    return parsed if any(type_checker.is_type(parsed, name) for name in allowed) else value
+
+
 def validate_config(config: dict) -> dict:
     """Fill defaults and validate; the error names the offending key and what is wrong with it.
 
     For the demo cohort (no ``data.bids_dir``) the ``demo`` section first fills the keys its sections leave
-    null or out.
+    null or out. Snakemake reads a nested ``--config`` value with YAML's BaseLoader, so its numbers, booleans and
+    nulls arrive as strings; those are read as the type the schema asks for.
     """
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    _read_typed_strings(config, schema)
     if not (config.get("data") or {}).get("bids_dir"):
         for section, values in (config.get("demo") or {}).items():
             own = config.get(section) or {}
             if isinstance(values, dict) and isinstance(own, dict):
                 config[section] = {**own, **{key: value for key, value in values.items() if own.get(key) is None}}
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
     if errors:

@@ -13,37 +13,6 @@ SHARED = REPO.parent / "shared"
 IXI = SHARED / "data" / "ixi"
 REFERENCE_CHECKPOINT = SHARED / "fixtures" / "reference_checkpoint"
 TINY_CONFIG = REPO / "tests" / "configs" / "tiny.yaml"
-# Overrides of the "tiny" preset: small enough to train on 2 CPU cores in about a minute, large enough to use every
-# block type.
-TINY_NETWORK = dict(
-    model_channels=16,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(2,),
-    norm_num_groups=8,
-    num_heads=4,
-    condition_embedding_dim=32,
-)
-
-
-def tiny_config():
-    """The "tiny" preset with TINY_NETWORK, as a UNetConfig."""
-    import dataclasses
-
-    from flowlet.generative.unet import preset_config
-
-    return dataclasses.replace(preset_config("tiny"), **TINY_NETWORK)
-
-
-def tiny_network_flags() -> list[str]:
-    """The same network as `flowlet train` flags."""
-    from flowlet.generative.train_cli import ARCHITECTURE_OVERRIDES
-
-    flag_of = {field: flag for flag, field in ARCHITECTURE_OVERRIDES.items()}
-    flags = ["--preset", "tiny"]
-    for field, value in TINY_NETWORK.items():
-        flags += [f"--{flag_of[field].replace('_', '-')}", *map(str, value if isinstance(value, tuple) else (value,))]
-    return flags
 
 
 @pytest.fixture(scope="session")

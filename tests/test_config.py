@@ -59,6 +59,22 @@ def test_the_shipped_demo_shortens_n4_and_atropos_and_a_real_dataset_keeps_the_s
         assert real[section][key] == schema[section]["properties"][key]["default"] != demo_value
 
 
+def test_numbers_booleans_and_null_given_as_strings_are_read_as_the_schema_asks(tmp_path):
+    # What `snakemake --config train_generator='{"downsample": 4, "steps": null}'` hands over (YAML BaseLoader).
+    config = validate_config(
+        {
+            "train_generator": {"downsample": "4", "steps": "null", "lr": "1e-3", "preset": "cpu"},
+            "preprocess": {"n4_iterations": ["50", "50"]},
+            "generate": {"qc_gate": "false"},
+        }
+    )
+    assert config["train_generator"]["downsample"] == 4 and config["train_generator"]["steps"] is None
+    assert config["train_generator"]["lr"] == 1e-3 and config["train_generator"]["preset"] == "cpu"
+    assert config["preprocess"]["n4_iterations"] == [50, 50] and config["generate"]["qc_gate"] is False
+    with pytest.raises(FlowletError, match="train_generator.downsample: 3 is not one of"):
+        validate_config({"train_generator": {"downsample": "3"}})
+
+
 def test_a_missing_init_checkpoint_is_rejected_before_any_job(tmp_path):
     with pytest.raises(FlowletError, match="train_generator.init_checkpoint: .*missing.pth does not exist"):
         validate_config({"train_generator": {"init_checkpoint": str(tmp_path / "missing.pth")}})

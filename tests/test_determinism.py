@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_network_flags
 from test_brainage_experiment import age_volume
 
 from flowlet.data.nifti import save_nifti
@@ -31,7 +30,8 @@ ONE_THREAD = {
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
 }
 TINY_GENERATOR = [
-    *tiny_network_flags(),
+    "--preset",
+    "smoke",
     "--downsample",
     "4",
     "--steps",

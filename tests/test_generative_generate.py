@@ -14,7 +14,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_network_flags
 
 from flowlet.brainage.tables import read_synthetic
 from flowlet.cli import main
@@ -55,7 +54,8 @@ def trained_run(tmp_path_factory) -> Path:
             str(table),
             "--output-dir",
             str(run_dir),
-            *tiny_network_flags(),
+            "--preset",
+            "smoke",
             "--downsample",
             "4",
             "--steps",

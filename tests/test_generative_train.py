@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, tiny_network_flags
 
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
@@ -279,7 +278,7 @@ def test_tiny_generator_learns_one_real_brain_and_samples_it(ixi_preprocessed, r
         val_every=300,
         checkpoint_every=300,
     )
-    train(options, tiny_config(), threads=2)
+    train(options, preset_config("smoke"), threads=2)
 
     rows = read_loss_rows(output / "loss.tsv")
     # Interval means of steps 1-10 and of the last 30 steps.
@@ -337,7 +336,7 @@ def test_bf16_on_a_cpu_reaches_the_network_and_keeps_the_loss(template_brain, tm
     first_losses = {}
     for name in ("fp32", "bf16"):
         options = training_options(table, tmp_path / name, steps=1, log_every=1, precision=name, output_init="random")
-        train(options, tiny_config(), threads=1)
+        train(options, preset_config("smoke"), threads=1)
         first_losses[name] = float(read_loss_rows(tmp_path / name / "loss.tsv")[0]["train_loss"])
         assert json.loads((tmp_path / name / "config.json").read_text())["precision"] == name
     # The same weights, batch and noise (a random output layer, so the output is not 0 whatever the arithmetic):
@@ -350,7 +349,7 @@ def test_bf16_on_a_cpu_reaches_the_network_and_keeps_the_loss(template_brain, tm
 def test_resumed_training_reproduces_the_uninterrupted_loss_curve(template_brain, tmp_path):
     rows = [(template_brain, age) for age in (20.0, 35.0, 50.0, 65.0)]
     table = write_table(tmp_path / "four.tsv", rows)
-    config = dataclasses.replace(tiny_config(), condition_dropout=0.2, dropout=0.1)
+    config = dataclasses.replace(preset_config("smoke"), condition_dropout=0.2, dropout=0.1)
     common = dict(steps=24, batch_size=2, log_every=3, checkpoint_every=6, val_every=9, val_split=0.25, lr=1e-3)
 
     straight = tmp_path / "straight"
@@ -380,6 +379,9 @@ def test_resumed_training_reproduces_the_uninterrupted_loss_curve(template_brain
     # Rerunning a finished run changes nothing.
     assert train(training_options(table, interrupted, **common), config, threads=1).steps_done == 24
     assert _curve(interrupted) == _curve(straight)
+    # Another network does not resume this run; the error names what changed and how to start afresh.
+    with pytest.raises(FlowletError, match=r"differs .* in \['model_channels'\]; to train the new network, delete .*"):
+        train(training_options(table, interrupted, **common), dataclasses.replace(config, model_channels=8), threads=1)
 
 
 def _curve(path: Path) -> list[tuple[str, ...]]:
@@ -399,7 +401,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(template
 
     table = write_table(tmp_path / "three.tsv", [(template_brain, age) for age in (20.0, 50.0, 80.0)])
     common = [
-        *tiny_network_flags(),
+        "--preset",
+        "smoke",
         "--downsample",
         "4",
         "--steps",

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from flowlet.cli import main
 from flowlet.data.nifti import save_nifti
@@ -167,7 +166,7 @@ def test_per_voxel_units_are_saved_with_the_weights_and_applied_by_generation(br
 
     run = tmp_path / "run"
     recipe = dict(prediction="data", loss_space="data", standardise_bands=True, standardise_per="voxel")
-    train(options(brains, run, steps=3, flip_probability=0.5, **recipe), tiny_config(), threads=1)
+    train(options(brains, run, steps=3, flip_probability=0.5, **recipe), preset_config("smoke"), threads=1)
     for name in ("checkpoint_last.pth", "checkpoint_best.pth"):
         stored = read_checkpoint(run / name)
         assert stored["config"]["sampling"]["standardise_per"] == "voxel"
@@ -182,7 +181,7 @@ def test_per_voxel_units_are_saved_with_the_weights_and_applied_by_generation(br
     as_subband = dataclasses.replace(generator, spec=dataclasses.replace(generator.spec, standardise_per="subband"))
     assert not np.allclose(recorded, sample_batch(as_subband, conditions, [3], num_steps=2))
     # Resuming keeps the maps the run started with.
-    train(options(brains, run, steps=4, flip_probability=0.5, **recipe), tiny_config(), threads=1)
+    train(options(brains, run, steps=4, flip_probability=0.5, **recipe), preset_config("smoke"), threads=1)
     torch.testing.assert_close(
         read_checkpoint(run / "checkpoint_last.pth")[TENSORS_KEY]["voxel_std"], generator.spec.voxel_std
     )
@@ -202,7 +201,7 @@ def test_training_records_the_spec_and_generation_applies_it(brains, tmp_path):
     run = tmp_path / "run"
     train(
         options(brains, run, prediction="data", loss_space="data", standardise_bands=True, flip_probability=0.5),
-        tiny_config(),
+        preset_config("smoke"),
         threads=1,
     )
     stored = read_checkpoint(run / "checkpoint_last.pth")["config"]["sampling"]
@@ -249,17 +248,17 @@ def test_a_checkpoint_without_a_record_samples_as_the_reference_with_one_log_lin
 def test_fine_tuning_continues_from_the_pretrained_loss_level(brains, tmp_path):
     recipe = dict(prediction="data", loss_space="data", standardise_bands=True)
     pretrained = tmp_path / "pretrained"
-    train(options(brains, pretrained, steps=60, **recipe), tiny_config(), threads=1)
+    train(options(brains, pretrained, steps=60, **recipe), preset_config("smoke"), threads=1)
     scratch = loss_rows(pretrained)
     tuned = tmp_path / "tuned"
     train(
         options(brains, tuned, steps=10, seed=7, init_checkpoint=pretrained / "checkpoint_last.pth", **recipe),
-        tiny_config(),
+        preset_config("smoke"),
         threads=1,
     )
     continued = loss_rows(tuned)
     fresh = tmp_path / "fresh"
-    train(options(brains, fresh, steps=10, seed=7, **recipe), tiny_config(), threads=1)
+    train(options(brains, fresh, steps=10, seed=7, **recipe), preset_config("smoke"), threads=1)
     # From pretrained weights the first steps sit where pretraining ended, well below a fresh start's.
     assert continued[0] < 0.6 * loss_rows(fresh)[0]
     assert continued[0] < 1.3 * np.mean(scratch[-3:])
@@ -313,7 +312,7 @@ def test_a_bad_init_checkpoint_is_an_error_naming_the_file_and_reason(
         "architecture": r"does not match the network to train.*shape mismatches",
     }[problem]
     with pytest.raises(FlowletError, match=expected):
-        train(options(brains, tmp_path / "run", steps=1, init_checkpoint=path), tiny_config(), threads=1)
+        train(options(brains, tmp_path / "run", steps=1, init_checkpoint=path), preset_config("smoke"), threads=1)
 
 
 def test_a_mismatched_checkpoint_lists_missing_and_unexpected_keys(brains, reference_checkpoint_dir, tmp_path):
@@ -420,7 +419,7 @@ def test_config_json_carries_the_same_record_as_the_checkpoint(brains, tmp_path)
     import json
 
     run = tmp_path / "run"
-    train(options(brains, run, steps=2, standardise_bands=True), tiny_config(), threads=1)
+    train(options(brains, run, steps=2, standardise_bands=True), preset_config("smoke"), threads=1)
     from_json = json.loads((run / "config.json").read_text())["sampling"]
     assert from_json == read_checkpoint(run / "checkpoint_last.pth")["config"]["sampling"]
     assert from_json["band_std"] is not None and from_json["prediction"] == "velocity"
@@ -489,7 +488,7 @@ def test_the_cpu_recipe_learns_a_small_cohort_whose_samples_pass_qc(small_cohort
         "val_every": 1000,
         "device": "cpu",
     }
-    train(TrainingOptions(table=small_cohort, output_dir=tmp_path / "run", **recipe), tiny_config(), threads=2)
+    train(TrainingOptions(table=small_cohort, output_dir=tmp_path / "run", **recipe), preset_config("smoke"), threads=2)
     generator = load_generator(tmp_path / "run" / "checkpoint_last.pth")
     ages = tmp_path / "ages.tsv"
     ages.write_text(

@@ -175,6 +175,11 @@ def test_tiny_study_produces_every_result(tiny_study):
     assert {"real", "real+synthetic", "oracle"} <= set(metrics["arm"])
     summary = (results / "report" / "summary.md").read_text()
     assert "## Methods" in summary and "N4" in summary
+    # The QC pass rate stands beside the share of real test images that pass the same gate.
+    card = pd.read_csv(results / "synthetic" / "scorecard.tsv", sep="\t")
+    qc = card[card["criterion"] == "QC pass rate"]
+    assert set(qc["generator"]) == {"FlowLet", "linear baseline"}
+    assert (qc["n_real"] == (split["split"] == "test").sum()).all() and qc["real_reference"].between(0, 1).all()
     # The runtime table tells the per-subject and per-bin segmentation jobs from their merge.
     runtime = pd.read_csv(results / "report" / "runtime.tsv", sep="\t").set_index("rule")["jobs"]
     assert runtime["regional_measures"] == 1 and runtime["train_generator"] == 1

@@ -51,7 +51,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--preset",
         default="cpu",
-        help="shipped architecture: base or large (the published FlowLet ones; take base on a GPU), tiny, or "
+        help="shipped architecture: base or large (the published FlowLet ones; take base on a GPU), tiny, smoke "
+        "(a 16-channel network for checking a set-up in minutes), or "
         "cpu (a lean network for 4 mm studies on a CPU, with the training settings it was tuned with; flags "
         "given here override them) (default: cpu, as the workflow's)",
     )

@@ -259,7 +259,8 @@ def _check_same_network(checkpoint: Mapping[str, Any], requested: UNetConfig, pa
         changed = sorted(k for k, v in _network_fields(requested).items() if _network_fields(stored)[k] != v)
         raise FlowletError(
             f"cannot resume from {path}: its network differs from the requested one in {changed}; "
-            "use a new --output-dir or the original architecture options"
+            f"to train the new network, delete {path.parent} or use a new --output-dir; to resume it, give the "
+            "original architecture options"
         )
 
 

@@ -2,7 +2,8 @@
 
 One row per generator (FlowLet, the linear baseline) and criterion, each value beside its real reference:
 
-- QC pass rate of every generated volume (the synthetic QC gate's verdicts).
+- QC pass rate of every generated volume (the synthetic QC gate's verdicts), beside the share of real test images
+  (seen through the generator's data path) that pass the same gate: its robust-z limits reject some real brains too.
 - Fréchet distance and MMD of voxel features of the kept volumes to the real training images, at the real test
   set's sample size (mean over random subsets), beside real test vs real training (the floor). Real images are
   seen through the generator's own data path (mapped to [-1, 1], down- and upsampled by its working resolution)
@@ -33,7 +34,7 @@ from flowlet.data.nifti import load_nifti
 from flowlet.data.tables import read_tsv, synthetic_qc_passed
 from flowlet.data.templates import template_brain_mask
 from flowlet.errors import FlowletError
-from flowlet.generative.synthetic_qc import generator_view
+from flowlet.generative.synthetic_qc import flag_outliers, generator_view, read_reference, reference_metrics
 from flowlet.regions import realism
 from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC, ImageEntry, read_manifests, read_split
 from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity
@@ -66,6 +67,8 @@ COLUMNS = (
 @dataclass(frozen=True)
 class ScorecardOptions:
     downsample: int = 1
+    qc_reference: Path | None = None  # the QC gate's real reference; without it the QC row has no real floor
+    qc_max_robust_z: float = 3.0
     msssim_pairs: int = 30
     memorisation_max_shift: int = 1
     memorisation_percentile: float = 99.0
@@ -158,6 +161,7 @@ def scorecard(
     threshold = memorisation_threshold(test_best, options.memorisation_percentile)
     measures = read_tsv(measures_path, "regional measures") if measures_path is not None else None
     test_predicted = _predict(brainage_model, test)
+    real_qc_pass, n_real_qc = _real_qc_pass_rate(test, options)
 
     rows = []
     for group, paths in manifests.items():
@@ -168,10 +172,11 @@ def scorecard(
                 name,
                 "QC pass rate",
                 passed / generated if generated else np.nan,
-                1.0,
+                real_qc_pass,
                 generated,
-                0,
-                "share of generated volumes within the QC gate's robust-z limits of real training brains",
+                n_real_qc,
+                "share of generated volumes within the QC gate's robust-z limits of real training brains; "
+                "reference: the share of real test images (same data path) within them",
             )
         )
         entries = read_manifests(list(paths), group=group)
@@ -279,6 +284,14 @@ def scorecard(
         if measures is not None:
             rows += _slope_rows(name, measures, {entry.image_id for entry in entries})
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _real_qc_pass_rate(test: Sequence[ImageEntry], options: ScorecardOptions) -> tuple[float, int]:
+    if options.qc_reference is None or not test:
+        return np.nan, 0
+    metrics = reference_metrics([entry.path for entry in test], options.downsample)
+    verdicts = flag_outliers(metrics, read_reference(options.qc_reference), options.qc_max_robust_z)
+    return float((~verdicts["qc_outlier"]).mean()), len(verdicts)
 
 
 def _predict(model: Path | None, entries: Sequence[ImageEntry]) -> np.ndarray | None:

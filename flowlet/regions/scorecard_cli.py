@@ -9,6 +9,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from flowlet.regions.scorecard import ScorecardOptions
+
 log = logging.getLogger(__name__)
 
 
@@ -32,13 +34,25 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="the generators' working resolution factor; real images are seen through it",
     )
+    parser.add_argument(
+        "--qc-reference",
+        type=Path,
+        help="the synthetic QC gate's real reference (flowlet synthetic-qc reference): real test images are judged "
+        "by it for the QC pass rate's real floor",
+    )
+    parser.add_argument(
+        "--qc-max-robust-z",
+        type=float,
+        default=ScorecardOptions.qc_max_robust_z,
+        help="the gate's limit (as given to flowlet synthetic-qc gate)",
+    )
     parser.add_argument("--output", required=True, type=Path, help="scorecard TSV to write")
 
 
 def run(args: argparse.Namespace) -> int:
     from flowlet.errors import FlowletError
     from flowlet.regions.measures import BASELINE, SYNTHETIC
-    from flowlet.regions.scorecard import ScorecardOptions, scorecard
+    from flowlet.regions.scorecard import scorecard
 
     if args.downsample < 1:
         raise FlowletError(f"--downsample must be at least 1, got {args.downsample}")
@@ -47,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     }
     if not manifests:
         raise FlowletError("give --synthetic and/or --baseline-synthetic manifests to score")
-    table = scorecard(
-        args.split, manifests, args.measures, args.brainage_model, ScorecardOptions(downsample=args.downsample)
+    options = ScorecardOptions(
+        downsample=args.downsample, qc_reference=args.qc_reference, qc_max_robust_z=args.qc_max_robust_z
     )
+    table = scorecard(args.split, manifests, args.measures, args.brainage_model, options)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.output, sep="\t", index=False, na_rep="NaN", float_format="%.6g")
     log.info("wrote %s (%d rows)", args.output, len(table))

@@ -195,6 +195,7 @@ rule scorecard:
         baseline=scored_manifests("linear"),
         measures=rules.regional_measures.output.measures,
         model=rules.brainage.output.model,
+        qc_reference=rules.synthetic_qc_reference.output[0],
     output:
         report(
             f"{STUDY}/synthetic/scorecard.tsv",
@@ -213,7 +214,9 @@ rule scorecard:
         runtime=60,
     params:
         downsample=GENERATOR_DOWNSAMPLE,
+        max_robust_z=cli_flags("generate", only=("qc_max_robust_z",)),
     shell:
         "python -m flowlet scorecard --split {input.split} --synthetic {input.synthetic} "
         "--baseline-synthetic {input.baseline} --measures {input.measures} --brainage-model {input.model} "
-        "--downsample {params.downsample} --output {output} > {log} 2>&1"
+        "--downsample {params.downsample} --qc-reference {input.qc_reference} {params.max_robust_z} "
+        "--output {output} > {log} 2>&1"
