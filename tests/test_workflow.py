@@ -180,6 +180,10 @@ def test_tiny_study_produces_every_result(tiny_study):
     qc = card[card["criterion"] == "QC pass rate"]
     assert set(qc["generator"]) == {"FlowLet", "linear baseline"}
     assert (qc["n_real"] == (split["split"] == "test").sum()).all() and qc["real_reference"].between(0, 1).all()
+    # Age fidelity's reference is the real test images at the generator's resolution; the sharp ones' is named too.
+    fidelity = card[card["criterion"] == "age fidelity MAE (years)"]
+    assert len(fidelity) == 2 and fidelity["real_reference"].notna().all()
+    assert fidelity["definition"].str.contains(r"on the sharp real test images: MAE \d", regex=True).all()
     # The runtime table tells the per-subject and per-bin segmentation jobs from their merge.
     runtime = pd.read_csv(results / "report" / "runtime.tsv", sep="\t").set_index("rule")["jobs"]
     assert runtime["regional_measures"] == 1 and runtime["train_generator"] == 1
