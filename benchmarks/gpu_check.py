@@ -8,8 +8,8 @@ On CUDA (an H100/H200 finishes well inside 8 minutes):
    e.g. results/data/split.tsv of the IXI study; without it, template brains stand in), then samples and the
    share of them that pass the synthetic QC gate against the training images.
 
-On a CPU the same three parts run on the ``smoke`` preset's small network (so the script is tested and works the day a GPU is
-lent), labelled as such.
+On a CPU the same three parts run on the ``smoke`` preset's small network (so the script is tested and works the
+day a GPU is lent), labelled as such.
 
     python benchmarks/gpu_check.py [--split results/data/split.tsv] [--train-steps 300] [--samples 8]
 """

@@ -59,7 +59,7 @@ def test_the_shipped_demo_shortens_n4_and_atropos_and_a_real_dataset_keeps_the_s
         assert real[section][key] == schema[section]["properties"][key]["default"] != demo_value
 
 
-def test_numbers_booleans_and_null_given_as_strings_are_read_as_the_schema_asks(tmp_path):
+def test_numbers_booleans_and_null_given_as_strings_are_read_as_the_schema_asks():
     # What `snakemake --config train_generator='{"downsample": 4, "steps": null}'` hands over (YAML BaseLoader).
     config = validate_config(
         {

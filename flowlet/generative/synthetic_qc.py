@@ -44,6 +44,8 @@ BRAIN_TOLERANCE = 0.05
 BACKGROUND_MARGIN_MM = 10.0
 # A median and MAD of fewer real images are too unstable to judge synthetic ones by.
 MIN_REFERENCE_IMAGES = 5
+# A volume is an outlier beyond this many robust standard deviations of the real cohort, the rule of `flowlet qc`.
+MAX_ROBUST_Z = 3.0
 SUMMARY_COLUMNS = ("age_bin", "generated", "outliers", "dropped", "kept", "gate", "max_robust_z", "n_reference")
 
 
@@ -175,7 +177,7 @@ def gate_manifests(
     output: str | Path,
     summary_path: str | Path,
     age_bin: str,
-    max_robust_z: float = 3.0,
+    max_robust_z: float = MAX_ROBUST_Z,
     gate: bool = True,
 ) -> dict[str, object]:
     """Merge one bin's manifests, flag QC outliers against the real reference, and write the manifest (with

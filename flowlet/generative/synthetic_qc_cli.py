@@ -13,6 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from flowlet.generative.synthetic_qc import MAX_ROBUST_Z
+
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     gate.add_argument(
         "--qc-max-robust-z",
         type=float,
-        default=3.0,
+        default=MAX_ROBUST_Z,
         help="a volume is an outlier when a metric is more than this many robust SDs from the real median",
     )
 

@@ -38,7 +38,13 @@ from flowlet.data.nifti import load_nifti, save_nifti
 from flowlet.data.tables import read_tsv, synthetic_qc_passed
 from flowlet.data.templates import template_brain_mask
 from flowlet.errors import FlowletError
-from flowlet.generative.synthetic_qc import flag_outliers, generator_view, read_reference, reference_metrics
+from flowlet.generative.synthetic_qc import (
+    MAX_ROBUST_Z,
+    flag_outliers,
+    generator_view,
+    read_reference,
+    reference_metrics,
+)
 from flowlet.regions import realism
 from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC, ImageEntry, read_manifests, read_split
 from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity
@@ -72,7 +78,7 @@ COLUMNS = (
 class ScorecardOptions:
     downsample: int = 1
     qc_reference: Path | None = None  # the QC gate's real reference; without it the QC row has no real floor
-    qc_max_robust_z: float = 3.0
+    qc_max_robust_z: float = MAX_ROBUST_Z
     msssim_pairs: int = 30
     memorisation_max_shift: int = 1
     memorisation_percentile: float = 99.0
