@@ -150,9 +150,12 @@ def test_submission_passes_partition_account_and_resources_to_sbatch(tmp_path):
 
     tools = tmp_path / "bin"
     tools.mkdir()
-    calls = tmp_path / "sbatch_calls.txt"
+    # One file per call: the executor submits both jobs at once, and two sbatch processes appending their
+    # 8 kB command lines to one file interleave them (dash's printf writes in chunks).
+    calls = tmp_path / "sbatch_calls"
+    calls.mkdir()
     (tools / "sbatch").write_text(
-        f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{calls}"\necho "sbatch: error: no cluster here" >&2\nexit 1\n'
+        f'#!/bin/sh\nprintf "%s\\n" "$*" > "{calls}/$$.txt"\necho "sbatch: error: no cluster here" >&2\nexit 1\n'
     )
     (tools / "sacctmgr").write_text("#!/bin/sh\necho my_project\n")
     for tool in tools.iterdir():
@@ -186,7 +189,7 @@ def test_submission_passes_partition_account_and_resources_to_sbatch(tmp_path):
     assert result.returncode != 0 and "no cluster here" in result.stdout + result.stderr
     submitted = {
         re.search(r"--comment rule_(\w+?)(?:_wildcards|\s)", line).group(1): line
-        for line in calls.read_text().splitlines()
+        for line in (call.read_text().strip() for call in calls.iterdir())
     }
     assert set(submitted) == {"preprocess", "train"}
     settings = profile()
