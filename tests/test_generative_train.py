@@ -379,9 +379,46 @@ def test_resumed_training_reproduces_the_uninterrupted_loss_curve(template_brain
     # Rerunning a finished run changes nothing.
     assert train(training_options(table, interrupted, **common), config, threads=1).steps_done == 24
     assert _curve(interrupted) == _curve(straight)
-    # Another network does not resume this run; the error names what changed and how to start afresh.
+    # An explicit --resume of another network is refused; the error names what changed and how to start afresh.
     with pytest.raises(FlowletError, match=r"differs .* in \['model_channels'\]; to train the new network, delete .*"):
-        train(training_options(table, interrupted, **common), dataclasses.replace(config, model_channels=8), threads=1)
+        train(
+            training_options(table, interrupted, resume=interrupted / "checkpoint_last.pth", **common),
+            dataclasses.replace(config, model_channels=8),
+            threads=1,
+        )
+
+
+def test_a_run_with_other_settings_is_set_aside_and_training_starts_afresh(template_brain, tmp_path, caplog):
+    table = write_table(tmp_path / "two.tsv", [(template_brain, 30.0), (template_brain, 60.0)])
+    run = tmp_path / "run"
+    common = dict(steps=2, log_every=1)
+    train(training_options(table, run, **common), preset_config("smoke"), threads=1)
+    first = (run / "checkpoint_last.pth").read_bytes()
+
+    # Where and how a run executes is not what it learns: the finished run is kept as it is.
+    rerun = training_options(table, run, checkpoint_every=1, max_steps_per_run=1, **common)
+    train(rerun, preset_config("smoke"), threads=1)
+    assert (run / "checkpoint_last.pth").read_bytes() == first and not list(run.glob("superseded-*"))
+
+    # Snakemake reruns training when its config changed; the old run must not be handed back as the new one.
+    narrower = dataclasses.replace(preset_config("smoke"), model_channels=8)
+    changes = [
+        (preset_config("smoke"), "lr"),
+        (narrower, "network model_channels"),
+        (narrower, "the training table's contents"),
+    ]
+    for number, (config, named) in enumerate(changes, start=1):
+        if named == "the training table's contents":
+            write_table(table, [(template_brain, 30.0), (template_brain, 61.0)])
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="flowlet.generative.training_setup"):
+            train(training_options(table, run, lr=1e-3, **common), config, threads=1)
+        assert f"other settings ({named})" in caplog.text
+        superseded = sorted(run.glob("superseded-*"))
+        assert len(superseded) == number, "each change sets the previous run aside, whole"
+        assert {path.name for path in superseded[-1].iterdir()} >= {"checkpoint_last.pth", "loss.tsv", "config.json"}
+        assert [int(row["step"]) for row in read_loss_rows(run / "loss.tsv")] == [1, 2]
+    assert (superseded[0] / "checkpoint_last.pth").read_bytes() == first
 
 
 def _curve(path: Path) -> list[tuple[str, ...]]:

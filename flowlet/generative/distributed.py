@@ -23,6 +23,10 @@ class Distributed:
     def active(self) -> bool:
         return self.world_size > 1
 
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
 
 SINGLE_PROCESS = Distributed()
 

@@ -172,7 +172,11 @@ OPTION_FLAGS: dict[str, tuple[str, str]] = {
         "stop after this many steps in this invocation (for wall-time-limited jobs); rerun to continue",
     ),
     "seed": ("run", "seed of the split, batches, augmentation, t and noise"),
-    "resume": ("run", "checkpoint to resume from (default: checkpoint_last.pth in --output-dir when present)"),
+    "resume": (
+        "run",
+        "checkpoint to resume from, whatever its settings (default: checkpoint_last.pth in --output-dir when it was "
+        "trained with the same settings and table; a run of other settings there is moved into superseded-<UTC time>/)",
+    ),
     "init_checkpoint": (
         "run",
         "start from these weights (ours or a released FlowLet checkpoint; EMA too where present) "

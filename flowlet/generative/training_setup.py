@@ -1,16 +1,19 @@
 """Assembles a generator training run: the data, the network and its optimisation, restored when resuming.
 
-A run resumes from checkpoint_last.pth in the output folder (or --resume) when there is one; otherwise it
-starts fresh, from --init-checkpoint's weights when given. The network is initialised from a seed of its
+A run resumes from checkpoint_last.pth in the output folder when there is one trained with the same settings
+and training table (or from --resume, whatever its settings); a run of other settings there is moved into a
+superseded-<UTC time> folder. Otherwise training starts fresh, from --init-checkpoint's weights when given. The network is initialised from a seed of its
 own stream, so its weights do not depend on how much data was read before it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from flowlet.generative.data import (
     training_augmentation,
     working_shape,
 )
-from flowlet.generative.distributed import init_distributed
+from flowlet.generative.distributed import Distributed, init_distributed
 from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.flows import get_flow, time_sampler
 from flowlet.generative.loss_log import LossLog
@@ -42,7 +45,7 @@ from flowlet.generative.schedule import BatchSchedule, learning_rate_factor, spl
 from flowlet.generative.seeds import STREAM_INIT, STREAM_STATISTICS, derived_seed
 from flowlet.generative.train_loop import TrainLoop
 from flowlet.generative.training_options import TrainingOptions
-from flowlet.generative.training_state import TrainingProgress, restore_from_checkpoint
+from flowlet.generative.training_state import TrainingProgress, changed_settings, restore_from_checkpoint
 from flowlet.generative.unet import FlowUNet, UNetConfig
 from flowlet.generative.wavelets import dwt3d, pad_to_size
 
@@ -63,6 +66,12 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
 
     resume_path = _resume_path(options)
     checkpoint = read_checkpoint(resume_path, map_location=device) if resume_path else None
+    if (
+        checkpoint is not None
+        and options.resume is None
+        and _set_aside_if_changed(checkpoint, options, config, distributed)
+    ):
+        checkpoint = resume_path = None
     # A resumed run continues from its own checkpoint; pretrained weights only start a new one.
     pretrained = None
     if options.init_checkpoint is not None and checkpoint is None:
@@ -253,10 +262,56 @@ def _network_fields(config: UNetConfig) -> dict[str, Any]:
     return fields
 
 
+def _network_changes(checkpoint: Mapping[str, Any], requested: UNetConfig, ignore: Sequence[str] = ()) -> list[str]:
+    """The architecture fields in which ``requested`` differs from ``checkpoint``'s network."""
+    stored = _network_fields(UNetConfig.from_reference_dict(checkpoint["config"]))
+    return sorted(k for k, v in _network_fields(requested).items() if k not in ignore and stored[k] != v)
+
+
+def _set_aside_if_changed(
+    checkpoint: Mapping[str, Any], options: TrainingOptions, config: UNetConfig, distributed: Distributed
+) -> bool:
+    """Set the output folder's run aside when it was trained with other settings (True) or keep it (False).
+
+    What Snakemake expects when it reruns training for a changed config: a run of the new settings, not the old
+    run continued (or, when finished, handed back as if new).
+    """
+    # The grid sizes follow from the data; they are compared once it is loaded.
+    changed = changed_settings(checkpoint, options) + [
+        f"network {name}" for name in _network_changes(checkpoint, config, ("model_input_size", "save_size"))
+    ]
+    if changed:
+        log.warning(
+            "%s holds a run with other settings (%s): moved it to %s; training starts afresh",
+            options.output_dir,
+            ", ".join(changed),
+            _set_aside(Path(options.output_dir), distributed),
+        )
+    return bool(changed)
+
+
+def _set_aside(output_dir: Path, distributed: Distributed) -> Path:
+    """Move the files of the run in ``output_dir`` into a new superseded-<UTC time> folder inside it."""
+    stamp = f"superseded-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    folder = next(
+        output_dir / name
+        for name in itertools.chain([stamp], (f"{stamp}-{n}" for n in itertools.count(2)))
+        if not (output_dir / name).exists()
+    )
+    # Every process has read the checkpoint before the main one moves it.
+    distributed.barrier()
+    if distributed.is_main:
+        folder.mkdir()
+        for path in output_dir.iterdir():
+            if path.is_file():
+                path.rename(folder / path.name)
+    distributed.barrier()
+    return folder
+
+
 def _check_same_network(checkpoint: Mapping[str, Any], requested: UNetConfig, path: Path) -> None:
-    stored = UNetConfig.from_reference_dict(checkpoint["config"])
-    if _network_fields(stored) != _network_fields(requested):
-        changed = sorted(k for k, v in _network_fields(requested).items() if _network_fields(stored)[k] != v)
+    changed = _network_changes(checkpoint, requested)
+    if changed:
         raise FlowletError(
             f"cannot resume from {path}: its network differs from the requested one in {changed}; "
             f"to train the new network, delete {path.parent} or use a new --output-dir; to resume it, give the "

@@ -8,6 +8,7 @@ loss-log accumulators are all a resumed run needs. checkpoint_best.pth carries t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -22,6 +23,21 @@ from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.training_options import TrainingOptions
 
 log = logging.getLogger(__name__)
+
+# Options that say where and how a run executes, not what it learns: a run resumes across changes to them.
+# The training table is compared by its contents (TABLE_DIGEST_KEY), not its path.
+RUN_ONLY_OPTIONS = (
+    "table",
+    "output_dir",
+    "resume",
+    "checkpoint_every",
+    "log_every",
+    "max_steps_per_run",
+    "num_workers",
+    "device",
+    "precision",
+)
+TABLE_DIGEST_KEY = "training_table_sha256"
 
 
 def empty_loss_sums() -> dict[str, float]:
@@ -75,12 +91,37 @@ def checkpoint_entries(
             elapsed_seconds=progress.elapsed_seconds,
             loss_interval=dict(progress.interval),
             selection_interval=dict(progress.selection),
-            training_options={
-                k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(options).items()
-            },
+            training_options=recorded_options(options),
         )
+        entries[TABLE_DIGEST_KEY] = table_digest(options.table)
     return entries
+
+
+def recorded_options(options: TrainingOptions) -> dict[str, Any]:
+    """``options`` as a checkpoint stores them (paths as strings, tuples as lists)."""
+    return {
+        k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+        for k, v in dataclasses.asdict(options).items()
+    }
+
+
+def table_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def changed_settings(checkpoint: Mapping[str, Any], options: TrainingOptions) -> list[str]:
+    """The options deciding what a run learns that differ between ``checkpoint``'s run and ``options``, and the
+    training table when its contents changed; what an older checkpoint does not record is not compared."""
+    stored = checkpoint.get("training_options", {})
+    requested = recorded_options(options)
+    changed = [
+        name
+        for name, value in requested.items()
+        if name not in RUN_ONLY_OPTIONS and name in stored and stored[name] != value
+    ]
+    if checkpoint.get(TABLE_DIGEST_KEY, table_digest(options.table)) != table_digest(options.table):
+        changed.append("the training table's contents")
+    return changed
 
 
 def restore_from_checkpoint(

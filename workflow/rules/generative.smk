@@ -5,6 +5,8 @@
 # outputs of a failed or interrupted job (and any before a job starts), and a rerun resumes from that
 # folder's checkpoint_last.pth with its loss log and best checkpoint intact. The declared outputs are
 # copied from it once training has finished, so an interrupted run never leaves them looking complete.
+# A rerun for changed settings or training subjects does not resume: `flowlet train` moves the old run into
+# generator/training/superseded-<UTC time>/ and starts afresh.
 
 from flowlet.generative.chunks import chunks_per_bin  # noqa: E402
 
