@@ -420,6 +420,13 @@ def test_a_run_with_other_settings_is_set_aside_and_training_starts_afresh(templ
         assert [int(row["step"]) for row in read_loss_rows(run / "loss.tsv")] == [1, 2]
     assert (superseded[0] / "checkpoint_last.pth").read_bytes() == first
 
+    # --resume continues the run it names whatever its settings, and says what differs.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="flowlet.generative.training_setup"):
+        resumed = training_options(table, tmp_path / "other", resume=superseded[0] / "checkpoint_last.pth", steps=3)
+        assert train(resumed, preset_config("smoke"), threads=1).steps_done == 3
+    assert "continuing a run trained with other settings (steps, the training table's contents)" in caplog.text
+
 
 def _curve(path: Path) -> list[tuple[str, ...]]:
     return [

@@ -66,11 +66,7 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
 
     resume_path = _resume_path(options)
     checkpoint = read_checkpoint(resume_path, map_location=device) if resume_path else None
-    if (
-        checkpoint is not None
-        and options.resume is None
-        and _set_aside_if_changed(checkpoint, options, config, distributed)
-    ):
+    if checkpoint is not None and not _resumes(checkpoint, options, config, distributed):
         checkpoint = resume_path = None
     # A resumed run continues from its own checkpoint; pretrained weights only start a new one.
     pretrained = None
@@ -268,10 +264,11 @@ def _network_changes(checkpoint: Mapping[str, Any], requested: UNetConfig, ignor
     return sorted(k for k, v in _network_fields(requested).items() if k not in ignore and stored[k] != v)
 
 
-def _set_aside_if_changed(
+def _resumes(
     checkpoint: Mapping[str, Any], options: TrainingOptions, config: UNetConfig, distributed: Distributed
 ) -> bool:
-    """Set the output folder's run aside when it was trained with other settings (True) or keep it (False).
+    """Whether training continues ``checkpoint``'s run: yes when its settings are the requested ones or --resume
+    names it; otherwise the output folder's run is set aside and training starts afresh.
 
     What Snakemake expects when it reruns training for a changed config: a run of the new settings, not the old
     run continued (or, when finished, handed back as if new).
@@ -280,14 +277,20 @@ def _set_aside_if_changed(
     changed = changed_settings(checkpoint, options) + [
         f"network {name}" for name in _network_changes(checkpoint, config, ("model_input_size", "save_size"))
     ]
-    if changed:
+    if not changed:
+        return True
+    if options.resume is not None:
         log.warning(
-            "%s holds a run with other settings (%s): moved it to %s; training starts afresh",
-            options.output_dir,
-            ", ".join(changed),
-            _set_aside(Path(options.output_dir), distributed),
+            "--resume %s: continuing a run trained with other settings (%s)", options.resume, ", ".join(changed)
         )
-    return bool(changed)
+        return True
+    log.warning(
+        "%s holds a run with other settings (%s): moved it to %s; training starts afresh",
+        options.output_dir,
+        ", ".join(changed),
+        _set_aside(Path(options.output_dir), distributed),
+    )
+    return False
 
 
 def _set_aside(output_dir: Path, distributed: Distributed) -> Path:
