@@ -2,8 +2,9 @@
 
 A run resumes from checkpoint_last.pth in the output folder when there is one trained with the same settings
 and training table (or from --resume, whatever its settings); a run of other settings there is moved into a
-superseded-<UTC time> folder. Otherwise training starts fresh, from --init-checkpoint's weights when given. The network is initialised from a seed of its
-own stream, so its weights do not depend on how much data was read before it.
+superseded-<UTC time> folder. Otherwise training starts fresh, from --init-checkpoint's weights when given.
+The network is initialised from a seed of its own stream, so its weights do not depend on how much data was
+read before it.
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ def changed_settings(checkpoint: Mapping[str, Any], options: TrainingOptions) ->
         for name, value in requested.items()
         if name not in RUN_ONLY_OPTIONS and name in stored and stored[name] != value
     ]
-    if checkpoint.get(TABLE_DIGEST_KEY, table_digest(options.table)) != table_digest(options.table):
+    digest = checkpoint.get(TABLE_DIGEST_KEY)
+    if digest is not None and digest != table_digest(options.table):
         changed.append("the training table's contents")
     return changed
 
