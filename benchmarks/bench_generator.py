@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from flowlet.data.templates import mni_grid
+from flowlet.generative.data import smallest_model_input_size, working_shape
 from flowlet.generative.flows import get_flow
 from flowlet.generative.loss import wavelet_flow_loss
 from flowlet.generative.precision import cpu_has_native_bf16
@@ -29,14 +31,17 @@ from flowlet.generative.unet import FlowUNet, parameter_count, preset_config
 from flowlet.generative.wavelets import idwt3d
 
 
+def smoke_at_8mm():
+    """The smoke network on the 8 mm working grid of 2 mm MNI images (downsample 4), as training would fit it."""
+    config = preset_config("smoke")
+    grid = working_shape(mni_grid(2)[0], 4)
+    input_size = smallest_model_input_size(grid, 2 ** len(config.channel_mult))
+    return dataclasses.replace(config, model_input_size=input_size, save_size=grid)
+
+
 def configurations():
-    smoke = dataclasses.replace(
-        preset_config("smoke"),
-        model_input_size=(24, 28, 24),
-        save_size=(23, 28, 23),
-    )
     return {
-        "smoke (8 mm grid 24x28x24)": smoke,
+        "smoke (8 mm grid 24x28x24)": smoke_at_8mm(),
         "cpu preset (4 mm, model input 48x56x48)": preset_config("cpu"),
         "base (112^3)": preset_config("base"),
     }

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_generator import bench  # noqa: E402
+from bench_generator import bench, smoke_at_8mm  # noqa: E402
 
 from flowlet.data.nifti import save_nifti  # noqa: E402
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1  # noqa: E402
@@ -128,11 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    base = (
-        preset_config("base")
-        if on_gpu
-        else dataclasses.replace(preset_config("smoke"), model_input_size=(24, 28, 24), save_size=(23, 28, 23))
-    )
+    base = preset_config("base") if on_gpu else smoke_at_8mm()
     label = "base (112^3)" if on_gpu else "smoke stand-in for base (CPU)"
     batch = 4 if on_gpu else 2
     attention = [("SDPA", False)] + ([("xformers", True)] if xformers_installed() and on_gpu else [])
