@@ -426,6 +426,9 @@ def test_a_run_with_other_settings_is_set_aside_and_training_starts_afresh(templ
         resumed = training_options(table, tmp_path / "other", resume=superseded[0] / "checkpoint_last.pth", steps=3)
         assert train(resumed, preset_config("smoke"), threads=1).steps_done == 3
     assert "continuing a run trained with other settings (steps, the training table's contents)" in caplog.text
+    # except with another seed, from which every step's draws derive.
+    with pytest.raises(FlowletError, match=r"other.*was trained with --seed 42, not 7"):
+        train(dataclasses.replace(resumed, output_dir=tmp_path / "another", seed=7), preset_config("smoke"), threads=1)
 
 
 def _curve(path: Path) -> list[tuple[str, ...]]:

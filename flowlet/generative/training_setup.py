@@ -46,7 +46,13 @@ from flowlet.generative.schedule import BatchSchedule, learning_rate_factor, spl
 from flowlet.generative.seeds import STREAM_INIT, STREAM_STATISTICS, derived_seed
 from flowlet.generative.train_loop import TrainLoop
 from flowlet.generative.training_options import TrainingOptions
-from flowlet.generative.training_state import TrainingProgress, changed_settings, restore_from_checkpoint
+from flowlet.generative.training_state import (
+    TABLE_DIGEST_KEY,
+    TrainingProgress,
+    changed_settings,
+    restore_from_checkpoint,
+    table_digest,
+)
 from flowlet.generative.unet import FlowUNet, UNetConfig
 from flowlet.generative.wavelets import dwt3d, pad_to_size
 
@@ -142,7 +148,6 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
         progress = restore_from_checkpoint(
             checkpoint,
             resume_path,
-            seed=options.seed,
             model=model,
             ema=ema,
             optimizer=optimizer,
@@ -228,6 +233,7 @@ def training_config_keys(
 ) -> dict:
     """The reference's training keys of config.json, plus ours (``precision``: what `auto` resolved to)."""
     return {
+        TABLE_DIGEST_KEY: table_digest(options.table),
         "flow_type": get_flow(options.flow).name,
         "time_sampling": time_sampling,
         "lr": options.lr,
@@ -281,6 +287,12 @@ def _resumes(
     if not changed:
         return True
     if options.resume is not None:
+        if "seed" in changed:
+            # Every draw of step s derives from the seed: a continued run would match neither seed's.
+            raise FlowletError(
+                f"cannot resume from {options.resume}: it was trained with --seed "
+                f"{checkpoint['training_options']['seed']}, not {options.seed}"
+            )
         log.warning(
             "--resume %s: continuing a run trained with other settings (%s)", options.resume, ", ".join(changed)
         )

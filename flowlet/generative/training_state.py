@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from flowlet.errors import FlowletError
 from flowlet.generative.conditions import ConditionRange
 from flowlet.generative.ema import ExponentialMovingAverage
 from flowlet.generative.training_options import TrainingOptions
@@ -25,7 +24,7 @@ from flowlet.generative.training_options import TrainingOptions
 log = logging.getLogger(__name__)
 
 # Options that say where and how a run executes, not what it learns: a run resumes across changes to them.
-# The training table is compared by its contents (TABLE_DIGEST_KEY), not its path.
+# The training table is compared by its contents (TABLE_DIGEST_KEY of the run's config), not its path.
 RUN_ONLY_OPTIONS = (
     "table",
     "output_dir",
@@ -93,7 +92,6 @@ def checkpoint_entries(
             selection_interval=dict(progress.selection),
             training_options=recorded_options(options),
         )
-        entries[TABLE_DIGEST_KEY] = table_digest(options.table)
     return entries
 
 
@@ -119,7 +117,7 @@ def changed_settings(checkpoint: Mapping[str, Any], options: TrainingOptions) ->
         for name, value in requested.items()
         if name not in RUN_ONLY_OPTIONS and name in stored and stored[name] != value
     ]
-    digest = checkpoint.get(TABLE_DIGEST_KEY)
+    digest = checkpoint.get("config", {}).get(TABLE_DIGEST_KEY)
     if digest is not None and digest != table_digest(options.table):
         changed.append("the training table's contents")
     return changed
@@ -129,7 +127,6 @@ def restore_from_checkpoint(
     checkpoint: Mapping[str, Any],
     path: Path,
     *,
-    seed: int,
     model: torch.nn.Module,
     ema: ExponentialMovingAverage | None,
     optimizer: torch.optim.Optimizer,
@@ -137,9 +134,6 @@ def restore_from_checkpoint(
     scaler: torch.amp.GradScaler,
 ) -> TrainingProgress:
     """Load a full checkpoint into freshly built parts and return the progress it records."""
-    stored_seed = checkpoint.get("training_options", {}).get("seed")
-    if stored_seed is not None and stored_seed != seed:
-        raise FlowletError(f"cannot resume from {path}: it was trained with --seed {stored_seed}, not {seed}")
     model.load_state_dict(checkpoint["flow_net_state_dict"])
     optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
     scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
