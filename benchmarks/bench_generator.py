@@ -1,7 +1,7 @@
 """Generator speed and memory: training-step time, peak memory and sampling time per volume.
 
 For the `smoke` preset (16 channels, multipliers 1,2) on the 8 mm working grid of --downsample 4, the `cpu` preset
-(the 4 mm grid of a CPU study) and the paper's base configuration at 112^3 (356 M parameters), on the CPU and, when
+(on its 8 mm grid, and its network on the 4 mm grid) and the paper's base configuration at 112^3 (356 M parameters), on the CPU and, when
 available, on CUDA, in these dtypes: on CUDA bf16 where supported (else fp32); on a CPU fp32, and also bf16 where
 the CPU has native bf16 arithmetic (not for the base network). Each figure is printed with its device, dtype and
 batch size. The base network is far too slow on a CPU to sample 100 steps, so there it times single steps (with
@@ -31,18 +31,23 @@ from flowlet.generative.unet import FlowUNet, parameter_count, preset_config
 from flowlet.generative.wavelets import idwt3d
 
 
-def smoke_at_8mm():
-    """The smoke network on the 8 mm working grid of 2 mm MNI images (downsample 4), as training would fit it."""
-    config = preset_config("smoke")
-    grid = working_shape(mni_grid(2)[0], 4)
+def on_working_grid(config, downsample: int):
+    """``config`` on the working grid of 2 mm MNI images at 1/``downsample``, as training would fit it."""
+    grid = working_shape(mni_grid(2)[0], downsample)
     input_size = smallest_model_input_size(grid, 2 ** len(config.channel_mult))
     return dataclasses.replace(config, model_input_size=input_size, save_size=grid)
+
+
+def smoke_at_8mm():
+    """The smoke network on the 8 mm working grid (downsample 4)."""
+    return on_working_grid(preset_config("smoke"), 4)
 
 
 def configurations():
     return {
         "smoke (8 mm grid 24x28x24)": smoke_at_8mm(),
-        "cpu preset (4 mm, model input 48x56x48)": preset_config("cpu"),
+        "cpu preset (8 mm, model input 24x32x24)": preset_config("cpu"),
+        "cpu network at 4 mm (model input 48x56x48)": on_working_grid(preset_config("cpu"), 2),
         "base (112^3)": preset_config("base"),
     }
 

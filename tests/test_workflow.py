@@ -276,6 +276,9 @@ def test_completed_study_does_nothing_when_repeated_and_reruns_only_dependents(t
         kept.rename(image)
     assert jobs.get("preprocess") == 1
     assert "phantoms" not in jobs and "participants" not in jobs
+    # Both generators work at the training resolution: a new one retrains FlowLet and refits the baseline.
+    jobs = planned_jobs(snakemake(tiny_study, "-n", "--config", 'train_generator={"downsample": 4}'))
+    assert jobs.get("train") == 1 and jobs.get("fit_baseline") == 1 and jobs.get("synthetic_qc_reference") == 1
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         default="cpu",
         help="shipped architecture: base or large (the published FlowLet ones; take base on a GPU), tiny, smoke "
         "(a 16-channel network for checking a set-up in minutes), or "
-        "cpu (a lean network for 4 mm studies on a CPU, with the training settings it was tuned with; flags "
+        "cpu (a lean network for 8 mm studies on a CPU, with the training settings it was tuned with; flags "
         "given here override them) (default: cpu, as the workflow's)",
     )
     source.add_argument("--config", type=Path, help="reference-format config.json to take the architecture from")

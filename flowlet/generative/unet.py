@@ -229,7 +229,7 @@ def _preset_path(name: str) -> Path:
 def preset_config(name: str) -> UNetConfig:
     """The shipped architectures: 'base' (356 M) and 'large' (1.0 B), the published FlowLet ones; 'tiny' (the
     fixture network); 'smoke' (a smaller one that trains in a minute on 2 cores, for tests and quick checks); 'cpu'
-    (a lean three-level network for 4 mm studies on a CPU)."""
+    (a lean three-level network for 8 mm studies on a CPU)."""
     config = load_config(_preset_path(name))
     config.extra.pop(PRESET_TRAINING_KEY, None)
     return config
