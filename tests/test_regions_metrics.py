@@ -11,7 +11,11 @@ from scipy import ndimage
 from flowlet.errors import FlowletError
 from flowlet.regions.atlas import TISSUE_LABEL, load_atlas
 from flowlet.regions.measures import ImageEntry, MeasuredImage, region_mask
-from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity
+from flowlet.regions.memorisation import (
+    memorisation_threshold,
+    nearest_training_similarity,
+    share_flagged_by_chance,
+)
 from flowlet.regions.paired import compare_pair, dice, histogram_distances, pair_by_age
 from flowlet.regions.realism import (
     FeatureProjection,
@@ -339,6 +343,18 @@ def test_a_shifted_copy_of_a_training_volume_is_flagged_as_memorised():
     # Without the shift search the displaced copy would hide among unrelated volumes.
     unshifted, _ = nearest_training_similarity([copy], training, mask, max_shift=0)
     assert unshifted[0] < synthetic_best[-1]
+
+
+def test_the_share_flagged_by_chance_is_what_real_like_volumes_give():
+    # Draws from one distribution: "test" set the threshold, the others are flagged above it.
+    rng = np.random.default_rng(0)
+    for n_test, percentile in [(21, 99.0), (9, 99.0), (40, 95.0)]:
+        draws = rng.random((20000, n_test + 30))
+        thresholds = np.percentile(draws[:, :n_test], percentile, axis=1)
+        simulated = (draws[:, n_test:] > thresholds[:, None]).mean()
+        assert share_flagged_by_chance(n_test, percentile) == pytest.approx(simulated, abs=0.003)
+    with pytest.raises(FlowletError, match="no real test images"):
+        share_flagged_by_chance(0)
 
 
 def test_memorisation_needs_training_and_test_images():

@@ -11,7 +11,8 @@ One row per generator (FlowLet, the linear baseline) and criterion, each value b
   to 8 mm inside it, PCA of the real training images.
 - MS-SSIM within the kept volumes beside within the real test images (same data path): diversity.
 - Memorisation: each volume's highest shift-tolerant correlation with any real training image; flagged above the
-  chosen percentile of the real test images' own highest similarities; medians side by side.
+  chosen percentile of the real test images' own highest similarities (the definition gives how many volumes as
+  varied as real test images would flag by chance); medians side by side.
 - Age fidelity: the real-only brain-age model's MAE and Pearson r against the requested age, beside its MAE and r
   on the real test images seen through the same data path, against their true age (the model was trained on sharp
   images, so at a coarser working resolution it reads real and synthetic brains alike with a bias; the sharp real
@@ -47,7 +48,11 @@ from flowlet.generative.synthetic_qc import (
 )
 from flowlet.regions import realism
 from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC, ImageEntry, read_manifests, read_split
-from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity
+from flowlet.regions.memorisation import (
+    memorisation_threshold,
+    nearest_training_similarity,
+    share_flagged_by_chance,
+)
 from flowlet.regions.trajectories import ols_slope
 
 log = logging.getLogger(__name__)
@@ -248,7 +253,10 @@ def scorecard(
                 len(best),
                 len(test_best),
                 f"highest correlation with a training image above {threshold:.4f}, the "
-                f"{options.memorisation_percentile:g}th percentile of real test images' own",
+                f"{options.memorisation_percentile:g}th percentile of real test images' own; volumes as varied as "
+                f"real test images would flag "
+                f"{len(best) * share_flagged_by_chance(len(test_best), options.memorisation_percentile):.1f} "
+                "on average",
             )
         )
         rows.append(
