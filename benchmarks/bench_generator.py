@@ -13,7 +13,6 @@ batch size. The base network is far too slow on a CPU to sample 100 steps, so th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import resource
 import statistics
 import sys
@@ -22,20 +21,18 @@ import time
 import torch
 
 from flowlet.data.templates import mni_grid
-from flowlet.generative.data import smallest_model_input_size, working_shape
 from flowlet.generative.flows import get_flow
 from flowlet.generative.loss import wavelet_flow_loss
 from flowlet.generative.precision import cpu_has_native_bf16
 from flowlet.generative.solvers import integrate
+from flowlet.generative.training_setup import fit_config_to_data
 from flowlet.generative.unet import FlowUNet, parameter_count, preset_config
 from flowlet.generative.wavelets import idwt3d
 
 
 def on_working_grid(config, downsample: int):
-    """``config`` on the working grid of 2 mm MNI images at 1/``downsample``, as training would fit it."""
-    grid = working_shape(mni_grid(2)[0], downsample)
-    input_size = smallest_model_input_size(grid, 2 ** len(config.channel_mult))
-    return dataclasses.replace(config, model_input_size=input_size, save_size=grid)
+    """``config`` on the working grid of 2 mm MNI images at 1/``downsample``, fitted as training fits it."""
+    return fit_config_to_data(config, mni_grid(2)[0], downsample)
 
 
 def smoke_at_8mm():

@@ -92,7 +92,7 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
     mirrored = [] if options.flip_probability > 0 else None
     volumes, source_shape = load_volumes(records, options.downsample, mirrored)
 
-    config = fit_config_to_data(config, source_shape, options)
+    config = fit_config_to_data(config, source_shape, options.downsample, options.model_input_size)
     if checkpoint is not None:
         _check_same_network(checkpoint, config, resume_path)
     augmentation = training_augmentation(options.augment, options.flip_probability)
@@ -209,14 +209,19 @@ def _condition_ranges(
     return {name: ranges[name] for name in records[0].conditions}
 
 
-def fit_config_to_data(config: UNetConfig, source_shape: Sequence[int], options: TrainingOptions) -> UNetConfig:
-    """Set save_size / model_input_size (and our downsampling keys) from the data's grid."""
-    grid = working_shape(source_shape, options.downsample)
+def fit_config_to_data(
+    config: UNetConfig,
+    source_shape: Sequence[int],
+    downsample: int,
+    model_input_size: Sequence[int] | None = None,
+) -> UNetConfig:
+    """Set save_size / model_input_size from the data's grid at 1/``downsample`` (``model_input_size``: forced)."""
+    grid = working_shape(source_shape, downsample)
     multiple = 2 ** len(config.channel_mult)
-    if options.model_input_size is not None:
-        input_size = tuple(options.model_input_size)
+    if model_input_size is not None:
+        input_size = tuple(model_input_size)
     elif (
-        options.downsample == 1
+        downsample == 1
         and all(m >= g for m, g in zip(config.model_input_size, grid))
         and all(m % multiple == 0 for m in config.model_input_size)
     ):
