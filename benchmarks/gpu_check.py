@@ -34,7 +34,7 @@ from bench_generator import bench, smoke_at_8mm  # noqa: E402
 from flowlet.data.nifti import save_nifti  # noqa: E402
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1  # noqa: E402
 from flowlet.generative.data import read_training_table  # noqa: E402
-from flowlet.generative.generate import generate, load_generator, requests_from_table  # noqa: E402
+from flowlet.generative.generate import generate, load_generator, ode_settings, requests_from_table  # noqa: E402
 from flowlet.generative.synthetic_qc import flag_outliers, read_reference, reference_metrics  # noqa: E402
 from flowlet.generative.train import train  # noqa: E402
 from flowlet.generative.training_options import TrainingOptions  # noqa: E402
@@ -90,8 +90,11 @@ def recipe_check(split: Path, on_gpu: bool, steps: int, samples: int, work: Path
         + "".join(f"{age:.1f}\ts_{i}.nii.gz\n" for i, age in enumerate(np.linspace(min(ages), max(ages), samples)))
     )
     generator = load_generator(work / "run" / "checkpoint_last.pth", device="cuda" if on_gpu else "cpu")
+    sampler, flow_steps = ode_settings(generator.config.extra)
     started_sampling = time.perf_counter()
-    manifest = generate(generator, requests_from_table(table, 1, generator.config), work / "samples", 20, batch_size=4)
+    manifest = generate(
+        generator, requests_from_table(table, 1, generator.config), work / "samples", flow_steps, sampler, batch_size=4
+    )
     sampling = time.perf_counter() - started_sampling
     reference_path = work / "reference.tsv"
     reference_metrics([record.image for record in records], settings["downsample"]).to_csv(
@@ -102,7 +105,7 @@ def recipe_check(split: Path, on_gpu: bool, steps: int, samples: int, work: Path
     verdicts = flag_outliers(pd.read_csv(manifest, sep="\t"), read_reference(reference_path), 3.0)
     print(
         f"[{label}; {len(records)} training images; batch {settings['batch_size']}] {steps} steps in {seconds:.1f} s "
-        f"({steps / seconds:.2f} steps/s); {samples} samples (20 steps) in {sampling:.1f} s; QC pass rate "
+        f"({steps / seconds:.2f} steps/s); {samples} samples ({flow_steps} {sampler} steps) in {sampling:.1f} s; QC pass rate "
         f"{1 - verdicts['qc_outlier'].mean():.2f}",
         flush=True,
     )

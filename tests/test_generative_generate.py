@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import subprocess
 import sys
@@ -177,6 +178,40 @@ def test_guidance_and_second_order_samplers_change_the_sample(trained_run, tmp_p
     heun = volume("heun", "--sampler", "heun")
     assert np.isfinite(guided).all() and np.isfinite(heun).all()
     assert not np.allclose(guided, plain) and not np.allclose(heun, plain)
+
+
+@pytest.mark.slow
+def test_the_solver_defaults_to_the_one_the_generator_config_records(trained_run, tmp_path, capsys):
+    def volume(name: str, *extra: str) -> np.ndarray:
+        assert generate(trained_run, tmp_path / name, "--generation_conditions", "Age=50", *extra) == 0
+        return np.asarray(load(tmp_path / name / "Age_50.00" / "FlowLet_synthetic_brain_0.nii.gz").dataobj)
+
+    config = json.loads((trained_run / "config.json").read_text())
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text(json.dumps({**config, "sampler": "heun"}))
+    from_config = volume("from-config", "--config_path", str(recorded))
+    np.testing.assert_array_equal(from_config, volume("heun", "--sampler", "heun"))
+    assert not np.allclose(from_config, volume("euler", "--config_path", str(recorded), "--sampler", "euler"))
+
+    recorded.write_text(json.dumps({**config, "sampler": "rk4"}))
+    assert (
+        generate(trained_run, tmp_path / "bad", "--generation_conditions", "Age=50", "--config_path", str(recorded))
+        == 1
+    )
+    assert (
+        "recorded.json: the sampler must be one of ['euler', 'heun', 'midpoint'], got 'rk4'" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_study_samples_with_the_solver_its_preset_records_unless_the_config_names_one():
+    from flowlet.config import validate_config
+    from flowlet.report.summary import sampling_settings
+
+    assert sampling_settings(validate_config({})) == ("heun", 50)  # the cpu preset's measured setting
+    assert sampling_settings(validate_config({"train_generator": {"preset": "base"}})) == ("euler", 10)
+    chosen = validate_config({"generate": {"sampler": "midpoint", "num_flow_steps": 8}})
+    assert sampling_settings(chosen) == ("midpoint", 8)
 
 
 @pytest.mark.slow

@@ -32,7 +32,13 @@ from flowlet.errors import FlowletError
 from flowlet.generative.checkpoint import model_from_payload, read_checkpoint
 from flowlet.generative.conditions import ConditionRange, load_condition_ranges, normalise_conditions
 from flowlet.generative.data import SEX_CODES, upsample_to_grid, working_shape
-from flowlet.generative.requests import CONDITION_COLUMNS, SampleRequest, read_ages_table, write_manifest
+from flowlet.generative.requests import (
+    CONDITION_COLUMNS,
+    SOLVER_METHODS,
+    SampleRequest,
+    read_ages_table,
+    write_manifest,
+)
 from flowlet.generative.sampling_spec import SamplingSpec, sampling_spec
 from flowlet.generative.seeds import derived_seed
 from flowlet.generative.solvers import guided_velocity, integrate
@@ -62,6 +68,20 @@ class Generator:
     @property
     def default_save_size(self) -> tuple[int, int, int]:
         return tuple(self.spec.full_resolution_size or self.config.save_size)
+
+
+def ode_settings(
+    config_extra: Mapping[str, object], sampler: str | None = None, num_steps: int | None = None, where: str = "config"
+) -> tuple[str, int]:
+    """The solver and step count a generator samples with: those given, else the ones its config records (the
+    cpu preset records what its recipe was measured with), else the reference's Euler and 10 steps."""
+    sampler = sampler or str(config_extra.get("sampler", "euler"))
+    if sampler not in SOLVER_METHODS:
+        raise FlowletError(f"{where}: the sampler must be one of {list(SOLVER_METHODS)}, got {sampler!r}")
+    num_steps = int(config_extra.get("num_flow_steps", 10)) if num_steps is None else num_steps
+    if num_steps < 1:
+        raise FlowletError(f"{where}: the number of ODE steps must be at least 1, got {num_steps}")
+    return sampler, num_steps
 
 
 def load_generator(

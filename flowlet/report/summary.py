@@ -32,6 +32,17 @@ def training_settings(section: dict) -> dict:
     return settings_over_preset(section["preset"], preset_training(section["preset"]), section)
 
 
+def sampling_settings(config: dict) -> tuple[str, int]:
+    """The solver and steps generation ran with: the config's, else those the preset records in the generator's
+    config (as `flowlet generate` reads them)."""
+    from flowlet.generative.generate import ode_settings
+    from flowlet.generative.unet import preset_config
+
+    sample = config["generate"]
+    recorded = preset_config(config["train_generator"]["preset"]).extra
+    return ode_settings(recorded, sample.get("sampler"), sample.get("num_flow_steps"), "the generate section")
+
+
 def scarcity_sentence(split: pd.DataFrame, keep: float) -> str:
     """Controlled scarcity in words, when the split withheld anyone."""
     withheld = split[split["split"] == "withheld"]
@@ -50,7 +61,7 @@ def methods_paragraph(
 ) -> str:
     pre = config["preprocess"]
     gen = training_settings(config["train_generator"])
-    sample = config["generate"]
+    sampler, num_flow_steps = sampling_settings(config)
     brainage = config["brainage"]
     plan = config["plan_synthetic"]
     version = lambda name: environment.get(f"version:{name}", "unknown")  # noqa: E731
@@ -87,7 +98,7 @@ def methods_paragraph(
         f"{gen['batch_size']}, learning rate {gen['lr']}, PyTorch {version('torch')}) was trained on the training "
         f"subjects, beside a linear baseline generator (per-voxel age lines plus residual PCA); age bins "
         f"whose training count fell below {plan.get('underrepresented_fraction')} of the largest bin received synthetic "
-        f"subjects ({sample.get('sampler')} sampler, {sample.get('num_flow_steps')} steps). "
+        f"subjects ({sampler} sampler, {num_flow_steps} steps). "
         f"Brain-age regressors ({', '.join(brainage.get('regressors', []))}; scikit-learn {version('scikit-learn')} [sklearn]) "
         f"were trained on real-only, real-plus-synthetic and synthetic-only data over seeds "
         f"{', '.join(map(str, brainage.get('seeds', [])))} and evaluated on the same held-out real test subjects, "
