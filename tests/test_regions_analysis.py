@@ -22,6 +22,7 @@ from flowlet.cli import main
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
 from flowlet.regions.atlas import load_atlas
+from flowlet.regions.memorisation import share_flagged_by_chance
 from flowlet.regions.trajectories import ols_slope
 
 pytestmark = pytest.mark.slow
@@ -305,6 +306,43 @@ def test_memorisation_flags_the_shifted_copy_only(full_run):
     assert synthetic["flagged"].sum() == 1
     summary = _read(full_run, "memorisation_summary.tsv")
     assert summary.loc[0, "n_flagged"] == 1
+    expected = len(synthetic) * share_flagged_by_chance(int(summary.loc[0, "n_test"]), summary.loc[0, "percentile"])
+    assert summary.loc[0, "expected_flagged_by_chance"] == pytest.approx(expected)
+
+
+def test_a_coarse_generators_blur_is_not_taken_for_copying(cohort):
+    from flowlet.generative.synthetic_qc import generator_view
+    from flowlet.regions.analysis import SYNTHETIC, AnalysisOptions, _as_generated, _memorisation
+    from flowlet.regions.measures import ImageEntry, MeasuredImage
+
+    def measured(image_id: str, group: str, age: float, data: np.ndarray) -> MeasuredImage:
+        entry = ImageEntry(image_id, group, age, "F", "all", Path(f"{image_id}.nii.gz"))
+        return MeasuredImage(entry, data.astype(np.float32), np.zeros(data.shape, np.uint8))
+
+    split = pd.read_csv(cohort["split"], sep="\t")
+    groups = {
+        group: [
+            measured(row.participant_id, group, row.age, np.asarray(nib.load(row.image).dataobj))
+            for row in split[split["split"] == group].itertuples()
+        ]
+        for group in ("train", "test")
+    }
+    simulator = Simulator()
+    # What an 8 mm generator returns: new people, and a copy of training subject sub-03, at its resolution.
+    coarse = {f"new-{age}": generator_view(simulator.subject(age, 200 + age), 4) for age in (30, 62, 75)}
+    coarse["copy"] = generator_view(groups["train"][3].intensities, 4)
+    groups[SYNTHETIC] = [measured(name, SYNTHETIC, 50, data) for name, data in coarse.items()]
+    mask = template_brain_mask(2).get_fdata() > 0
+
+    def flagged(downsample: int) -> dict[str, bool]:
+        table = _memorisation(groups, AnalysisOptions(downsample=downsample), mask, _as_generated(groups, downsample))[
+            0
+        ]
+        return table[table["group"] == SYNTHETIC].set_index("image_id")["flagged"].to_dict()
+
+    sharp = flagged(1)  # beside sharp real images, blur alone looks like copying
+    assert sharp["copy"] and sum(sharp[name] for name in coarse if name != "copy") >= 2
+    assert flagged(4) == {"new-30": False, "new-62": False, "new-75": False, "copy": True}
 
 
 def test_realism_reports_each_value_beside_its_real_floor(full_run):

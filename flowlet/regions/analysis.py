@@ -27,7 +27,7 @@ from flowlet.regions.measures import (
     read_measures,
     read_split,
 )
-from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity
+from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity, share_flagged_by_chance
 from flowlet.regions.paired import PairedComparison, global_summary, paired_table, region_summary
 from flowlet.regions.trajectories import slope_agreement, slopes_table
 
@@ -50,7 +50,7 @@ TABLE_DESCRIPTIONS = {
     "fidelity_images.tsv": "Per image: requested or true age, predicted age and error.",
     "realism.tsv": "Fréchet distance and MMD of regional feature distributions, MS-SSIM within sets; each beside its real test-vs-train value.",
     "memorisation.tsv": "Per synthetic and real test image: highest shift-tolerant correlation with any real training image, which one, and whether it is flagged.",
-    "memorisation_summary.tsv": "The flagging threshold (percentile of real test similarities) and how many synthetic images exceed it.",
+    "memorisation_summary.tsv": "The flagging threshold (percentile of real test similarities), how many synthetic images exceed it, and how many would by chance were they as varied as the real test images.",
 }
 
 
@@ -66,6 +66,9 @@ class AnalysisOptions:
     seed: int = 0
     brainage_model: Path | None = None
     brainage_corrected: bool = True
+    # The generator's working resolution factor: real images pass through its down- and up-sampling before the
+    # memorisation check and MS-SSIM, so that a coarser generator's blur is not taken for copying or uniformity.
+    downsample: int = 1
 
 
 def _write(table: pd.DataFrame, output_dir: Path, name: str, written: dict[str, str]) -> None:
@@ -77,6 +80,24 @@ def _write(table: pd.DataFrame, output_dir: Path, name: str, written: dict[str, 
 
 def _groups(measured: list[MeasuredImage]) -> dict[str, list[MeasuredImage]]:
     return {group: [m for m in measured if m.entry.group == group] for group in ("train", "test", SYNTHETIC)}
+
+
+def _as_generated(groups: dict[str, list[MeasuredImage]], downsample: int) -> dict[str, list[np.ndarray]]:
+    """Every group's intensities on the generator's data path: real images through its working resolution."""
+    if downsample == 1:
+        return {group: [m.intensities for m in images] for group, images in groups.items()}
+    from flowlet.generative.synthetic_qc import generator_view
+
+    return {
+        group: [m.intensities if group == SYNTHETIC else generator_view(m.intensities, downsample) for m in images]
+        for group, images in groups.items()
+    }
+
+
+def _real_data_path(options: AnalysisOptions) -> str:
+    if options.downsample == 1:
+        return "real images as preprocessed"
+    return f"real images through the generator's working resolution (1/{options.downsample})"
 
 
 def _paired(
@@ -127,6 +148,7 @@ def _realism(
     atlas: Atlas,
     options: AnalysisOptions,
     brain: np.ndarray,
+    seen: dict[str, list[np.ndarray]],
 ) -> pd.DataFrame:
     regions = [region.name for region in atlas.atlas_regions]
     ids = {group: [m.entry.image_id for m in images] for group, images in groups.items()}
@@ -139,6 +161,12 @@ def _realism(
         f"{projection.components} components on real training images; value and floor at the same n (the smaller "
         f"set's size; means over random subsets of the larger)"
     )
+    if options.downsample > 1:
+        feature_note += (
+            f"; the synthetic images' tissue measures come from their 1/{options.downsample} resolution and the real "
+            "images' from sharp ones, so resolution counts as unrealism here (results/synthetic/scorecard.tsv "
+            "compares at equal resolution)"
+        )
     if n_synthetic == 0:
         feature_note = NO_SYNTHETIC
     elif n_synthetic == 1:
@@ -165,29 +193,28 @@ def _realism(
                 "note": feature_note,
             }
         )
-    window = realism.intensity_window([m.intensities for m in groups["train"]], [brain] * len(groups["train"]))
+    window = realism.intensity_window(seen["train"], [brain] * len(seen["train"]))
 
-    def within(images: list[MeasuredImage], seed: int) -> tuple[float, int]:
+    def within(images: list[np.ndarray], seed: int) -> tuple[float, int]:
         pairs = realism.sample_pairs(len(images), None, options.msssim_pairs, seed)
-        return realism.mean_ms_ssim(
-            [(images[i].intensities, images[j].intensities) for i, j in pairs], window, options.msssim_scales
-        ), len(pairs)
+        return realism.mean_ms_ssim([(images[i], images[j]) for i, j in pairs], window, options.msssim_scales), len(
+            pairs
+        )
 
-    cross_pairs = realism.sample_pairs(
-        len(groups["train"]), len(groups["test"]), options.msssim_pairs, options.seed + 2
-    )
+    cross_pairs = realism.sample_pairs(len(seen["train"]), len(seen["test"]), options.msssim_pairs, options.seed + 2)
     cross = realism.mean_ms_ssim(
-        [(groups["train"][i].intensities, groups["test"][j].intensities) for i, j in cross_pairs],
-        window,
-        options.msssim_scales,
+        [(seen["train"][i], seen["test"][j]) for i, j in cross_pairs], window, options.msssim_scales
     )
     for label, group, seed in (
         ("within synthetic", SYNTHETIC, options.seed),
         ("within real train", "train", options.seed + 1),
     ):
-        value, n_pairs = within(groups[group], seed) if len(groups[group]) >= 2 else (np.nan, 0)
+        value, n_pairs = within(seen[group], seed) if len(seen[group]) >= 2 else (np.nan, 0)
         if n_pairs:
-            note = f"mean MS-SSIM over {n_pairs} pair(s); lower means more diverse (more alike than real-vs-real: too little diversity)"
+            note = (
+                f"mean MS-SSIM over {n_pairs} pair(s); lower means more diverse (more alike than real-vs-real: too "
+                f"little diversity); {_real_data_path(options)}"
+            )
         else:
             note = NO_SYNTHETIC if not groups[group] else "fewer than two images: no pairs"
         rows.append(
@@ -206,14 +233,16 @@ def _realism(
 
 
 def _memorisation(
-    groups: dict[str, list[MeasuredImage]], options: AnalysisOptions, mask: np.ndarray
+    groups: dict[str, list[MeasuredImage]],
+    options: AnalysisOptions,
+    mask: np.ndarray,
+    seen: dict[str, list[np.ndarray]],
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, float]:
-    training = [m.intensities for m in groups["train"]]
     test_best, test_nearest = nearest_training_similarity(
-        [m.intensities for m in groups["test"]], training, mask, options.memorisation_max_shift
+        seen["test"], seen["train"], mask, options.memorisation_max_shift
     )
     synthetic_best, synthetic_nearest = nearest_training_similarity(
-        [m.intensities for m in groups[SYNTHETIC]], training, mask, options.memorisation_max_shift
+        seen[SYNTHETIC], seen["train"], mask, options.memorisation_max_shift
     )
     threshold = memorisation_threshold(test_best, options.memorisation_percentile)
     rows = []
@@ -236,7 +265,8 @@ def _memorisation(
     summary = pd.DataFrame(
         [
             {
-                "similarity": f"Pearson correlation inside the template brain mask, max over shifts up to {options.memorisation_max_shift} voxel(s)",
+                "similarity": f"Pearson correlation inside the template brain mask, max over shifts up to "
+                f"{options.memorisation_max_shift} voxel(s); {_real_data_path(options)}",
                 "percentile": options.memorisation_percentile,
                 "threshold": threshold,
                 "n_test": len(groups["test"]),
@@ -245,6 +275,8 @@ def _memorisation(
                 "synthetic_median_similarity": float(np.median(synthetic_best)) if len(synthetic_best) else np.nan,
                 "n_flagged": flagged if groups[SYNTHETIC] else np.nan,
                 "fraction_flagged": flagged / len(groups[SYNTHETIC]) if groups[SYNTHETIC] else np.nan,
+                "expected_flagged_by_chance": len(groups[SYNTHETIC])
+                * share_flagged_by_chance(len(groups["test"]), options.memorisation_percentile),
                 "note": "" if groups[SYNTHETIC] else NO_SYNTHETIC,
             }
         ]
@@ -338,9 +370,10 @@ def run_analysis(
         captions["fidelity.png"] = figures.fidelity_scatter(fidelity_images, figure_dir / "fidelity.png")
 
     mask = template_brain_mask(resolution).get_fdata() > 0
-    _write(_realism(measures, groups, atlas, options, mask), output_dir, "realism.tsv", written)
+    seen = _as_generated(groups, options.downsample)
+    _write(_realism(measures, groups, atlas, options, mask, seen), output_dir, "realism.tsv", written)
 
-    per_image, memorisation_summary, test_best, synthetic_best, threshold = _memorisation(groups, options, mask)
+    per_image, memorisation_summary, test_best, synthetic_best, threshold = _memorisation(groups, options, mask, seen)
     _write(per_image, output_dir, "memorisation.tsv", written)
     _write(memorisation_summary, output_dir, "memorisation_summary.tsv", written)
     captions["memorisation.png"] = figures.memorisation_histogram(

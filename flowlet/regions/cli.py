@@ -72,6 +72,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         default=99.0,
         help="percentile of the real test similarities above which a synthetic image is flagged",
     )
+    parser.add_argument(
+        "--downsample",
+        type=int,
+        default=1,
+        help="the generator's working resolution factor (train_generator.downsample): real images pass through it "
+        "before the memorisation check and MS-SSIM, so that blur is not taken for copying",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the MS-SSIM pair sampling")
 
 
@@ -90,6 +97,8 @@ def _check(args: argparse.Namespace) -> None:
         raise FlowletError(f"--msssim-scales must be between 1 and 5, got {args.msssim_scales}")
     if args.memorisation_max_shift < 0:
         raise FlowletError(f"--memorisation-max-shift must be >= 0 voxels, got {args.memorisation_max_shift}")
+    if args.downsample < 1:
+        raise FlowletError(f"--downsample must be at least 1, got {args.downsample}")
     if args.feature_components < 1:
         raise FlowletError(f"--feature-components must be at least 1, got {args.feature_components}")
 
@@ -112,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         brainage_model=args.brainage_model,
         brainage_corrected=args.brainage_corrected,
+        downsample=args.downsample,
     )
     outputs = run_analysis(args.split, list(args.synthetic), args.measures, args.output_dir, options)
     log.info("regional analysis written to %s: %s", args.output_dir, json.dumps(sorted(outputs)))

@@ -47,8 +47,7 @@ def nearest_training_similarity(
 
 def memorisation_threshold(test_similarities: np.ndarray, percentile: float = 99.0) -> float:
     """The given percentile of the real test images' nearest-training similarity."""
-    if len(test_similarities) == 0:
-        raise FlowletError("memorisation: there are no real test images to set the threshold with")
+    _require_test_images(len(test_similarities))
     return float(np.percentile(test_similarities, percentile))
 
 
@@ -60,7 +59,11 @@ def share_flagged_by_chance(n_test: int, percentile: float = 99.0) -> float:
     images and the 99th percentile it is 0.055: 24 real-like volumes would flag 1.3 on average, and none only 38%
     of the time.
     """
-    if n_test < 1:
-        raise FlowletError("memorisation: there are no real test images to set the threshold with")
+    _require_test_images(n_test)
     position = percentile / 100 * (n_test - 1)
     return (n_test - position) / (n_test + 1)
+
+
+def _require_test_images(n_test: int) -> None:
+    if n_test < 1:
+        raise FlowletError("memorisation: there are no real test images to set the threshold with")

@@ -182,9 +182,10 @@ rule regions:
     params:
         flags=cli_flags("regions"),
         output_dir=lambda wildcards, output: Path(output.table).parent,
+        downsample=GENERATOR_DOWNSAMPLE,
     shell:
         "python -m flowlet regions --split {input.split} --synthetic {input.synthetic} --measures {input.measures} "
-        "--brainage-model {input.model} "
+        "--brainage-model {input.model} --downsample {params.downsample} "
         "--output-dir {params.output_dir} {params.flags} --threads {threads} > {log} 2>&1"
 
 
