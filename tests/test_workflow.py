@@ -64,6 +64,17 @@ def test_dry_run_lists_every_stage(tmp_path):
     assert jobs["generate"] == 3 + 1  # one per age bin, plus the scorecard's evaluation cohort
 
 
+def test_brain_age_features_share_the_generators_resolution_when_it_is_coarser(tmp_path):
+    def feature_block(*config: str) -> str:
+        commands = snakemake(tmp_path, "-n", "-p", "--config", *config).stdout
+        brainage = next(line for line in commands.splitlines() if "python -m flowlet brainage " in line)
+        return brainage.split("--downsample ")[1].split()[0]
+
+    assert feature_block('train_generator={"downsample": 2}') == "2"  # 4 mm features, as before
+    assert feature_block('train_generator={"downsample": 4}') == "4"  # an 8 mm generator: 8 mm features
+    assert feature_block('train_generator={"downsample": 4}', 'brainage={"downsample": 3}') == "3"
+
+
 def test_lint_reports_nothing(tmp_path):
     result = snakemake(tmp_path, "--lint")
     assert "Lints for" not in result.stdout + result.stderr

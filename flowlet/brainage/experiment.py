@@ -36,6 +36,7 @@ import pandas as pd
 
 from flowlet.brainage.cnn import CNNRegressor, CNNSettings
 from flowlet.brainage.features import (
+    DEFAULT_DOWNSAMPLE,
     DEFAULT_TISSUE_FWHM_MM,
     TissueDensityMaps,
     VoxelFeatures,
@@ -104,7 +105,7 @@ class Settings:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     bin_edges: list[float] = field(default_factory=lambda: [20, 30, 40, 50, 60, 70, 80, 90])
-    downsample: int = 2
+    downsample: int = DEFAULT_DOWNSAMPLE
     pca_components: list[int] = field(default_factory=lambda: [10, 25, 50])
     tissue_fwhm_mm: float = DEFAULT_TISSUE_FWHM_MM
     cv_folds: int = 5

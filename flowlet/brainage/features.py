@@ -25,6 +25,16 @@ from flowlet.errors import FlowletError
 
 log = logging.getLogger(__name__)
 
+# Block-averaging factor of voxel and tissue features: 2 mm images become 4 mm features.
+DEFAULT_DOWNSAMPLE = 2
+
+
+def feature_downsample(configured: int | None, generator_downsample: int) -> int:
+    """The features' block-averaging factor: the configured one, else the coarser of the default and the
+    generator's working resolution, so that real and synthetic images give features at one resolution (a
+    generator at 8 mm makes volumes with nothing finer; sharper real features would tell them apart by blur)."""
+    return configured if configured is not None else max(DEFAULT_DOWNSAMPLE, generator_downsample)
+
 
 def block_downsample(volume: np.ndarray, factor: int) -> np.ndarray:
     """Mean over non-overlapping ``factor``-sized blocks; the volume is zero-padded up to a multiple of the factor."""
@@ -76,7 +86,9 @@ def downsampled_mask(resolution_mm: int, factor: int) -> np.ndarray:
     return block_downsample(mask, factor) >= 0.5
 
 
-def load_voxel_features(images: list[str], downsample: int = 2, what: str = "brain-age input") -> VoxelFeatures:
+def load_voxel_features(
+    images: list[str], downsample: int = DEFAULT_DOWNSAMPLE, what: str = "brain-age input"
+) -> VoxelFeatures:
     """Load, downsample and standardise every image once (they must all share one MNI grid)."""
     if not images:
         raise FlowletError(f"{what}: no images to load")
@@ -188,7 +200,9 @@ class TissueDensityMaps:
     ``downsample``; each map is read once, however many subject groups ask for it.
     """
 
-    def __init__(self, path: str | Path, fwhm_mm: float = DEFAULT_TISSUE_FWHM_MM, downsample: int = 2) -> None:
+    def __init__(
+        self, path: str | Path, fwhm_mm: float = DEFAULT_TISSUE_FWHM_MM, downsample: int = DEFAULT_DOWNSAMPLE
+    ) -> None:
         if fwhm_mm < 0:
             raise FlowletError(f"--tissue-fwhm must be >= 0 mm, got {fwhm_mm}")
         self.path = Path(path)

@@ -27,12 +27,13 @@ rule brainage:
         runtime=120,
         gpu=1 if config["brainage"]["device"] == "cuda" else 0,
     params:
-        flags=cli_flags("brainage"),
+        flags=cli_flags("brainage", skip=("downsample",)),
+        downsample=BRAINAGE_DOWNSAMPLE,
         bin_edges=" ".join(str(edge) for edge in config["split"]["bin_edges"]),
         output_dir=lambda wildcards, output: Path(output.metrics).parent,
         external=external_split_flag,
     shell:
-        "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} "
+        "python -m flowlet brainage --split {input.split} --synthetic {input.synthetic} --downsample {params.downsample} "
         "--baseline-synthetic {input.baseline} --plan {input.plan} {params.external} --bin-edges {params.bin_edges} "
         "--regional-features {input.regional_features} --output-dir {params.output_dir} {params.flags} > {log} 2>&1"
 

@@ -10,6 +10,7 @@ import yaml
 REPO_ROOT = Path(workflow.basedir).parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from flowlet.brainage.features import feature_downsample  # noqa: E402
 from flowlet.config import validate_config  # noqa: E402
 from flowlet.data.bids import ColumnNames, ages_missing_note, participant_table  # noqa: E402
 from flowlet.data.split import bin_labels, check_fold_bins  # noqa: E402
@@ -73,6 +74,8 @@ def first_fold(path):
 GENERATOR_DOWNSAMPLE = config["train_generator"]["downsample"] or preset_training(
     config["train_generator"]["preset"]
 ).get("downsample", 1)
+# Brain-age features at the generator's resolution when it is the coarser, so real and synthetic images share it.
+BRAINAGE_DOWNSAMPLE = feature_downsample(config["brainage"]["downsample"], GENERATOR_DOWNSAMPLE)
 BACKENDS = {"both": ("flowlet", "linear"), "flowlet": ("flowlet",), "linear": ("linear",)}[
     config["generate"]["backend"]
 ]
