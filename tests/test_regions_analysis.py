@@ -306,8 +306,11 @@ def test_memorisation_flags_the_shifted_copy_only(full_run):
     assert synthetic["flagged"].sum() == 1
     summary = _read(full_run, "memorisation_summary.tsv")
     assert summary.loc[0, "n_flagged"] == 1
-    expected = len(synthetic) * share_flagged_by_chance(int(summary.loc[0, "n_test"]), summary.loc[0, "percentile"])
+    # The threshold's real images: the test images, and every training image against the others.
+    n_real = len(TEST_AGES) + len(TRAIN_AGES)
+    expected = len(synthetic) * share_flagged_by_chance(n_real, summary.loc[0, "percentile"])
     assert summary.loc[0, "expected_flagged_by_chance"] == pytest.approx(expected)
+    assert f"{len(TEST_AGES)} test images" in summary.loc[0, "threshold_from"]
 
 
 def test_a_coarse_generators_blur_is_not_taken_for_copying(cohort):

@@ -12,6 +12,8 @@ from flowlet.errors import FlowletError
 from flowlet.regions.atlas import TISSUE_LABEL, load_atlas
 from flowlet.regions.measures import ImageEntry, MeasuredImage, region_mask
 from flowlet.regions.memorisation import (
+    leave_one_out_similarity,
+    memorisation_reference,
     memorisation_threshold,
     nearest_training_similarity,
     share_flagged_by_chance,
@@ -343,6 +345,30 @@ def test_a_shifted_copy_of_a_training_volume_is_flagged_as_memorised():
     # Without the shift search the displaced copy would hide among unrelated volumes.
     unshifted, _ = nearest_training_similarity([copy], training, mask, max_shift=0)
     assert unshifted[0] < synthetic_best[-1]
+
+
+def test_the_threshold_counts_training_images_against_other_people_only():
+    people = _smooth_volumes(5, 4)
+    rng = np.random.default_rng(5)
+    # A second session of person "b": the same brain, scanned again.
+    rescan = people[1] + rng.normal(0, 0.01, people[1].shape).astype(np.float32)
+    training = [*people, rescan]
+    mask = np.zeros(people[0].shape, bool)
+    mask[3:-3, 3:-3, 3:-3] = True
+    by_scan = leave_one_out_similarity(training, ["a", "b", "c", "d", "e", "f"], mask)
+    by_person = leave_one_out_similarity(training, ["a", "b", "c", "d", "e", "b"], mask)
+    unrelated, _ = nearest_training_similarity(_smooth_volumes(4, 6), people, mask)
+    # Taken for different people, the two sessions would set the threshold at a copy's similarity.
+    assert by_scan[1] > 0.95 and by_scan[5] > 0.95
+    assert by_person.max() < 0.95
+    assert by_person.max() < unrelated.max() + 0.1
+    np.testing.assert_allclose(np.delete(by_person, [1, 5]), np.delete(by_scan, [1, 5]))
+    reference = memorisation_reference(_smooth_volumes(4, 6), training, ["a", "b", "c", "d", "e", "b"], mask)
+    assert len(reference.similarities) == 10
+    assert reference.threshold == pytest.approx(np.percentile(np.concatenate([unrelated, by_person]), 99.0))
+    assert leave_one_out_similarity(training[:2], ["a", "a"], mask).size == 0
+    with pytest.raises(FlowletError, match="2 subject id"):
+        leave_one_out_similarity(training[:3], ["a", "b"], mask)
 
 
 def test_the_share_flagged_by_chance_is_what_real_like_volumes_give():

@@ -27,7 +27,7 @@ from flowlet.regions.measures import (
     read_measures,
     read_split,
 )
-from flowlet.regions.memorisation import memorisation_threshold, nearest_training_similarity, share_flagged_by_chance
+from flowlet.regions.memorisation import MemorisationReference, memorisation_reference, nearest_training_similarity
 from flowlet.regions.paired import PairedComparison, global_summary, paired_table, region_summary
 from flowlet.regions.trajectories import slope_agreement, slopes_table
 
@@ -50,7 +50,7 @@ TABLE_DESCRIPTIONS = {
     "fidelity_images.tsv": "Per image: requested or true age, predicted age and error.",
     "realism.tsv": "Fréchet distance and MMD of regional feature distributions, MS-SSIM within sets; each beside its real test-vs-train value.",
     "memorisation.tsv": "Per synthetic and real test image: highest shift-tolerant correlation with any real training image, which one, and whether it is flagged.",
-    "memorisation_summary.tsv": "The flagging threshold (percentile of real test similarities), how many synthetic images exceed it, and how many would by chance were they as varied as the real test images.",
+    "memorisation_summary.tsv": "The flagging threshold (percentile of real images' similarities: test images to the training images, training images to other subjects'), how many synthetic images exceed it, and how many would by chance were they as varied as the real images.",
 }
 
 
@@ -237,16 +237,24 @@ def _memorisation(
     options: AnalysisOptions,
     mask: np.ndarray,
     seen: dict[str, list[np.ndarray]],
-) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, float]:
-    test_best, test_nearest = nearest_training_similarity(
-        seen["test"], seen["train"], mask, options.memorisation_max_shift
+) -> tuple[pd.DataFrame, pd.DataFrame, MemorisationReference, np.ndarray]:
+    reference = memorisation_reference(
+        seen["test"],
+        seen["train"],
+        [image.entry.subject for image in groups["train"]],
+        mask,
+        options.memorisation_max_shift,
+        options.memorisation_percentile,
     )
     synthetic_best, synthetic_nearest = nearest_training_similarity(
         seen[SYNTHETIC], seen["train"], mask, options.memorisation_max_shift
     )
-    threshold = memorisation_threshold(test_best, options.memorisation_percentile)
+    threshold = reference.threshold
     rows = []
-    for group, best, nearest in (("test", test_best, test_nearest), (SYNTHETIC, synthetic_best, synthetic_nearest)):
+    for group, best, nearest in (
+        ("test", reference.test, reference.test_nearest),
+        (SYNTHETIC, synthetic_best, synthetic_nearest),
+    ):
         for image, value, index in zip(groups[group], best, nearest):
             rows.append(
                 {
@@ -269,19 +277,19 @@ def _memorisation(
                 f"{options.memorisation_max_shift} voxel(s); {_real_data_path(options)}",
                 "percentile": options.memorisation_percentile,
                 "threshold": threshold,
+                "threshold_from": reference.describe(),
                 "n_test": len(groups["test"]),
-                "test_median_similarity": float(np.median(test_best)),
+                "test_median_similarity": float(np.median(reference.test)),
                 "n_synthetic": len(groups[SYNTHETIC]),
                 "synthetic_median_similarity": float(np.median(synthetic_best)) if len(synthetic_best) else np.nan,
                 "n_flagged": flagged if groups[SYNTHETIC] else np.nan,
                 "fraction_flagged": flagged / len(groups[SYNTHETIC]) if groups[SYNTHETIC] else np.nan,
-                "expected_flagged_by_chance": len(groups[SYNTHETIC])
-                * share_flagged_by_chance(len(groups["test"]), options.memorisation_percentile),
+                "expected_flagged_by_chance": reference.expected_flagged(len(groups[SYNTHETIC])),
                 "note": "" if groups[SYNTHETIC] else NO_SYNTHETIC,
             }
         ]
     )
-    return per_image, summary, test_best, synthetic_best, threshold
+    return per_image, summary, reference, synthetic_best
 
 
 def _fidelity(
@@ -373,11 +381,11 @@ def run_analysis(
     seen = _as_generated(groups, options.downsample)
     _write(_realism(measures, groups, atlas, options, mask, seen), output_dir, "realism.tsv", written)
 
-    per_image, memorisation_summary, test_best, synthetic_best, threshold = _memorisation(groups, options, mask, seen)
+    per_image, memorisation_summary, memorisation, synthetic_best = _memorisation(groups, options, mask, seen)
     _write(per_image, output_dir, "memorisation.tsv", written)
     _write(memorisation_summary, output_dir, "memorisation_summary.tsv", written)
     captions["memorisation.png"] = figures.memorisation_histogram(
-        test_best, synthetic_best, threshold, figure_dir / "memorisation.png"
+        memorisation, synthetic_best, figure_dir / "memorisation.png"
     )
 
     (output_dir / "captions.json").write_text(

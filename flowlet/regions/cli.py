@@ -70,7 +70,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         "--memorisation-percentile",
         type=float,
         default=99.0,
-        help="percentile of the real test similarities above which a synthetic image is flagged",
+        help="percentile of the real images' similarities (test to training, training to other subjects') above which a synthetic image is flagged",
     )
     parser.add_argument(
         "--downsample",

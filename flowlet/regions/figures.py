@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 from flowlet.regions.atlas import Atlas  # noqa: E402
 from flowlet.regions.measures import REAL_GROUPS, SYNTHETIC  # noqa: E402
+from flowlet.regions.memorisation import MemorisationReference  # noqa: E402
 from flowlet.regions.trajectories import FAST_AGEING_PANELS, ols_slope  # noqa: E402
 
 COLOURS = {"real": "tab:blue", "synthetic": "tab:orange", "test": "tab:green"}
@@ -166,23 +167,29 @@ def paired_overview(summary: pd.DataFrame, regions: list[str], path: Path) -> st
     )
 
 
-def memorisation_histogram(test: np.ndarray, synthetic: np.ndarray, threshold: float, path: Path) -> str:
+def memorisation_histogram(reference: MemorisationReference, synthetic: np.ndarray, path: Path) -> str:
     figure, axis = plt.subplots(figsize=(6, 3.8))
-    values = np.concatenate([test, synthetic])
+    threshold = reference.threshold
+    values = np.concatenate([reference.similarities, synthetic])
     bins = np.linspace(values.min() - 1e-3, max(values.max(), threshold) + 1e-3, 30)
-    axis.hist(test, bins=bins, alpha=0.6, color=COLOURS["test"], label=f"real test (n={len(test)})")
-    if len(synthetic):
-        axis.hist(synthetic, bins=bins, alpha=0.6, color=COLOURS["synthetic"], label=f"synthetic (n={len(synthetic)})")
-    axis.axvline(threshold, color="black", ls="--", lw=1, label="99th percentile of real test")
+    for similarities, colour, label in (
+        (reference.training, COLOURS["real"], "real training, to other subjects'"),
+        (reference.test, COLOURS["test"], "real test"),
+        (synthetic, COLOURS["synthetic"], "synthetic"),
+    ):
+        if len(similarities):
+            axis.hist(similarities, bins=bins, alpha=0.5, color=colour, label=f"{label} (n={len(similarities)})")
+    axis.axvline(threshold, color="black", ls="--", lw=1, label=f"{reference.percentile:g}th percentile of real")
     axis.set_xlabel("highest similarity to any real training image (shift-tolerant correlation)")
     axis.set_ylabel("images")
     axis.legend(fontsize=8)
     _save(figure, path)
     return (
         "For each image, its similarity to the most similar real training image (Pearson correlation inside the brain "
-        "mask, maximised over small shifts). Green: real test images, people the generator never saw, which set what "
-        "'similar but distinct' looks like; orange: synthetic images. Synthetic images to the right of the dashed line "
-        "(the real test images' 99th percentile) are flagged as possible copies of a training subject."
+        "mask, maximised over small shifts). Green: real test images, people the generator never saw; blue: each real "
+        "training image against the training images of everyone else. Together they set what 'similar but distinct' "
+        "looks like. Orange: synthetic images. Synthetic images to the right of the dashed line (the real images' "
+        "percentile) are flagged as possible copies of a training subject."
     )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from flowlet.data.bids import SESSION_COLUMNS
 from flowlet.data.nifti import load_nifti, save_nifti
 from flowlet.data.split import WITHHELD
 from flowlet.data.split_cli import NATIVE_VOLUME_COLUMN
@@ -34,7 +35,7 @@ REAL_GROUPS = ("train", "test")
 MEASURED_REAL_GROUPS = (*REAL_GROUPS, WITHHELD)
 SPLIT_COLUMNS = ("participant_id", "age", "sex", "age_bin", "split", "image")
 MANIFEST_COLUMNS = ("image", "age")
-TABLE_TYPES = {"participant_id": str, "sex": str, "age_bin": str, "image": str}
+TABLE_TYPES = {"participant_id": str, "sex": str, "age_bin": str, "image": str, SESSION_COLUMNS[0]: str}
 SEGMENTATION_FOLDER = "segmentations"
 # A per-image job's table (`flowlet measure-regions`): what the image alone tells, keyed by its path.
 IMAGE_MEASURE_COLUMNS = (
@@ -91,6 +92,11 @@ class ImageEntry:
     native_volume_factor: float = float("nan")
     # Real subjects' id in their own dataset (image_id may carry a cohort prefix); empty for synthetic images.
     participant_id: str = ""
+    # The person scanned: a longitudinal split table's subject column; empty: image_id (one scan per person).
+    subject: str = ""
+
+    def __post_init__(self) -> None:
+        self.subject = self.subject or self.image_id
 
     @property
     def what(self) -> str:
@@ -135,6 +141,8 @@ def read_split(path: str | Path, groups: Sequence[str] = REAL_GROUPS) -> list[Im
             raise FlowletError(
                 f"split table: {path} has a missing or non-positive {NATIVE_VOLUME_COLUMN} for {', '.join(kept['participant_id'][bad][:10])}"
             )
+    subject = SESSION_COLUMNS[0]
+    subjects = kept[subject] if subject in kept.columns else [""] * len(kept)
     return [
         ImageEntry(
             row.participant_id,
@@ -145,8 +153,9 @@ def read_split(path: str | Path, groups: Sequence[str] = REAL_GROUPS) -> list[Im
             resolve_image_path(row.image, path),
             float(factor),
             row.participant_id,
+            subject,
         )
-        for row, factor in zip(kept.itertuples(index=False), factors)
+        for row, factor, subject in zip(kept.itertuples(index=False), factors, subjects)
     ]
 
 

@@ -11,8 +11,9 @@ One row per generator (FlowLet, the linear baseline) and criterion, each value b
   to 8 mm inside it, PCA of the real training images.
 - MS-SSIM within the kept volumes beside within the real test images (same data path): diversity.
 - Memorisation: each volume's highest shift-tolerant correlation with any real training image; flagged above the
-  chosen percentile of the real test images' own highest similarities (the definition gives how many volumes as
-  varied as real test images would flag by chance); medians side by side.
+  chosen percentile of real images' own highest similarities (test images to the training images, training images
+  to other subjects'; the definition gives how many volumes as varied as real ones would flag by chance); the
+  median beside the real test images' median.
 - Age fidelity: the real-only brain-age model's MAE and Pearson r against the requested age, beside its MAE and r
   on the real test images seen through the same data path, against their true age (the model was trained on sharp
   images, so at a coarser working resolution it reads real and synthetic brains alike with a bias; the sharp real
@@ -48,11 +49,7 @@ from flowlet.generative.synthetic_qc import (
 )
 from flowlet.regions import realism
 from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC, ImageEntry, read_manifests, read_split
-from flowlet.regions.memorisation import (
-    memorisation_threshold,
-    nearest_training_similarity,
-    share_flagged_by_chance,
-)
+from flowlet.regions.memorisation import memorisation_reference, nearest_training_similarity
 from flowlet.regions.trajectories import ols_slope
 
 log = logging.getLogger(__name__)
@@ -172,8 +169,14 @@ def scorecard(
     window = realism.intensity_window(train_volumes, [mask] * len(train_volumes))
     test_pairs = realism.sample_pairs(len(test), None, options.msssim_pairs, options.seed + 1)
     msssim_real = realism.mean_ms_ssim([(test_volumes[i], test_volumes[j]) for i, j in test_pairs], window)
-    test_best, _ = nearest_training_similarity(test_volumes, train_volumes, mask, options.memorisation_max_shift)
-    threshold = memorisation_threshold(test_best, options.memorisation_percentile)
+    memorisation = memorisation_reference(
+        test_volumes,
+        train_volumes,
+        [e.subject for e in train],
+        mask,
+        options.memorisation_max_shift,
+        options.memorisation_percentile,
+    )
     measures = read_tsv(measures_path, "regional measures") if measures_path is not None else None
     sharp_predicted = _predict(brainage_model, test)
     test_predicted = _predict_seen(brainage_model, test, test_volumes)
@@ -248,15 +251,13 @@ def scorecard(
             _row(
                 name,
                 "memorised (flagged count)",
-                float((best > threshold).sum()),
+                float((best > memorisation.threshold).sum()),
                 0.0,
                 len(best),
-                len(test_best),
-                f"highest correlation with a training image above {threshold:.4f}, the "
-                f"{options.memorisation_percentile:g}th percentile of real test images' own; volumes as varied as "
-                f"real test images would flag "
-                f"{len(best) * share_flagged_by_chance(len(test_best), options.memorisation_percentile):.1f} "
-                "on average",
+                len(memorisation.similarities),
+                f"highest correlation with a training image above {memorisation.threshold:.4f}, "
+                f"{memorisation.describe()}; volumes as varied as real ones would flag "
+                f"{memorisation.expected_flagged(len(best)):.1f} on average",
             )
         )
         rows.append(
@@ -264,9 +265,9 @@ def scorecard(
                 name,
                 "median highest training similarity",
                 float(np.median(best)),
-                float(np.median(test_best)),
+                float(np.median(memorisation.test)),
                 len(best),
-                len(test_best),
+                len(memorisation.test),
                 "median over volumes of the highest shift-tolerant correlation with "
                 "any real training image; reference: the same for real test images",
             )
