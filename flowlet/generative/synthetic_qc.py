@@ -104,6 +104,13 @@ def generator_view(image: np.ndarray, downsample: int) -> np.ndarray:
     return upsample_to_grid(coarse, downsample, unit.shape)[0, 0].numpy()
 
 
+def seen_as_generated(downsample: int) -> str:
+    """How a table's definition names the real images of :func:`generator_view`."""
+    if downsample == 1:
+        return "real images as preprocessed"
+    return f"real images through the generator's working resolution (1/{downsample})"
+
+
 def evenly_spaced(items: Sequence, max_items: int) -> list:
     """At most ``max_items`` of ``items``, spread over the whole sequence (deterministic, keeps the order)."""
     if max_items < 1:

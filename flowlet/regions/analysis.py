@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pandas as pd
 
 from flowlet.data.templates import template_brain_mask, template_t1
 from flowlet.errors import FlowletError
+from flowlet.generative.synthetic_qc import generator_view, seen_as_generated
 from flowlet.regions import figures, realism
 from flowlet.regions.atlas import Atlas, load_atlas
 from flowlet.regions.measures import (
@@ -28,6 +28,7 @@ from flowlet.regions.measures import (
     read_split,
 )
 from flowlet.regions.memorisation import MemorisationReference, memorisation_reference, nearest_training_similarity
+from flowlet.regions.options import AnalysisOptions
 from flowlet.regions.paired import PairedComparison, global_summary, paired_table, region_summary
 from flowlet.regions.trajectories import slope_agreement, slopes_table
 
@@ -54,23 +55,6 @@ TABLE_DESCRIPTIONS = {
 }
 
 
-@dataclass(frozen=True)
-class AnalysisOptions:
-    bins: int = 256
-    confidence: float = 0.95
-    feature_components: int = 10
-    msssim_pairs: int = 30
-    msssim_scales: int = 4
-    memorisation_max_shift: int = 1
-    memorisation_percentile: float = 99.0
-    seed: int = 0
-    brainage_model: Path | None = None
-    brainage_corrected: bool = True
-    # The generator's working resolution factor: real images pass through its down- and up-sampling before the
-    # memorisation check and MS-SSIM, so that a coarser generator's blur is not taken for copying or uniformity.
-    downsample: int = 1
-
-
 def _write(table: pd.DataFrame, output_dir: Path, name: str, written: dict[str, str]) -> None:
     if table.empty:
         raise FlowletError(f"internal: the table {name} came out empty; every table must hold rows or notes")
@@ -86,18 +70,10 @@ def _as_generated(groups: dict[str, list[MeasuredImage]], downsample: int) -> di
     """Every group's intensities on the generator's data path: real images through its working resolution."""
     if downsample == 1:
         return {group: [m.intensities for m in images] for group, images in groups.items()}
-    from flowlet.generative.synthetic_qc import generator_view
-
     return {
         group: [m.intensities if group == SYNTHETIC else generator_view(m.intensities, downsample) for m in images]
         for group, images in groups.items()
     }
-
-
-def _real_data_path(options: AnalysisOptions) -> str:
-    if options.downsample == 1:
-        return "real images as preprocessed"
-    return f"real images through the generator's working resolution (1/{options.downsample})"
 
 
 def _paired(
@@ -213,7 +189,7 @@ def _realism(
         if n_pairs:
             note = (
                 f"mean MS-SSIM over {n_pairs} pair(s); lower means more diverse (more alike than real-vs-real: too "
-                f"little diversity); {_real_data_path(options)}"
+                f"little diversity); {seen_as_generated(options.downsample)}"
             )
         else:
             note = NO_SYNTHETIC if not groups[group] else "fewer than two images: no pairs"
@@ -274,7 +250,7 @@ def _memorisation(
         [
             {
                 "similarity": f"Pearson correlation inside the template brain mask, max over shifts up to "
-                f"{options.memorisation_max_shift} voxel(s); {_real_data_path(options)}",
+                f"{options.memorisation_max_shift} voxel(s); {seen_as_generated(options.downsample)}",
                 "percentile": options.memorisation_percentile,
                 "threshold": threshold,
                 "threshold_from": reference.describe(),

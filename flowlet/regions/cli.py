@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
 from flowlet.errors import FlowletError
+from flowlet.regions.options import AnalysisOptions
 
 log = logging.getLogger(__name__)
+DEFAULTS = AnalysisOptions()
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -35,51 +38,57 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--brainage-model",
         type=Path,
-        default=None,
+        default=DEFAULTS.brainage_model,
         help="real-only brain-age model from `flowlet brainage`, for age fidelity",
     )
     parser.add_argument(
         "--brainage-corrected",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=DEFAULTS.brainage_corrected,
         help="apply the brain-age model's training-fitted age-bias correction to its predictions",
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    parser.add_argument("--bins", type=int, default=256, help="intensity-histogram bins of the paired analysis")
-    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the slope intervals")
+    parser.add_argument(
+        "--bins", type=int, default=DEFAULTS.bins, help="intensity-histogram bins of the paired analysis"
+    )
+    parser.add_argument(
+        "--confidence", type=float, default=DEFAULTS.confidence, help="confidence level of the slope intervals"
+    )
     parser.add_argument(
         "--feature-components",
         type=int,
-        default=10,
+        default=DEFAULTS.feature_components,
         help="PCA components of the regional features for Fréchet distance and MMD",
     )
     parser.add_argument(
         "--msssim-pairs",
         type=int,
-        default=30,
+        default=DEFAULTS.msssim_pairs,
         help="largest number of image pairs per MS-SSIM set (random sample above it)",
     )
-    parser.add_argument("--msssim-scales", type=int, default=4, help="MS-SSIM scales (1-5; 4 fits the 2 mm grid)")
+    parser.add_argument(
+        "--msssim-scales", type=int, default=DEFAULTS.msssim_scales, help="MS-SSIM scales (1-5; 4 fits the 2 mm grid)"
+    )
     parser.add_argument(
         "--memorisation-max-shift",
         type=int,
-        default=1,
+        default=DEFAULTS.memorisation_max_shift,
         help="largest shift (voxels per axis) tried when matching images",
     )
     parser.add_argument(
         "--memorisation-percentile",
         type=float,
-        default=99.0,
+        default=DEFAULTS.memorisation_percentile,
         help="percentile of the real images' similarities (test to training, training to other subjects') above which a synthetic image is flagged",
     )
     parser.add_argument(
         "--downsample",
         type=int,
-        default=1,
+        default=DEFAULTS.downsample,
         help="the generator's working resolution factor (train_generator.downsample): real images pass through it "
         "before the memorisation check and MS-SSIM, so that blur is not taken for copying",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the MS-SSIM pair sampling")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of the MS-SSIM pair sampling")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -108,20 +117,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from flowlet.regions.analysis import AnalysisOptions, run_analysis
+    from flowlet.regions.analysis import run_analysis
 
     options = AnalysisOptions(
-        bins=args.bins,
-        confidence=args.confidence,
-        feature_components=args.feature_components,
-        msssim_pairs=args.msssim_pairs,
-        msssim_scales=args.msssim_scales,
-        memorisation_max_shift=args.memorisation_max_shift,
-        memorisation_percentile=args.memorisation_percentile,
-        seed=args.seed,
-        brainage_model=args.brainage_model,
-        brainage_corrected=args.brainage_corrected,
-        downsample=args.downsample,
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(AnalysisOptions)}
     )
     outputs = run_analysis(args.split, list(args.synthetic), args.measures, args.output_dir, options)
     log.info("regional analysis written to %s: %s", args.output_dir, json.dumps(sorted(outputs)))

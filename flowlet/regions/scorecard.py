@@ -46,10 +46,12 @@ from flowlet.generative.synthetic_qc import (
     generator_view,
     read_reference,
     reference_metrics,
+    seen_as_generated,
 )
 from flowlet.regions import realism
 from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC, ImageEntry, read_manifests, read_split
 from flowlet.regions.memorisation import memorisation_reference, nearest_training_similarity
+from flowlet.regions.options import AnalysisOptions
 from flowlet.regions.trajectories import ols_slope
 
 log = logging.getLogger(__name__)
@@ -81,10 +83,11 @@ class ScorecardOptions:
     downsample: int = 1
     qc_reference: Path | None = None  # the QC gate's real reference; without it the QC row has no real floor
     qc_max_robust_z: float = MAX_ROBUST_Z
-    msssim_pairs: int = 30
-    memorisation_max_shift: int = 1
-    memorisation_percentile: float = 99.0
-    seed: int = 0
+    # The regional analysis's settings, so that both judge memorisation and diversity alike.
+    msssim_pairs: int = AnalysisOptions.msssim_pairs
+    memorisation_max_shift: int = AnalysisOptions.memorisation_max_shift
+    memorisation_percentile: float = AnalysisOptions.memorisation_percentile
+    seed: int = AnalysisOptions.seed
 
 
 def voxel_features(volumes: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarray:
@@ -230,8 +233,8 @@ def scorecard(
                     n,
                     n,
                     f"kept volumes vs real training images, and the floor real test vs training, both at n = {n} "
-                    "(means over random subsets of the larger set); real images through the generator's "
-                    f"working resolution (1/{options.downsample}); voxel features, {FEATURE_COMPONENTS} PCs",
+                    f"(means over random subsets of the larger set); {seen_as_generated(options.downsample)}; "
+                    f"voxel features, {FEATURE_COMPONENTS} PCs",
                 )
             )
         pairs = realism.sample_pairs(len(volumes), None, options.msssim_pairs, options.seed)
@@ -277,9 +280,8 @@ def scorecard(
             requested = np.array([e.age for e in entries])
             true_test = np.array([e.age for e in test])
             definition = (
-                "real-only brain-age model on kept volumes vs requested age; reference: on real test images seen "
-                f"through the generator's working resolution (1/{options.downsample}) vs true age (on the sharp "
-                f"real test images: MAE {np.abs(sharp_predicted - true_test).mean():.2f}, r "
+                "real-only brain-age model on kept volumes vs requested age; reference: on the real test images "
+                f"vs true age ({seen_as_generated(options.downsample)}; on the sharp real test images: MAE {np.abs(sharp_predicted - true_test).mean():.2f}, r "
                 f"{_pearson(true_test, sharp_predicted):.2f})"
             )
             rows.append(

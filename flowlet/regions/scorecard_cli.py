@@ -31,7 +31,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--downsample",
         type=int,
-        default=1,
+        default=ScorecardOptions.downsample,
         help="the generators' working resolution factor; real images are seen through it",
     )
     parser.add_argument(
