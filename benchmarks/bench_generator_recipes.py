@@ -109,7 +109,8 @@ def main() -> None:
 
     split = pd.read_csv(args.split, sep="\t", dtype=str, keep_default_na=False)
     test_images = [Path(p) for p in split.loc[split["split"] == "test", "image"]]
-    mask = np.asarray(template_brain_mask(2).dataobj) > 0
+    resolution = 2  # the 2 mm study grid every recipe here was measured on
+    mask = np.asarray(template_brain_mask(resolution).dataobj) > 0
     print(
         f"{len(train_records)} training and {len(test_images)} test images; {args.steps} steps per recipe", flush=True
     )
@@ -120,8 +121,8 @@ def main() -> None:
 
     train_views = [real_view(record.image) for record in train_records]
     test_views = [real_view(path) for path in test_images]
-    projection = pca_projection(voxel_features(train_views, mask))
-    train_features, test_features = (projection(voxel_features(v, mask)) for v in (train_views, test_views))
+    projection = pca_projection(voxel_features(train_views, resolution))
+    train_features, test_features = (projection(voxel_features(v, resolution)) for v in (train_views, test_views))
     floor = {"frechet": frechet_distance(test_features, train_features), "mmd": mmd_rbf(test_features, train_features)}
     print(f"real test vs train (n = {len(test_images)}): Fréchet {floor['frechet']:.2f}, MMD {floor['mmd']:.4f}")
 
@@ -163,7 +164,7 @@ def main() -> None:
         samples = [
             zscore_in_mask(np.asarray(load_nifti(samples_dir / f, "sample").dataobj), mask) for f in measured["image"]
         ]
-        synthetic = projection(voxel_features(samples, mask))
+        synthetic = projection(voxel_features(samples, resolution))
         frechet = equal_n_distance(frechet_distance, synthetic, train_features, len(test_images), seed=0)
         mmd = equal_n_distance(mmd_rbf, synthetic, train_features, len(test_images), seed=0)
         row = (

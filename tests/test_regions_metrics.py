@@ -422,3 +422,14 @@ def test_equal_n_frechet_and_mmd_of_one_distribution_sit_at_the_real_floor():
     # and a shifted distribution stays well above the floor at equal n.
     shifted = rng.normal(0.8, 1.0, size=(300, dimensions))
     assert equal_n_distance(frechet_distance, shifted, training, n_test) > 2 * frechet_floor
+
+
+def test_scorecard_voxel_features_are_8_mm_blocks_on_either_grid():
+    from flowlet.regions.scorecard import voxel_features
+
+    rng = np.random.default_rng(0)
+    coarse = rng.normal(size=(91, 109, 91)).astype(np.float32)
+    fine = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)  # the same image on the 1 mm grid
+    two_mm, one_mm = voxel_features([coarse], 2), voxel_features([fine], 1)
+    assert two_mm.shape == (1, 22 * 27 * 22)
+    np.testing.assert_allclose(one_mm, two_mm, rtol=1e-5, atol=1e-6)

@@ -49,7 +49,15 @@ from flowlet.generative.synthetic_qc import (
     seen_as_generated,
 )
 from flowlet.regions import realism
-from flowlet.regions.measures import BASELINE, REAL_GROUPS, SYNTHETIC, ImageEntry, read_manifests, read_split
+from flowlet.regions.measures import (
+    BASELINE,
+    REAL_GROUPS,
+    SYNTHETIC,
+    ImageEntry,
+    images_resolution,
+    read_manifests,
+    read_split,
+)
 from flowlet.regions.memorisation import memorisation_reference, nearest_training_similarity
 from flowlet.regions.options import AnalysisOptions
 from flowlet.regions.trajectories import ols_slope
@@ -57,7 +65,7 @@ from flowlet.regions.trajectories import ols_slope
 log = logging.getLogger(__name__)
 
 GENERATORS = {SYNTHETIC: "FlowLet", BASELINE: "linear baseline"}
-FEATURE_BLOCK = 4  # 2 mm voxels -> 8 mm blocks
+FEATURE_BLOCK_MM = 8
 FEATURE_COMPONENTS = 10
 SLOPES = (
     ("ventricle CSF volume slope (ml/year)", "ventricles", "csf_ml"),
@@ -90,9 +98,9 @@ class ScorecardOptions:
     seed: int = AnalysisOptions.seed
 
 
-def voxel_features(volumes: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """Each (mask-z-scored) volume block-averaged to FEATURE_BLOCK voxels, as one row."""
-    block = FEATURE_BLOCK
+def voxel_features(volumes: Sequence[np.ndarray], resolution_mm: int) -> np.ndarray:
+    """Each (mask-z-scored) volume on the ``resolution_mm`` grid block-averaged to FEATURE_BLOCK_MM, as one row."""
+    block = FEATURE_BLOCK_MM // resolution_mm
     rows = []
     for volume in volumes:
         trimmed = volume[
@@ -162,12 +170,14 @@ def scorecard(
     real = read_split(split)
     train = [e for e in real if e.group == "train"]
     test = [e for e in real if e.group == "test"]
-    mask = np.asarray(template_brain_mask(2).dataobj) > 0
+    # The study's grid (preprocess.resolution), as the real images are; generated volumes share it.
+    resolution = images_resolution([e.described for e in real])
+    mask = np.asarray(template_brain_mask(resolution).dataobj) > 0
     train_volumes, test_volumes = _load(train, options.downsample, mask), _load(test, options.downsample, mask)
-    project = pca_projection(voxel_features(train_volumes, mask))
+    project = pca_projection(voxel_features(train_volumes, resolution))
     train_features, test_features = (
-        project(voxel_features(train_volumes, mask)),
-        project(voxel_features(test_volumes, mask)),
+        project(voxel_features(train_volumes, resolution)),
+        project(voxel_features(test_volumes, resolution)),
     )
     window = realism.intensity_window(train_volumes, [mask] * len(train_volumes))
     test_pairs = realism.sample_pairs(len(test), None, options.msssim_pairs, options.seed + 1)
@@ -216,7 +226,7 @@ def scorecard(
             )
             continue
         volumes = _load(entries, None, mask)
-        features = project(voxel_features(volumes, mask))
+        features = project(voxel_features(volumes, resolution))
         n = min(len(entries), len(test))
         for criterion, function in (
             ("Fréchet distance", realism.frechet_distance),
