@@ -227,11 +227,11 @@ def _memorisation(
     )
     threshold = reference.threshold
     rows = []
-    for group, best, nearest in (
-        ("test", reference.test, reference.test_nearest),
-        (SYNTHETIC, synthetic_best, synthetic_nearest),
+    for group, best, nearest, flags in (
+        ("test", reference.test, reference.test_nearest, np.zeros(len(reference.test), bool)),
+        (SYNTHETIC, synthetic_best, synthetic_nearest, reference.flags(synthetic_best)),
     ):
-        for image, value, index in zip(groups[group], best, nearest):
+        for image, value, index, flagged in zip(groups[group], best, nearest, flags):
             rows.append(
                 {
                     "image_id": image.entry.image_id,
@@ -241,7 +241,7 @@ def _memorisation(
                     "nearest_training_id": groups["train"][index].entry.image_id,
                     "nearest_training_age": groups["train"][index].entry.age,
                     "threshold": threshold,
-                    "flagged": bool(value > threshold) if group == SYNTHETIC else False,
+                    "flagged": bool(flagged),
                 }
             )
     per_image = pd.DataFrame(rows)

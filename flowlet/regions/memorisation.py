@@ -93,6 +93,10 @@ class MemorisationReference:
     def threshold(self) -> float:
         return memorisation_threshold(self.similarities, self.percentile)
 
+    def flags(self, similarities: np.ndarray) -> np.ndarray:
+        """Which volumes, by their highest similarity to a training image, are possible copies."""
+        return np.asarray(similarities) > self.threshold
+
     def expected_flagged(self, n_volumes: int) -> float:
         """How many of ``n_volumes`` real-like volumes would be flagged on average."""
         return n_volumes * share_flagged_by_chance(len(self.similarities), self.percentile)

@@ -174,11 +174,9 @@ def scorecard(
     resolution = images_resolution([e.described for e in real])
     mask = np.asarray(template_brain_mask(resolution).dataobj) > 0
     train_volumes, test_volumes = _load(train, options.downsample, mask), _load(test, options.downsample, mask)
-    project = pca_projection(voxel_features(train_volumes, resolution))
-    train_features, test_features = (
-        project(voxel_features(train_volumes, resolution)),
-        project(voxel_features(test_volumes, resolution)),
-    )
+    train_voxels = voxel_features(train_volumes, resolution)
+    project = pca_projection(train_voxels)
+    train_features, test_features = project(train_voxels), project(voxel_features(test_volumes, resolution))
     window = realism.intensity_window(train_volumes, [mask] * len(train_volumes))
     test_pairs = realism.sample_pairs(len(test), None, options.msssim_pairs, options.seed + 1)
     msssim_real = realism.mean_ms_ssim([(test_volumes[i], test_volumes[j]) for i, j in test_pairs], window)
@@ -264,7 +262,7 @@ def scorecard(
             _row(
                 name,
                 "memorised (flagged count)",
-                float((best > memorisation.threshold).sum()),
+                float(memorisation.flags(best).sum()),
                 0.0,
                 len(best),
                 len(memorisation.similarities),
@@ -291,8 +289,8 @@ def scorecard(
             true_test = np.array([e.age for e in test])
             definition = (
                 "real-only brain-age model on kept volumes vs requested age; reference: on the real test images "
-                f"vs true age ({seen_as_generated(options.downsample)}; on the sharp real test images: MAE {np.abs(sharp_predicted - true_test).mean():.2f}, r "
-                f"{_pearson(true_test, sharp_predicted):.2f})"
+                f"vs true age ({seen_as_generated(options.downsample)}; on the sharp real test images: MAE "
+                f"{np.abs(sharp_predicted - true_test).mean():.2f}, r {_pearson(true_test, sharp_predicted):.2f})"
             )
             rows.append(
                 _row(
