@@ -18,6 +18,7 @@ from flowlet.errors import FlowletError
 from flowlet.generative import checkpoint as checkpoint_module
 from flowlet.generative.checkpoint import load_checkpoint, save_checkpoint
 from flowlet.generative.conditions import (
+    ConditionRange,
     load_condition_ranges,
     normalise_conditions,
     parse_condition_spec,
@@ -416,6 +417,15 @@ def test_conditions_are_normalised_clamped_and_warned(reference_checkpoint_dir, 
         {"Age": [20.0, 40.0], "Sex": 1.0}, {**ranges, "Sex": ranges["Age"]._replace(min=0.0, max=1.0)}
     )
     assert both["Sex"].shape == (2, 1)
+
+
+def test_the_ranges_own_bounds_are_inside_it(caplog):
+    # 75.83 rounds up in float32 and then scales one ulp above 1: the warning must not call it out of range.
+    ranges = {"Age": ConditionRange(20.91, 75.83)}
+    with caplog.at_level(logging.WARNING):
+        normalised = normalise_conditions({"Age": [20.91, 75.83]}, ranges)["Age"]
+    assert "outside" not in caplog.text
+    assert normalised[:, 0].tolist() == [0.0, 1.0]
 
 
 def test_bad_conditions_are_user_errors(reference_checkpoint_dir, tmp_path):

@@ -91,14 +91,16 @@ def normalise_conditions(
     batch = lengths.pop() if lengths else 1
     normalised = {}
     for name, column in columns.items():
-        raw = torch.tensor(column * (batch if len(column) == 1 else 1), dtype=torch.float32)
-        scaled = ranges[name].normalise(raw)
-        outside = raw[(scaled < 0) | (scaled > 1)]
-        if outside.numel():
+        column = column * (batch if len(column) == 1 else 1)
+        # Scaled in float32 as the reference does; which values lie outside is decided on the exact values, since
+        # the range's own maximum, rounded to float32, can scale to one ulp above 1.
+        scaled = ranges[name].normalise(torch.tensor(column, dtype=torch.float32))
+        outside = sorted({value for value in column if not ranges[name].min <= value <= ranges[name].max})
+        if outside:
             log.warning(
                 "condition '%s' values %s lie outside the trained range [%g, %g] and are clamped to it",
                 name,
-                sorted(set(outside.tolist())),
+                outside,
                 ranges[name].min,
                 ranges[name].max,
             )
