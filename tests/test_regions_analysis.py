@@ -22,7 +22,7 @@ from flowlet.cli import main
 from flowlet.data.nifti import save_nifti
 from flowlet.data.templates import mni_grid, template_brain_mask, template_t1
 from flowlet.regions.atlas import load_atlas
-from flowlet.regions.memorisation import share_flagged_by_chance
+from flowlet.regions.memorisation import chance_flagged_at_least, share_flagged_by_chance
 from flowlet.regions.trajectories import ols_slope
 
 pytestmark = pytest.mark.slow
@@ -310,6 +310,8 @@ def test_memorisation_flags_the_shifted_copy_only(full_run):
     n_real = len(TEST_AGES) + len(TRAIN_AGES)
     expected = len(synthetic) * share_flagged_by_chance(n_real, summary.loc[0, "percentile"])
     assert summary.loc[0, "expected_flagged_by_chance"] == pytest.approx(expected)
+    chance = chance_flagged_at_least(1, len(synthetic), n_real, summary.loc[0, "percentile"])
+    assert summary.loc[0, "chance_of_as_many_flagged"] == pytest.approx(chance)
     assert f"{len(TEST_AGES)} test images" in summary.loc[0, "threshold_from"]
 
 

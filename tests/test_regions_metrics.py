@@ -12,6 +12,7 @@ from flowlet.errors import FlowletError
 from flowlet.regions.atlas import TISSUE_LABEL, load_atlas
 from flowlet.regions.measures import ImageEntry, MeasuredImage, region_mask
 from flowlet.regions.memorisation import (
+    chance_flagged_at_least,
     leave_one_out_similarity,
     memorisation_reference,
     memorisation_threshold,
@@ -381,6 +382,21 @@ def test_the_share_flagged_by_chance_is_what_real_like_volumes_give():
         assert share_flagged_by_chance(n_test, percentile) == pytest.approx(simulated, abs=0.003)
     with pytest.raises(FlowletError, match="no real test images"):
         share_flagged_by_chance(0)
+
+
+def test_the_chance_of_as_many_flagged_is_what_real_like_volumes_give():
+    # One threshold serves all volumes, so counts spread wider than a binomial's: 24 volumes against 80 real
+    # images flag none about 62% of the time, not the binomial's 59%.
+    rng = np.random.default_rng(1)
+    n_real, n_volumes = 80, 24
+    draws = rng.random((40000, n_real + n_volumes))
+    thresholds = np.percentile(draws[:, :n_real], 99.0, axis=1)
+    counts = (draws[:, n_real:] > thresholds[:, None]).sum(axis=1)
+    for n_flagged in [0, 1, 2, 3]:
+        simulated = (counts >= n_flagged).mean()
+        assert chance_flagged_at_least(n_flagged, n_volumes, n_real) == pytest.approx(simulated, abs=0.01)
+    binomial_none = (1 - share_flagged_by_chance(n_real)) ** n_volumes
+    assert 1 - chance_flagged_at_least(1, n_volumes, n_real) > binomial_none + 0.02
 
 
 def test_memorisation_needs_training_and_test_images():

@@ -195,6 +195,9 @@ def test_tiny_study_produces_every_result(tiny_study):
     fidelity = card[card["criterion"] == "age fidelity MAE (years)"]
     assert len(fidelity) == 2 and fidelity["real_reference"].notna().all()
     assert fidelity["definition"].str.contains(r"on the sharp real test images: MAE \d", regex=True).all()
+    # The flagged count stands beside how often real-like volumes would flag as many.
+    memorised = card[card["criterion"] == "memorised (flagged count)"]
+    assert memorised["definition"].str.contains(r"\d+ or more with probability [01]\.\d\d", regex=True).all()
     # The runtime table tells the per-subject and per-bin segmentation jobs from their merge.
     runtime = pd.read_csv(results / "report" / "runtime.tsv", sep="\t").set_index("rule")["jobs"]
     assert runtime["regional_measures"] == 1 and runtime["train_generator"] == 1

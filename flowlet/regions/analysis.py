@@ -261,6 +261,7 @@ def _memorisation(
                 "n_flagged": flagged if groups[SYNTHETIC] else np.nan,
                 "fraction_flagged": flagged / len(groups[SYNTHETIC]) if groups[SYNTHETIC] else np.nan,
                 "expected_flagged_by_chance": reference.expected_flagged(len(groups[SYNTHETIC])),
+                "chance_of_as_many_flagged": reference.chance_of_as_many(flagged, len(groups[SYNTHETIC])),
                 "note": "" if groups[SYNTHETIC] else NO_SYNTHETIC,
             }
         ]

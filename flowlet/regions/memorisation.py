@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from flowlet.errors import FlowletError
 
@@ -101,6 +102,17 @@ class MemorisationReference:
         """How many of ``n_volumes`` real-like volumes would be flagged on average."""
         return n_volumes * share_flagged_by_chance(len(self.similarities), self.percentile)
 
+    def chance_of_as_many(self, n_flagged: int, n_volumes: int) -> float:
+        """How often ``n_volumes`` real-like volumes would flag ``n_flagged`` or more."""
+        return chance_flagged_at_least(n_flagged, n_volumes, len(self.similarities), self.percentile)
+
+    def judge(self, n_flagged: int, n_volumes: int) -> str:
+        """The count beside what chance gives, in words."""
+        return (
+            f"volumes as varied as real ones would flag {self.expected_flagged(n_volumes):.1f} on average, and "
+            f"{n_flagged} or more with probability {self.chance_of_as_many(n_flagged, n_volumes):.2f}"
+        )
+
     def describe(self) -> str:
         return (
             f"the {self.percentile:g}th percentile of real images' own ({len(self.test)} test images against the "
@@ -140,6 +152,21 @@ def share_flagged_by_chance(n_real: int, percentile: float = 99.0) -> float:
     _require_real_images(n_real)
     position = percentile / 100 * (n_real - 1)
     return (n_real - position) / (n_real + 1)
+
+
+def chance_flagged_at_least(n_flagged: int, n_volumes: int, n_real: int, percentile: float = 99.0) -> float:
+    """The probability that ``n_volumes`` volumes exchangeable with the ``n_real`` real images flag ``n_flagged`` or
+    more.
+
+    The share above the threshold is itself random (the k-th smallest of n uniforms leaves Beta(n + 1 - k, k)
+    above it), so the count is beta-binomial, not binomial: one threshold serves all volumes. k is fractional where
+    the percentile interpolates, as in :func:`share_flagged_by_chance`.
+    """
+    _require_real_images(n_real)
+    if n_flagged <= 0:
+        return 1.0
+    position = percentile / 100 * (n_real - 1)
+    return float(stats.betabinom.sf(n_flagged - 1, n_volumes, n_real - position, position + 1))
 
 
 def _require_real_images(n_real: int) -> None:

@@ -258,17 +258,17 @@ def scorecard(
             )
         )
         best, _ = nearest_training_similarity(volumes, train_volumes, mask, options.memorisation_max_shift)
+        flagged = int(memorisation.flags(best).sum())
         rows.append(
             _row(
                 name,
                 "memorised (flagged count)",
-                float(memorisation.flags(best).sum()),
+                float(flagged),
                 0.0,
                 len(best),
                 len(memorisation.similarities),
                 f"highest correlation with a training image above {memorisation.threshold:.4f}, "
-                f"{memorisation.describe()}; volumes as varied as real ones would flag "
-                f"{memorisation.expected_flagged(len(best)):.1f} on average",
+                f"{memorisation.describe()}; {memorisation.judge(flagged, len(best))}",
             )
         )
         rows.append(
