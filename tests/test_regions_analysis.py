@@ -313,6 +313,10 @@ def test_memorisation_flags_the_shifted_copy_only(full_run):
     chance = chance_flagged_at_least(1, len(synthetic), n_real, summary.loc[0, "percentile"])
     assert summary.loc[0, "chance_of_as_many_flagged"] == pytest.approx(chance)
     assert f"{len(TEST_AGES)} test images" in summary.loc[0, "threshold_from"]
+    # The training images' own rows: each against another subject's training image, never itself.
+    training = table[table["group"] == "train"]
+    assert len(training) == len(TRAIN_AGES) and not training["flagged"].any()
+    assert (training["image_id"] != training["nearest_training_id"]).all()
 
 
 def test_a_coarse_generators_blur_is_not_taken_for_copying(cohort):

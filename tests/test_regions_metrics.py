@@ -356,18 +356,20 @@ def test_the_threshold_counts_training_images_against_other_people_only():
     training = [*people, rescan]
     mask = np.zeros(people[0].shape, bool)
     mask[3:-3, 3:-3, 3:-3] = True
-    by_scan = leave_one_out_similarity(training, ["a", "b", "c", "d", "e", "f"], mask)
-    by_person = leave_one_out_similarity(training, ["a", "b", "c", "d", "e", "b"], mask)
+    by_scan, scan_nearest = leave_one_out_similarity(training, ["a", "b", "c", "d", "e", "f"], mask)
+    by_person, person_nearest = leave_one_out_similarity(training, ["a", "b", "c", "d", "e", "b"], mask)
     unrelated, _ = nearest_training_similarity(_smooth_volumes(4, 6), people, mask)
     # Taken for different people, the two sessions would set the threshold at a copy's similarity.
     assert by_scan[1] > 0.95 and by_scan[5] > 0.95
     assert by_person.max() < 0.95
+    assert scan_nearest[1] == 5 and scan_nearest[5] == 1
+    assert person_nearest[1] not in (1, 5) and person_nearest[5] not in (1, 5)
     assert by_person.max() < unrelated.max() + 0.1
     np.testing.assert_allclose(np.delete(by_person, [1, 5]), np.delete(by_scan, [1, 5]))
     reference = memorisation_reference(_smooth_volumes(4, 6), training, ["a", "b", "c", "d", "e", "b"], mask)
     assert len(reference.similarities) == 10
     assert reference.threshold == pytest.approx(np.percentile(np.concatenate([unrelated, by_person]), 99.0))
-    assert leave_one_out_similarity(training[:2], ["a", "a"], mask).size == 0
+    assert leave_one_out_similarity(training[:2], ["a", "a"], mask)[0].size == 0
     with pytest.raises(FlowletError, match="2 subject id"):
         leave_one_out_similarity(training[:3], ["a", "b"], mask)
 

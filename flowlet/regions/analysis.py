@@ -50,7 +50,7 @@ TABLE_DESCRIPTIONS = {
     "fidelity.tsv": "Age fidelity per set and age bin: brain-age model MAE, mean error and Pearson r against requested (synthetic) or true (real test) age.",
     "fidelity_images.tsv": "Per image: requested or true age, predicted age and error.",
     "realism.tsv": "Fréchet distance and MMD of regional feature distributions, MS-SSIM within sets; each beside its real test-vs-train value.",
-    "memorisation.tsv": "Per synthetic and real test image: highest shift-tolerant correlation with any real training image, which one, and whether it is flagged.",
+    "memorisation.tsv": "Per synthetic and real test image: highest shift-tolerant correlation with any real training image, which one, and whether it is flagged; per real training image: the same against other subjects' training images (with the test images, the threshold's reference).",
     "memorisation_summary.tsv": "The flagging threshold (percentile of real images' similarities: test images to the training images, training images to other subjects'), how many synthetic images exceed it, and how many would by chance were they as varied as the real images.",
 }
 
@@ -226,12 +226,21 @@ def _memorisation(
         seen[SYNTHETIC], seen["train"], mask, options.memorisation_max_shift
     )
     threshold = reference.threshold
+    # The training images' rows, against other subjects' training images, are part of the reference.
+    training_images = groups["train"] if len(reference.training) else []
     rows = []
-    for group, best, nearest, flags in (
-        ("test", reference.test, reference.test_nearest, np.zeros(len(reference.test), bool)),
-        (SYNTHETIC, synthetic_best, synthetic_nearest, reference.flags(synthetic_best)),
+    for group, images, best, nearest, flags in (
+        ("test", groups["test"], reference.test, reference.test_nearest, np.zeros(len(reference.test), bool)),
+        (
+            "train",
+            training_images,
+            reference.training,
+            reference.training_nearest,
+            np.zeros(len(training_images), bool),
+        ),
+        (SYNTHETIC, groups[SYNTHETIC], synthetic_best, synthetic_nearest, reference.flags(synthetic_best)),
     ):
-        for image, value, index, flagged in zip(groups[group], best, nearest, flags):
+        for image, value, index, flagged in zip(images, best, nearest, flags, strict=True):
             rows.append(
                 {
                     "image_id": image.entry.image_id,

@@ -50,17 +50,18 @@ def nearest_training_similarity(
 
 def leave_one_out_similarity(
     training: list[np.ndarray], subjects: Sequence[str], mask: np.ndarray, max_shift: int = 1
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Each training volume's highest shifted correlation with the training volumes of other subjects (another
-    session of the same person would look like a copy); empty when only one subject trained."""
+    session of the same person would look like a copy), and that volume's index; empty when only one subject
+    trained."""
     if len(subjects) != len(training):
         raise FlowletError(f"memorisation: {len(subjects)} subject id(s) for {len(training)} training image(s)")
     if len(set(subjects)) < 2:
-        return np.zeros(0)
+        return np.zeros(0), np.zeros(0, dtype=int)
     best = _pairwise_similarity(training, training, mask, max_shift)
     ids = np.asarray(subjects)
     best[ids[:, None] == ids[None, :]] = -np.inf
-    return best.max(axis=1).astype(float)
+    return best.max(axis=1).astype(float), best.argmax(axis=1)
 
 
 def _pairwise_similarity(
@@ -84,6 +85,7 @@ class MemorisationReference:
     test: np.ndarray  # each real test image's, to the training images
     test_nearest: np.ndarray  # the index of that training image
     training: np.ndarray  # each training image's, to the training images of other subjects
+    training_nearest: np.ndarray
     percentile: float
 
     @property
@@ -129,9 +131,8 @@ def memorisation_reference(
     percentile: float = 99.0,
 ) -> MemorisationReference:
     test_best, test_nearest = nearest_training_similarity(test, training, mask, max_shift)
-    return MemorisationReference(
-        test_best, test_nearest, leave_one_out_similarity(training, training_subjects, mask, max_shift), percentile
-    )
+    training_best, training_nearest = leave_one_out_similarity(training, training_subjects, mask, max_shift)
+    return MemorisationReference(test_best, test_nearest, training_best, training_nearest, percentile)
 
 
 def memorisation_threshold(real_similarities: np.ndarray, percentile: float = 99.0) -> float:
