@@ -51,7 +51,7 @@ TABLE_DESCRIPTIONS = {
     "fidelity_images.tsv": "Per image: requested or true age, predicted age and error.",
     "realism.tsv": "Fréchet distance and MMD of regional feature distributions, MS-SSIM within sets; each beside its real test-vs-train value.",
     "memorisation.tsv": "Per synthetic and real test image: highest shift-tolerant correlation with any real training image, which one, and whether it is flagged; per real training image: the same against other subjects' training images (with the test images, the threshold's reference).",
-    "memorisation_summary.tsv": "The flagging threshold (percentile of real images' similarities: test images to the training images, training images to other subjects'), how many synthetic images exceed it, and how many would by chance were they as varied as the real images.",
+    "memorisation_summary.tsv": "The flagging threshold (percentile of real images' similarities: test images to the training images, training images to other subjects'), how many synthetic images exceed it, how many would by chance were they as varied as the real images, and how often chance alone would flag as many.",
 }
 
 
@@ -270,7 +270,9 @@ def _memorisation(
                 "n_flagged": flagged if groups[SYNTHETIC] else np.nan,
                 "fraction_flagged": flagged / len(groups[SYNTHETIC]) if groups[SYNTHETIC] else np.nan,
                 "expected_flagged_by_chance": reference.expected_flagged(len(groups[SYNTHETIC])),
-                "chance_of_as_many_flagged": reference.chance_of_as_many(flagged, len(groups[SYNTHETIC])),
+                "chance_of_as_many_flagged": (
+                    reference.chance_of_as_many(flagged, len(groups[SYNTHETIC])) if groups[SYNTHETIC] else np.nan
+                ),
                 "note": "" if groups[SYNTHETIC] else NO_SYNTHETIC,
             }
         ]
