@@ -70,6 +70,9 @@ def _pairwise_similarity(
     """The highest correlation over shifts of every query (rows) with every training volume (columns)."""
     reference = _normalised_rows(training, mask)
     best = np.full((len(queries), len(training)), -np.inf, dtype=np.float32)
+    # A shift brings what lies outside the mask into it. Real images keep their background there, generated
+    # ones are saved with their brain's mean: put every query's mean there, so both are compared alike.
+    queries = [np.where(mask, query, np.asarray(query)[mask].mean()) for query in queries]
     shifts = range(-max_shift, max_shift + 1)
     for shift in itertools.product(shifts, shifts, shifts):
         # np.roll wraps around the edges, which only moves background into the mask's far side.
