@@ -229,17 +229,13 @@ def _memorisation(
     # The training images' rows, against other subjects' training images, are part of the reference.
     training_images = groups["train"] if len(reference.training) else []
     rows = []
-    for group, images, best, nearest, flags in (
-        ("test", groups["test"], reference.test, reference.test_nearest, np.zeros(len(reference.test), bool)),
-        (
-            "train",
-            training_images,
-            reference.training,
-            reference.training_nearest,
-            np.zeros(len(training_images), bool),
-        ),
-        (SYNTHETIC, groups[SYNTHETIC], synthetic_best, synthetic_nearest, reference.flags(synthetic_best)),
+    for group, images, best, nearest in (
+        ("test", groups["test"], reference.test, reference.test_nearest),
+        ("train", training_images, reference.training, reference.training_nearest),
+        (SYNTHETIC, groups[SYNTHETIC], synthetic_best, synthetic_nearest),
     ):
+        # Only generated volumes can be copies; real ones are the reference.
+        flags = reference.flags(best) if group == SYNTHETIC else np.zeros(len(best), bool)
         for image, value, index, flagged in zip(images, best, nearest, flags, strict=True):
             rows.append(
                 {

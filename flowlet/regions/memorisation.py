@@ -153,9 +153,8 @@ def share_flagged_by_chance(n_real: int, percentile: float = 99.0) -> float:
     it is 0.055 for 21 real images (24 real-like volumes would flag 1.3 on average, and none only 38% of the
     time) and 0.022 for 81 (0.5 on average, none 62% of the time).
     """
-    _require_real_images(n_real)
-    position = percentile / 100 * (n_real - 1)
-    return (n_real - position) / (n_real + 1)
+    above, below = _share_above_threshold(n_real, percentile)
+    return above / (above + below)
 
 
 def chance_flagged_at_least(n_flagged: int, n_volumes: int, n_real: int, percentile: float = 99.0) -> float:
@@ -166,11 +165,18 @@ def chance_flagged_at_least(n_flagged: int, n_volumes: int, n_real: int, percent
     above it), so the count is beta-binomial, not binomial: one threshold serves all volumes. k is fractional where
     the percentile interpolates, as in :func:`share_flagged_by_chance`.
     """
-    _require_real_images(n_real)
+    above, below = _share_above_threshold(n_real, percentile)
     if n_flagged <= 0:
         return 1.0
+    return float(stats.betabinom.sf(n_flagged - 1, n_volumes, above, below))
+
+
+def _share_above_threshold(n_real: int, percentile: float) -> tuple[float, float]:
+    """The Beta(n + 1 - k, k) parameters of the share of real-like draws above the threshold, whose rank k among
+    the ``n_real`` real values is fractional where the percentile interpolates."""
+    _require_real_images(n_real)
     position = percentile / 100 * (n_real - 1)
-    return float(stats.betabinom.sf(n_flagged - 1, n_volumes, n_real - position, position + 1))
+    return n_real - position, position + 1
 
 
 def _require_real_images(n_real: int) -> None:
