@@ -270,3 +270,12 @@ def test_cached_templates_and_atlas_equal_freshly_derived_ones(tmp_path, monkeyp
     assert len(list(tmp_path.glob("*.npy"))) == 5
     for expected, cached in zip(fresh, derive_all(), strict=True):
         np.testing.assert_array_equal(cached, expected)
+
+
+def test_a_factor_on_the_2_mm_grid_gives_the_same_millimetres_on_each_grid():
+    from flowlet.data.templates import on_study_grid
+
+    assert [on_study_grid(factor, 2) for factor in (1, 2, 4)] == [1, 2, 4]
+    assert [on_study_grid(factor, 1) for factor in (1, 2, 4)] == [2, 4, 8]
+    with pytest.raises(FlowletError, match="1 or 2 mm, got 3"):
+        on_study_grid(4, 3)

@@ -75,6 +75,24 @@ def test_brain_age_features_share_the_generators_resolution_when_it_is_coarser(t
     assert feature_block('train_generator={"downsample": 4}', 'brainage={"downsample": 3}') == "3"
 
 
+def test_a_1_mm_study_keeps_the_generators_and_features_millimetres(tmp_path):
+    """The config's factors are stated on the 2 mm grid: on a 1 mm grid every job that block-averages gets twice
+    the factor, so the cpu preset still trains at 8 mm (at 4 mm it would take about 8 times as long)."""
+
+    def factors(*config: str) -> dict[str, str]:
+        commands = snakemake(tmp_path, "-n", "-p", "--config", 'preprocess={"resolution": 1}', *config).stdout
+        found = {}
+        for command in ("train", "fit-baseline", "synthetic-qc reference", "scorecard", "regions", "brainage"):
+            line = next(line for line in commands.splitlines() if f"python -m flowlet {command} " in line)
+            found[command] = line.split("--downsample ")[1].split()[0]
+        return found
+
+    assert set(factors().values()) == {"4"}  # the tiny study's 4 mm generator and features
+    on_8_mm = factors('train_generator={"downsample": 4}', 'brainage={"downsample": 2}')
+    assert on_8_mm.pop("brainage") == "4" and set(on_8_mm.values()) == {"8"}
+    assert set(factors('train_generator={"preset": "cpu", "downsample": null}').values()) == {"8"}
+
+
 def test_lint_reports_nothing(tmp_path):
     result = snakemake(tmp_path, "--lint")
     assert "Lints for" not in result.stdout + result.stderr

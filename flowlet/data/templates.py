@@ -34,6 +34,13 @@ def mni_grid(resolution_mm: int = 2) -> tuple[tuple[int, int, int], np.ndarray]:
     return shape, affine.copy()
 
 
+def on_study_grid(factor_on_2mm_grid: int, resolution_mm: int) -> int:
+    """A block-averaging factor stated on the 2 mm grid (4: 8 mm blocks) as the factor of the ``resolution_mm`` grid
+    that gives the same blocks, so a config setting means the same millimetres whatever preprocess.resolution is."""
+    mni_grid(resolution_mm)
+    return factor_on_2mm_grid * 2 // resolution_mm
+
+
 def mni_resolution(shape: Sequence[int], what: str = "volume") -> int:
     """The resolution (mm) of the MNI grid with this shape; FlowletError naming the grids otherwise."""
     for resolution, (grid_shape, _) in MNI_GRIDS.items():

@@ -14,6 +14,7 @@ from flowlet.brainage.features import feature_downsample  # noqa: E402
 from flowlet.config import validate_config  # noqa: E402
 from flowlet.data.bids import ColumnNames, ages_missing_note, participant_table  # noqa: E402
 from flowlet.data.split import bin_labels, check_fold_bins  # noqa: E402
+from flowlet.data.templates import on_study_grid  # noqa: E402
 from flowlet.generative.unet import preset_training  # noqa: E402
 
 # The schema in ../schemas/config.schema.yaml fills defaults and rejects unknown keys, wrong types and
@@ -70,12 +71,15 @@ def first_fold(path):
 
 
 # The generator's working resolution, which the QC reference and the baseline generator share with it: the
-# config's, else the preset's, else full resolution.
-GENERATOR_DOWNSAMPLE = config["train_generator"]["downsample"] or preset_training(
-    config["train_generator"]["preset"]
-).get("downsample", 1)
+# config's, else the preset's, else full resolution. Both are stated on the 2 mm grid (4: 8 mm), so a 1 mm study
+# trains the cpu preset at its 8 mm too; the jobs get the factor of the study's grid.
+GENERATOR_DOWNSAMPLE = on_study_grid(
+    config["train_generator"]["downsample"]
+    or preset_training(config["train_generator"]["preset"]).get("downsample", 1),
+    RESOLUTION,
+)
 # Brain-age features at the generator's resolution when it is the coarser, so real and synthetic images share it.
-BRAINAGE_DOWNSAMPLE = feature_downsample(config["brainage"]["downsample"], GENERATOR_DOWNSAMPLE)
+BRAINAGE_DOWNSAMPLE = feature_downsample(config["brainage"]["downsample"], GENERATOR_DOWNSAMPLE, RESOLUTION)
 BACKENDS = {"both": ("flowlet", "linear"), "flowlet": ("flowlet",), "linear": ("linear",)}[
     config["generate"]["backend"]
 ]

@@ -50,11 +50,12 @@ rule train:
         runtime=1440,
         gpu=1 if config["train_generator"]["device"] == "cuda" else 0,
     params:
-        flags=cli_flags("train_generator"),
+        flags=cli_flags("train_generator", skip=("downsample",)),
+        downsample=GENERATOR_DOWNSAMPLE,
         run_dir=f"{STUDY}/generator/training",
     shell:
         "python -m flowlet train {input.split} --output-dir {params.run_dir} {params.flags} "
-        "--threads {threads} > {log} 2>&1 && "
+        "--downsample {params.downsample} --threads {threads} > {log} 2>&1 && "
         "for output in {output}; do cp {params.run_dir}/$(basename $output) $output; done"
 
 
