@@ -37,7 +37,7 @@ def mni_grid(resolution_mm: int = 2) -> tuple[tuple[int, int, int], np.ndarray]:
 def on_study_grid(factor_on_2mm_grid: int, resolution_mm: int) -> int:
     """A block-averaging factor stated on the 2 mm grid (4: 8 mm blocks) as the factor of the ``resolution_mm`` grid
     that gives the same blocks, so a config setting means the same millimetres whatever preprocess.resolution is."""
-    mni_grid(resolution_mm)
+    mni_grid(resolution_mm)  # rejects a grid other than 1 or 2 mm, naming both
     return factor_on_2mm_grid * 2 // resolution_mm
 
 
