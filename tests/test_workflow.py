@@ -64,11 +64,19 @@ def test_dry_run_lists_every_stage(tmp_path):
     assert jobs["generate"] == 3 + 1  # one per age bin, plus the scorecard's evaluation cohort
 
 
+def downsample_flags(workdir: Path, *config: str) -> dict[str, str]:
+    """The --downsample of every job that block-averages, from a dry run with these --config values."""
+    commands = snakemake(workdir, "-n", "-p", "--config", *config).stdout.splitlines()
+    found = {}
+    for command in ("train", "fit-baseline", "synthetic-qc reference", "scorecard", "regions", "brainage"):
+        line = next(line for line in commands if f"python -m flowlet {command} " in line)
+        found[command] = line.split("--downsample ")[1].split()[0]
+    return found
+
+
 def test_brain_age_features_share_the_generators_resolution_when_it_is_coarser(tmp_path):
     def feature_block(*config: str) -> str:
-        commands = snakemake(tmp_path, "-n", "-p", "--config", *config).stdout
-        brainage = next(line for line in commands.splitlines() if "python -m flowlet brainage " in line)
-        return brainage.split("--downsample ")[1].split()[0]
+        return downsample_flags(tmp_path, *config)["brainage"]
 
     assert feature_block('train_generator={"downsample": 2}') == "2"  # 4 mm features, as before
     assert feature_block('train_generator={"downsample": 4}') == "4"  # an 8 mm generator: 8 mm features
@@ -80,12 +88,7 @@ def test_a_1_mm_study_keeps_the_generators_and_features_millimetres(tmp_path):
     the factor, so the cpu preset still trains at 8 mm (at 4 mm it would take about 8 times as long)."""
 
     def factors(*config: str) -> dict[str, str]:
-        commands = snakemake(tmp_path, "-n", "-p", "--config", 'preprocess={"resolution": 1}', *config).stdout
-        found = {}
-        for command in ("train", "fit-baseline", "synthetic-qc reference", "scorecard", "regions", "brainage"):
-            line = next(line for line in commands.splitlines() if f"python -m flowlet {command} " in line)
-            found[command] = line.split("--downsample ")[1].split()[0]
-        return found
+        return downsample_flags(tmp_path, 'preprocess={"resolution": 1}', *config)
 
     assert set(factors().values()) == {"4"}  # the tiny study's 4 mm generator and features
     on_8_mm = factors('train_generator={"downsample": 4}', 'brainage={"downsample": 2}')

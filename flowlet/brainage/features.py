@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from flowlet.data.nifti import load_nifti
 from flowlet.data.tables import read_tsv
-from flowlet.data.templates import MNI_GRIDS, on_study_grid, template_brain_mask
+from flowlet.data.templates import MNI_GRIDS, template_brain_mask
 from flowlet.errors import FlowletError
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,11 @@ log = logging.getLogger(__name__)
 DEFAULT_DOWNSAMPLE = 2
 
 
-def feature_downsample(configured: int | None, generator_downsample: int, resolution_mm: int) -> int:
-    """The features' block-averaging factor on the study's ``resolution_mm`` grid: the configured one (stated on the
-    2 mm grid, as the config's factors are), else the coarser of the default and the generator's working
-    resolution (``generator_downsample``, on the study's grid), so that real and synthetic images give features at
-    one resolution (a generator at 8 mm makes volumes with nothing finer; sharper real features would tell them
-    apart by blur)."""
-    if configured is not None:
-        return on_study_grid(configured, resolution_mm)
-    return max(on_study_grid(DEFAULT_DOWNSAMPLE, resolution_mm), generator_downsample)
+def feature_downsample(configured: int | None, generator_downsample: int) -> int:
+    """The features' block-averaging factor: the configured one, else the coarser of the default and the
+    generator's working resolution, so that real and synthetic images give features at one resolution (a
+    generator at 8 mm makes volumes with nothing finer; sharper real features would tell them apart by blur)."""
+    return configured if configured is not None else max(DEFAULT_DOWNSAMPLE, generator_downsample)
 
 
 def block_downsample(volume: np.ndarray, factor: int) -> np.ndarray:

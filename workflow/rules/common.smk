@@ -71,15 +71,14 @@ def first_fold(path):
 
 
 # The generator's working resolution, which the QC reference and the baseline generator share with it: the
-# config's, else the preset's, else full resolution. Both are stated on the 2 mm grid (4: 8 mm), so a 1 mm study
-# trains the cpu preset at its 8 mm too; the jobs get the factor of the study's grid.
-GENERATOR_DOWNSAMPLE = on_study_grid(
-    config["train_generator"]["downsample"]
-    or preset_training(config["train_generator"]["preset"]).get("downsample", 1),
-    RESOLUTION,
+# config's, else the preset's, else full resolution. The config's factors are stated on the 2 mm grid (4: 8 mm);
+# they become the study grid's here, once, so a 1 mm study trains the cpu preset at its 8 mm too.
+GENERATOR_FACTOR = config["train_generator"]["downsample"] or preset_training(config["train_generator"]["preset"]).get(
+    "downsample", 1
 )
+GENERATOR_DOWNSAMPLE = on_study_grid(GENERATOR_FACTOR, RESOLUTION)
 # Brain-age features at the generator's resolution when it is the coarser, so real and synthetic images share it.
-BRAINAGE_DOWNSAMPLE = feature_downsample(config["brainage"]["downsample"], GENERATOR_DOWNSAMPLE, RESOLUTION)
+BRAINAGE_DOWNSAMPLE = on_study_grid(feature_downsample(config["brainage"]["downsample"], GENERATOR_FACTOR), RESOLUTION)
 BACKENDS = {"both": ("flowlet", "linear"), "flowlet": ("flowlet",), "linear": ("linear",)}[
     config["generate"]["backend"]
 ]
