@@ -20,6 +20,7 @@ from flowlet.generative.checkpoint import read_checkpoint
 from flowlet.generative.conditions import normalise_conditions
 from flowlet.generative.data import (
     Augmentation,
+    deform_volume,
     downsample_volume,
     percentile_to_unit_range,
     read_training_table,
@@ -32,6 +33,7 @@ from flowlet.generative.schedule import BatchSchedule, learning_rate_factor
 from flowlet.generative.train import train
 from flowlet.generative.train_cli import architecture_from_args, build_parser
 from flowlet.generative.training_options import TrainingOptions
+from flowlet.generative.training_state import changed_settings, recorded_options
 from flowlet.generative.unet import preset_config
 
 IXI_SUBJECT = "sub-IXI039HH1261"
@@ -130,6 +132,33 @@ def test_flips_without_the_reference_augmentation_only_mirror_and_fall_on_the_sa
         with_reference = reference(volume, np.random.default_rng(seed), mirrored)
         assert (np.corrcoef(with_reference.ravel(), volume.ravel())[0, 1] < 0) == flipped[-1]
     assert 0 < sum(flipped) < len(flipped)
+
+
+def test_elastic_deformation_moves_voxels_by_its_sd_and_keeps_the_other_draws():
+    # A "brain" whose intensity ramps along x on a flat background: deep inside it, the warped value minus the
+    # original is the displacement along x (cubic splines are exact on a ramp).
+    volume = np.zeros((32, 36, 32), dtype=np.float32)
+    volume[2:-2, 2:-2, 2:-2] = 10.0 + np.arange(28, dtype=np.float32)[:, None, None]
+    deformed = deform_volume(volume, 0.5, 4.0, seed=3)
+    displacement = (deformed - volume)[8:-8, 8:-8, 8:-8]
+    assert 0.3 < displacement.std() < 0.6 and abs(displacement.mean()) < 0.15
+    # Smooth: neighbours move together, unlike independent noise.
+    assert np.corrcoef(displacement[:-1].ravel(), displacement[1:].ravel())[0, 1] > 0.8
+    np.testing.assert_array_equal(deformed, deform_volume(volume, 0.5, 4.0, seed=3))
+    # The outline stays: the background and the brain's edge keep their values.
+    edge = np.zeros(volume.shape, dtype=bool)
+    edge[1:-1, 1:-1, 1:-1] = True
+    edge[3:-3, 3:-3, 3:-3] = False
+    np.testing.assert_allclose(deformed[edge], volume[edge], atol=1e-4)
+    brain = percentile_to_unit_range(np.asarray(template_t1(2).dataobj, dtype=np.float32))[::4, ::4, ::4].copy()
+    deformed = training_augmentation(False, 0.0, elastic_std=0.4)(brain, np.random.default_rng(5))
+    assert 0.8 < np.corrcoef(deformed.ravel(), brain.ravel())[0, 1] < 0.999
+    # Drawn last: the flips fall on the same volumes with or without it, then the volume is warped.
+    flips, flips_and_warps = training_augmentation(False, 0.5), training_augmentation(False, 0.5, elastic_std=0.4)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        expected = deform_volume(flips(brain, rng), 0.4, 4.0, int(rng.integers(2**63)))
+        np.testing.assert_array_equal(flips_and_warps(brain, np.random.default_rng(seed)), expected)
 
 
 def test_training_table_parses_sex_codes_and_reports_bad_rows(tmp_path):
@@ -386,6 +415,19 @@ def test_resumed_training_reproduces_the_uninterrupted_loss_curve(template_brain
             dataclasses.replace(config, model_channels=8),
             threads=1,
         )
+
+
+def test_an_option_an_older_checkpoint_does_not_record_counts_as_its_default(tmp_path):
+    table = write_table(tmp_path / "one.tsv", [(tmp_path / "a.nii.gz", 30.0)])
+    older = recorded_options(training_options(table, tmp_path / "run"))
+    del older["flip_probability"]
+    checkpoint = {"training_options": older}
+    assert changed_settings(checkpoint, training_options(table, tmp_path / "run")) == []
+    # A run asking for a new option's non-default value is not the older run, which trained without it.
+    mirrored = training_options(table, tmp_path / "run", flip_probability=0.5)
+    assert changed_settings(checkpoint, mirrored) == ["flip_probability"]
+    # Nothing recorded at all: nothing to compare but the table.
+    assert changed_settings({}, mirrored) == []
 
 
 def test_a_run_with_other_settings_is_set_aside_and_training_starts_afresh(template_brain, tmp_path, caplog):

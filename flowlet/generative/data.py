@@ -161,6 +161,10 @@ class Augmentation:
     # Left-right mirroring (axis 0). Not in the reference; drawn after its draws so that the reference's part of
     # the stream is unchanged.
     flip_probability: float = 0.0
+    # A smooth random deformation (not in the reference): the displacement's SD in working-grid voxels, drawn on
+    # control points every ``elastic_spacing`` voxels. Drawn last, and only when on, so other streams keep theirs.
+    elastic_std: float = 0.0
+    elastic_spacing: float = 4.0
 
     def __call__(self, volume: np.ndarray, rng: np.random.Generator, mirrored: np.ndarray | None = None) -> np.ndarray:
         """``mirrored``: the volume mirrored before downsampling (exact about the midline); else mirrored here."""
@@ -174,8 +178,11 @@ class Augmentation:
         factor = rng.uniform(1.0 - self.max_intensity_scaling, 1.0 + self.max_intensity_scaling)
         noise_seed = int(rng.integers(2**63))
         flip = self.flip_probability > 0 and rng.random() < self.flip_probability
+        deformation_seed = int(rng.integers(2**63)) if self.elastic_std > 0 else None
         if flip:
             volume = mirrored if mirrored is not None else np.ascontiguousarray(volume[::-1])
+        if deformation_seed is not None:
+            volume = deform_volume(volume, self.elastic_std, self.elastic_spacing, deformation_seed)
         if rotate:
             volume = rotate_volume(volume, angles)
         if scale:
@@ -186,22 +193,49 @@ class Augmentation:
         return volume
 
 
-def training_augmentation(reference: bool, flip_probability: float) -> Augmentation | None:
+def training_augmentation(reference: bool, flip_probability: float, elastic_std: float = 0.0) -> Augmentation | None:
     """What training draws per volume: the reference's rotation/intensity/noise when ``reference``, and left-right
-    flips with ``flip_probability`` either way; None when neither.
+    flips with ``flip_probability`` and smooth deformations of SD ``elastic_std`` working voxels either way; None
+    when none of them.
 
     A generator learns the augmented distribution, not an invariance (augmentations leak into the samples,
     Karras et al. 2020): rotated, rescaled and noisy training volumes can come back as such samples.
     A mirrored brain is still a plausible brain, so flips add data without teaching anything real brains lack.
     """
     if reference:
-        return Augmentation(flip_probability=flip_probability)
-    if flip_probability == 0:
+        return Augmentation(flip_probability=flip_probability, elastic_std=elastic_std)
+    if flip_probability == 0 and elastic_std == 0:
         return None
     # The reference's draws are still made, so the flips fall on the same volumes with or without it.
     return Augmentation(
-        rotation_probability=0.0, intensity_probability=0.0, noise_probability=0.0, flip_probability=flip_probability
+        rotation_probability=0.0,
+        intensity_probability=0.0,
+        noise_probability=0.0,
+        flip_probability=flip_probability,
+        elastic_std=elastic_std,
     )
+
+
+def deform_volume(volume: np.ndarray, std: float, spacing: float, seed: int) -> np.ndarray:
+    """Warp the brain's interior by a smooth random displacement: Gaussian displacements of SD ``std`` voxels on
+    control points every ``spacing`` voxels, interpolated by cubic splines (a shape another brain could have, not a
+    blur).
+
+    The outline stays where registration put it: the displacement fades from full strength three voxels inside the
+    brain to none on its edge (the brain is what differs from the background, the median of the first and last
+    slices). Moving the outline too made samples whose masks fit the template worse than any real brain's.
+    """
+    rng = np.random.default_rng(seed)
+    control = tuple(max(2, math.ceil((size - 1) / spacing) + 1) for size in volume.shape)
+    displacement = [
+        ndimage.zoom(rng.normal(0.0, std, control), [s / c for s, c in zip(volume.shape, control)], order=3)
+        for _ in range(3)
+    ]
+    background = np.median(np.concatenate([volume[0].ravel(), volume[-1].ravel()]))
+    depth = ndimage.distance_transform_edt(np.abs(volume - background) > 1e-3)
+    weight = np.clip((depth - 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+    coordinates = np.indices(volume.shape, dtype=np.float32) + np.stack(displacement).astype(np.float32) * weight
+    return ndimage.map_coordinates(volume, coordinates, order=3, mode="nearest").astype(np.float32)
 
 
 def rotate_volume(volume: np.ndarray, angles_rad: Sequence[float]) -> np.ndarray:

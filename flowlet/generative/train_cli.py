@@ -157,6 +157,11 @@ OPTION_FLAGS: dict[str, tuple[str, str]] = {
         "the reference's rotation/intensity/noise augmentation (a generator can give back what it is shown)",
     ),
     "flip_probability": ("optimisation", "probability of mirroring a training volume left-right"),
+    "elastic_mm": (
+        "optimisation",
+        "SD in mm of a smooth random deformation of every training volume's interior (control points every 4 "
+        "working voxels; the outline stays; 0 disables)",
+    ),
     "precision": (
         "optimisation",
         "autocast dtype (auto: on CUDA bf16 where supported, else fp16 with a gradient scaler; on a CPU bf16 "

@@ -38,6 +38,7 @@ class TrainingOptions:
     standardise_per: str = "subband"
     voxel_std_floor: float = 0.2
     flip_probability: float = 0.0
+    elastic_mm: float = 0.0
     lll_loss_weight: float = 1.0
     detail_loss_weight: float = 1.0
     condition_ranges: Path | None = None
@@ -89,6 +90,8 @@ class TrainingOptions:
             problems.append(f"--voxel-std-floor must be > 0, got {self.voxel_std_floor}")
         if not 0.0 <= self.flip_probability <= 1.0:
             problems.append(f"--flip-probability must be in [0, 1], got {self.flip_probability}")
+        if self.elastic_mm < 0:
+            problems.append(f"--elastic-mm must be >= 0 (0 disables), got {self.elastic_mm}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision}")
         if problems:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowlet.data.nifti import load_nifti
 from flowlet.devices import resolve_device
 from flowlet.errors import FlowletError
 from flowlet.generative.checkpoint import check_compatible, extract_state_dict, read_checkpoint
@@ -95,7 +96,9 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
     config = fit_config_to_data(config, source_shape, options.downsample, options.model_input_size)
     if checkpoint is not None:
         _check_same_network(checkpoint, config, resume_path)
-    augmentation = training_augmentation(options.augment, options.flip_probability)
+    augmentation = training_augmentation(
+        options.augment, options.flip_probability, options.elastic_mm / _working_voxel_mm(records[0], options)
+    )
     spec = _sampling_spec(
         options,
         checkpoint,
@@ -255,12 +258,18 @@ def training_config_keys(
         "seed": options.seed,
         "loss_space": options.loss_space,
         "flip_probability": options.flip_probability,
+        "elastic_mm": options.elastic_mm,
         "init_checkpoint": str(options.init_checkpoint) if options.init_checkpoint else None,
         "lll_loss_weight": options.lll_loss_weight,
         "detail_loss_weight": options.detail_loss_weight,
         "augmentation": options.augment,
         "precision": precision,
     }
+
+
+def _working_voxel_mm(record: TrainingRecord, options: TrainingOptions) -> float:
+    """The working grid's voxel size: the (isotropic MNI) images' own, times the downsampling."""
+    return float(min(load_nifti(record.image, what="training image").header.get_zooms()[:3])) * options.downsample
 
 
 def _network_fields(config: UNetConfig) -> dict[str, Any]:

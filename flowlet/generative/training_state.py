@@ -97,10 +97,11 @@ def checkpoint_entries(
 
 def recorded_options(options: TrainingOptions) -> dict[str, Any]:
     """``options`` as a checkpoint stores them (paths as strings, tuples as lists)."""
-    return {
-        k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-        for k, v in dataclasses.asdict(options).items()
-    }
+    return {field: _as_recorded(value) for field, value in dataclasses.asdict(options).items()}
+
+
+def _as_recorded(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
 
 
 def table_digest(path: Path) -> str:
@@ -109,13 +110,22 @@ def table_digest(path: Path) -> str:
 
 def changed_settings(checkpoint: Mapping[str, Any], options: TrainingOptions) -> list[str]:
     """The options deciding what a run learns that differ between ``checkpoint``'s run and ``options``, and the
-    training table when its contents changed; what an older checkpoint does not record is not compared."""
+    training table when its contents changed.
+
+    An option the checkpoint does not record counts as its default: the run was trained before the option existed,
+    which is what its default does. A checkpoint that records no options at all is compared on its table only.
+    """
     stored = checkpoint.get("training_options", {})
     requested = recorded_options(options)
+    defaults = {
+        field.name: _as_recorded(field.default)
+        for field in dataclasses.fields(TrainingOptions)
+        if field.default is not dataclasses.MISSING
+    }
     changed = [
         name
         for name, value in requested.items()
-        if name not in RUN_ONLY_OPTIONS and name in stored and stored[name] != value
+        if stored and name not in RUN_ONLY_OPTIONS and stored.get(name, defaults.get(name)) != value
     ]
     digest = checkpoint.get("config", {}).get(TABLE_DIGEST_KEY)
     if digest is not None and digest != table_digest(options.table):
