@@ -18,7 +18,7 @@ from flowlet.generative.flows import FLOW_NAMES, TIME_SAMPLERS
 from flowlet.generative.loss import LOSS_SPACES
 from flowlet.generative.sampling_spec import PREDICTIONS, STANDARDISE_PER
 from flowlet.generative.train import train
-from flowlet.generative.training_options import OUTPUT_INITS, TrainingOptions, settings_over_preset
+from flowlet.generative.training_options import OUTPUT_INITS, TrainingOptions, option_defaults, settings_over_preset
 from flowlet.generative.unet import UNetConfig, load_config, preset_config, preset_training
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ POSITIONAL_OPTIONS = ("table", "output_dir")
 
 def add_option_flags(groups: dict[str, argparse._ArgumentGroup]) -> None:
     types = typing.get_type_hints(TrainingOptions)
-    defaults = {field.name: field.default for field in dataclasses.fields(TrainingOptions)}
+    defaults = option_defaults()
     for name, (group, help_text) in OPTION_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         kind = types[name]

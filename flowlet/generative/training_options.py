@@ -98,13 +98,24 @@ class TrainingOptions:
             raise FlowletError("invalid training options: " + "; ".join(problems))
 
 
+def option_defaults() -> dict[str, Any]:
+    """Every TrainingOptions field that has a default, with it (the only home of the defaults)."""
+    return {
+        field.name: field.default
+        for field in dataclasses.fields(TrainingOptions)
+        if field.default is not dataclasses.MISSING
+    }
+
+
 def settings_over_preset(preset: str, preset_settings: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a run uses: TrainingOptions' defaults, then the preset's training settings, then the values
     ``given`` that are not None (keys that are not TrainingOptions fields, such as a config's ``device``, pass
     through)."""
-    fields = dataclasses.fields(TrainingOptions)
-    unknown = sorted(set(preset_settings) - {field.name for field in fields})
+    unknown = sorted(set(preset_settings) - {field.name for field in dataclasses.fields(TrainingOptions)})
     if unknown:
         raise FlowletError(f"preset {preset}: unknown training settings {unknown}")
-    defaults = {field.name: field.default for field in fields if field.default is not dataclasses.MISSING}
-    return {**defaults, **preset_settings, **{name: value for name, value in given.items() if value is not None}}
+    return {
+        **option_defaults(),
+        **preset_settings,
+        **{name: value for name, value in given.items() if value is not None},
+    }

@@ -19,7 +19,7 @@ import torch
 
 from flowlet.generative.conditions import ConditionRange
 from flowlet.generative.ema import ExponentialMovingAverage
-from flowlet.generative.training_options import TrainingOptions
+from flowlet.generative.training_options import TrainingOptions, option_defaults
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,7 @@ def changed_settings(checkpoint: Mapping[str, Any], options: TrainingOptions) ->
     """
     stored = checkpoint.get("training_options", {})
     requested = recorded_options(options)
-    defaults = {
-        field.name: _as_recorded(field.default)
-        for field in dataclasses.fields(TrainingOptions)
-        if field.default is not dataclasses.MISSING
-    }
+    defaults = {name: _as_recorded(value) for name, value in option_defaults().items()}
     changed = [
         name
         for name, value in requested.items()
