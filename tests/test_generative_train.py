@@ -33,6 +33,7 @@ from flowlet.generative.schedule import BatchSchedule, learning_rate_factor
 from flowlet.generative.train import train
 from flowlet.generative.train_cli import architecture_from_args, build_parser
 from flowlet.generative.training_options import TrainingOptions
+from flowlet.generative.training_setup import build_training
 from flowlet.generative.training_state import changed_settings, recorded_options
 from flowlet.generative.unet import preset_config
 
@@ -372,6 +373,15 @@ def test_bf16_on_a_cpu_reaches_the_network_and_keeps_the_loss(template_brain, tm
     # only the network's arithmetic differs.
     assert first_losses["bf16"] != first_losses["fp32"]
     assert first_losses["bf16"] == pytest.approx(first_losses["fp32"], rel=0.02)
+
+
+def test_the_warp_is_set_in_millimetres_whatever_the_grid(template_brain, tmp_path):
+    """``elastic_mm`` is millimetres: on 2 mm images trained at downsample 4 (8 mm voxels) 4 mm is half a voxel."""
+    table = write_table(tmp_path / "two.tsv", [(template_brain, 30.0), (template_brain, 60.0)])
+    for elastic_mm, voxels in ((4.0, 0.5), (0.0, 0.0)):
+        options = training_options(table, tmp_path / f"warp_{elastic_mm}", steps=1, augment=True, elastic_mm=elastic_mm)
+        loop = build_training(options, preset_config("smoke"), threads=1)
+        assert loop.train_set.augmentation.elastic_std == pytest.approx(voxels)
 
 
 @pytest.mark.slow

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 
-from flowlet.data.nifti import load_nifti
 from flowlet.devices import resolve_device
 from flowlet.errors import FlowletError
 from flowlet.generative.checkpoint import check_compatible, extract_state_dict, read_checkpoint
@@ -97,7 +97,7 @@ def build_training(options: TrainingOptions, config: UNetConfig, threads: int | 
     if checkpoint is not None:
         _check_same_network(checkpoint, config, resume_path)
     augmentation = training_augmentation(
-        options.augment, options.flip_probability, options.elastic_mm / _working_voxel_mm(records[0], options)
+        options.augment, options.flip_probability, _elastic_sd_voxels(records[0], options)
     )
     spec = _sampling_spec(
         options,
@@ -267,9 +267,13 @@ def training_config_keys(
     }
 
 
-def _working_voxel_mm(record: TrainingRecord, options: TrainingOptions) -> float:
-    """The working grid's voxel size: the (isotropic MNI) images' own, times the downsampling."""
-    return float(min(load_nifti(record.image, what="training image").header.get_zooms()[:3])) * options.downsample
+def _elastic_sd_voxels(record: TrainingRecord, options: TrainingOptions) -> float:
+    """The warp's SD in working-grid voxels: the (isotropic MNI) images' voxel, times the downsampling."""
+    if options.elastic_mm == 0:
+        return 0.0
+    # load_volumes has read and checked every image: the header is all that is needed here.
+    working_voxel_mm = float(min(nib.load(str(record.image)).header.get_zooms()[:3])) * options.downsample
+    return options.elastic_mm / working_voxel_mm
 
 
 def _network_fields(config: UNetConfig) -> dict[str, Any]:
