@@ -533,3 +533,33 @@ def test_chunked_generation_gives_the_same_volumes_and_qc_flags_an_untrained_gen
         "20-30",
     )
     assert (summary["generated"], summary["outliers"], summary["dropped"], summary["kept"]) == (5, 5, 5, 0)
+
+
+def test_the_grid_shows_every_volume_and_marks_what_the_gate_dropped(tmp_path):
+    from flowlet.generative.grid_cli import draw_grid
+
+    rows = {
+        "70-80": [("a.nii.gz", 73.2, "true", "false"), ("b.nii.gz", 74.6, "false", "true")],
+        "evaluation": [("c.nii.gz", 30.0, "true", "true")],
+        "40-50": [],
+    }
+    manifests = []
+    for label, volumes in rows.items():
+        folder = tmp_path / f"bin-{label}"
+        folder.mkdir()
+        lines = ["image\tage\tqc_outlier\tqc_pass"]
+        for name, age, outlier, passed in volumes:
+            save_nifti(np.random.default_rng(0).random((6, 7, 6)), np.eye(4), folder / name)
+            lines.append(f"{name}\t{age}\t{outlier}\t{passed}")
+        (folder / "manifest.tsv").write_text("\n".join(lines) + "\n")
+        manifests.append(folder / "manifest.tsv")
+
+    titles = [axis.get_title(loc="left") for axis in draw_grid(manifests, 4).axes if axis.get_title(loc="left")]
+    assert titles == [
+        "70-80: age 73.2 (dropped by QC)",
+        "70-80: age 74.6",
+        "evaluation: age 30.0 (QC outlier, kept)",
+    ]
+    output = tmp_path / "grid.png"
+    assert main(["synthetic-grid", "--manifests", *map(str, manifests), "--output", str(output)]) == 0
+    assert output.stat().st_size > 0

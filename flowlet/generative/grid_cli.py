@@ -29,14 +29,22 @@ def _views(volume: np.ndarray) -> list[np.ndarray]:
     return [np.rot90(volume[:, :, z]), np.rot90(volume[:, y, :]), np.rot90(volume[x, :, :])]
 
 
-def run(args: argparse.Namespace) -> int:
+def _qc_status(item) -> str:
+    """What the QC gate said about a volume, for its panel title: the grid shows every volume generated."""
+    if str(getattr(item, "qc_outlier", "false")).lower() != "true":
+        return ""
+    return "QC outlier, kept" if str(getattr(item, "qc_pass", "false")).lower() == "true" else "dropped by QC"
+
+
+def draw_grid(manifests: list[Path], per_bin: int) -> plt.Figure:
+    """One row per manifest (age bin): the youngest ``per_bin`` volumes, three mid-slices each."""
     bins = []
     manifest_of = {}
-    for manifest in args.manifests:
+    for manifest in manifests:
         table = pd.read_csv(manifest, sep="\t")
         label = manifest.parent.name.removeprefix("bin-")
         manifest_of[label] = manifest
-        bins.append((label, table.sort_values("age").head(args.per_bin)))
+        bins.append((label, table.sort_values("age").head(per_bin)))
     columns = max(1, max(len(table) for _, table in bins)) * 3
     figure, axes = plt.subplots(
         len(bins),
@@ -62,8 +70,19 @@ def run(args: argparse.Namespace) -> int:
                 axis = axes[row][index * 3 + view]
                 axis.imshow(image, cmap="gray", vmin=limits[0], vmax=limits[1])
                 if view == 0:
-                    axis.set_title(f"{label}: age {item.age:.1f}", fontsize=8, loc="left")
+                    status = _qc_status(item)
+                    axis.set_title(
+                        f"{label}: age {item.age:.1f}" + (f" ({status})" if status else ""),
+                        fontsize=8,
+                        loc="left",
+                        color="tab:red" if status else "black",
+                    )
     figure.suptitle("Synthetic brains per age bin (axial, coronal, sagittal mid-slices)", fontsize=10)
+    return figure
+
+
+def run(args: argparse.Namespace) -> int:
+    figure = draw_grid(args.manifests, args.per_bin)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.output, dpi=110)
     plt.close(figure)
