@@ -563,3 +563,8 @@ def test_the_grid_shows_every_volume_and_marks_what_the_gate_dropped(tmp_path):
     output = tmp_path / "grid.png"
     assert main(["synthetic-grid", "--manifests", *map(str, manifests), "--output", str(output)]) == 0
     assert output.stat().st_size > 0
+
+    broken = manifests[0]
+    broken.write_text(broken.read_text().replace("\tfalse\ttrue", "\tmaybe\ttrue"))
+    with pytest.raises(FlowletError, match=r"bin-70-80/manifest.tsv: qc_outlier must be true/false, found maybe"):
+        draw_grid([broken], 4)

@@ -41,13 +41,23 @@ def read_tsv(path: str | Path, what: str, required: Sequence[str] = (), **option
     return table
 
 
-def synthetic_qc_passed(manifest: pd.DataFrame, path: str | Path) -> np.ndarray:
-    """Which rows of a synthetic manifest passed the QC gate (all of them when it has no ``qc_pass`` column)."""
-    if "qc_pass" not in manifest.columns:
-        return np.ones(len(manifest), dtype=bool)
+def _true_false_column(manifest: pd.DataFrame, column: str, path: str | Path, missing: bool) -> np.ndarray:
+    """A manifest's true/false column as booleans; ``missing`` for every row when the column is absent."""
+    if column not in manifest.columns:
+        return np.full(len(manifest), missing, dtype=bool)
     mapping = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-    text = manifest["qc_pass"].astype(str).str.strip().str.lower()
+    text = manifest[column].astype(str).str.strip().str.lower()
     unknown = sorted(set(text) - set(mapping))
     if unknown:
-        raise FlowletError(f"synthetic manifest {path}: qc_pass must be true/false, found {', '.join(unknown[:5])}")
+        raise FlowletError(f"synthetic manifest {path}: {column} must be true/false, found {', '.join(unknown[:5])}")
     return text.map(mapping).to_numpy(dtype=bool)
+
+
+def synthetic_qc_passed(manifest: pd.DataFrame, path: str | Path) -> np.ndarray:
+    """Which rows of a synthetic manifest passed the QC gate (all of them when it has no ``qc_pass`` column)."""
+    return _true_false_column(manifest, "qc_pass", path, missing=True)
+
+
+def synthetic_qc_flagged(manifest: pd.DataFrame, path: str | Path) -> np.ndarray:
+    """Which rows the QC gate flagged as outliers, kept or not (none when it has no ``qc_outlier`` column)."""
+    return _true_false_column(manifest, "qc_outlier", path, missing=False)

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from flowlet.data.nifti import load_nifti  # noqa: E402
-from flowlet.data.tables import resolve_image_path  # noqa: E402
+from flowlet.data.tables import resolve_image_path, synthetic_qc_flagged, synthetic_qc_passed  # noqa: E402
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +31,9 @@ def _views(volume: np.ndarray) -> list[np.ndarray]:
 
 def _qc_status(item) -> str:
     """What the QC gate said about a volume, for its panel title: the grid shows every volume generated."""
-    if str(getattr(item, "qc_outlier", "false")).lower() != "true":
-        return ""
-    return "QC outlier, kept" if str(getattr(item, "qc_pass", "false")).lower() == "true" else "dropped by QC"
+    if not item.qc_passed:
+        return "dropped by QC"
+    return "QC outlier, kept" if item.qc_flagged else ""
 
 
 def draw_grid(manifests: list[Path], per_bin: int) -> plt.Figure:
@@ -44,6 +44,9 @@ def draw_grid(manifests: list[Path], per_bin: int) -> plt.Figure:
         table = pd.read_csv(manifest, sep="\t")
         label = manifest.parent.name.removeprefix("bin-")
         manifest_of[label] = manifest
+        table = table.assign(
+            qc_passed=synthetic_qc_passed(table, manifest), qc_flagged=synthetic_qc_flagged(table, manifest)
+        )
         bins.append((label, table.sort_values("age").head(per_bin)))
     columns = max(1, max(len(table) for _, table in bins)) * 3
     figure, axes = plt.subplots(
